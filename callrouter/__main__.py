@@ -1,0 +1,3 @@
+from callrouter.cli.main import main
+
+main()

@@ -1,0 +1,72 @@
+"""The directory as the router sees it: an immutable in-memory snapshot.
+
+Loaded from SQL by ``callrouter.directory.store`` and swapped atomically when the
+database changes; the resolver only ever reads it.  Plain slotted dataclasses and
+tuples keep 100,000 users within a modest memory budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    name: str
+    # None: users of this role may log in at any workplace (the default).
+    workplaces: frozenset[str] | None = None
+
+    def allows(self, workplace_id: str) -> bool:
+        return self.workplaces is None or workplace_id in self.workplaces
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    extension: str
+    name: str
+    role: str | None = None
+    phones: tuple[str, ...] = ()  # directly assigned endpoints
+    pin_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Workplace:
+    id: str  # slug, e.g. "office-1"
+    name: str
+    code: str  # numeric dial code, e.g. "801"
+    phones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneOwner:
+    """Who a phone belongs to: a user (by extension) or a workplace (by id)."""
+
+    kind: str  # "user" or "workplace"
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    users: Mapping[str, User] = field(default_factory=dict)  # by extension
+    workplaces: Mapping[str, Workplace] = field(default_factory=dict)  # by id
+    roles: Mapping[str, Role] = field(default_factory=dict)  # by name
+    logins: Mapping[str, str] = field(default_factory=dict)  # extension -> workplace id
+    unassigned_phones: tuple[str, ...] = ()
+    revision: int = 0  # the directory's change counter when this snapshot was read
+
+    def workplace_of(self, extension: str) -> Workplace | None:
+        """The workplace the user is logged in to now, if any."""
+        workplace_id = self.logins.get(extension)
+        return None if workplace_id is None else self.workplaces.get(workplace_id)
+
+    def phone_owners(self) -> dict[str, PhoneOwner]:
+        """Every assigned phone with its owner (computed; used for checks, not per call)."""
+        owners: dict[str, PhoneOwner] = {}
+        for user in self.users.values():
+            for endpoint in user.phones:
+                owners[endpoint] = PhoneOwner("user", user.extension)
+        for workplace in self.workplaces.values():
+            for endpoint in workplace.phones:
+                owners[endpoint] = PhoneOwner("workplace", workplace.id)
+        return owners

@@ -1,0 +1,65 @@
+"""A ring plan: which endpoint rings when, decided before anything is dialled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class PlanStatus(StrEnum):
+    OK = "ok"
+    UNKNOWN_EXTENSION = "unknown-extension"
+    NO_PHONES = "no-phones"
+
+
+class LegSource(StrEnum):
+    FOLLOWME = "followme"  # the user's own timeline: direct phones and external numbers
+    WORKPLACE = "workplace"  # the workplace the user is logged in to
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """Ring ``endpoint`` over ``[start, stop)`` seconds after the call reached the router."""
+
+    endpoint: str
+    start: float
+    stop: float
+    source: LegSource
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "start": _number(self.start),
+            "stop": _number(self.stop),
+            "source": self.source.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RingPlan:
+    extension: str
+    user: str | None  # the user's name
+    workplace: str | None  # id of the workplace the user is logged in to
+    status: PlanStatus
+    legs: tuple[Leg, ...] = ()  # sorted by start, then endpoint
+    # Rule targets skipped at resolve time, e.g. a phone that is not the user's.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def stop(self) -> float:
+        """When the last leg stops ringing (0 for a plan without legs)."""
+        return max((leg.stop for leg in self.legs), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "extension": self.extension,
+            "user": self.user,
+            "workplace": self.workplace,
+            "status": self.status.value,
+            "legs": [leg.to_json() for leg in self.legs],
+        }
+
+
+def _number(seconds: float) -> int | float:
+    return int(seconds) if float(seconds).is_integer() else seconds

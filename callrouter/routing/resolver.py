@@ -1,0 +1,147 @@
+"""resolve_plan(): from (directory snapshot, ring rules, caller) to a RingPlan.
+
+Pure: no database, network, clock or logging.  Targets a rule may not ring (a
+phone that is not the user's or the workplace's) are skipped and reported in
+``RingPlan.warnings`` for the caller of this function to log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from callrouter.routing.directory import DirectorySnapshot
+from callrouter.routing.endpoint import expand_external, is_external_number
+from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
+from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules
+
+
+def resolve_plan(
+    snapshot: DirectorySnapshot,
+    rules: RingRules,
+    extension: str,
+    caller: str | None = None,
+) -> RingPlan:
+    user = snapshot.users.get(extension)
+    if user is None:
+        return RingPlan(extension, None, None, PlanStatus.UNKNOWN_EXTENSION)
+
+    default_timeout = rules.defaults.timeout
+    template = rules.defaults.external_endpoint
+    legs: list[Leg] = []
+    warnings: list[str] = []
+
+    # The user's own timeline: FollowMe over the direct phones.
+    workplace_start = 0.0
+    workplace_stop: float | None = None  # an explicit timeout on the 'workplace' entry
+    user_rule = rules.users.get(extension)
+    followme = user_rule.followme if user_rule is not None else None
+    if followme is None:
+        legs.extend(
+            Leg(p, 0.0, default_timeout, LegSource.FOLLOWME) for p in user.phones
+        )
+    else:
+        for entry in followme:
+            if entry.names_workplace:
+                workplace_start = entry.delay
+                if entry.timeout is not None:
+                    workplace_stop = entry.delay + entry.timeout
+            _entry_legs(
+                entry, 0.0, default_timeout, user.phones, template,
+                LegSource.FOLLOWME, f"user {extension}", legs, warnings,
+            )
+
+    # The workplace's timeline, only while the user is logged in there.
+    workplace = snapshot.workplace_of(extension)
+    if workplace is not None:
+        workplace_legs: list[Leg] = []
+        workplace_rule = rules.workplaces.get(workplace.id)
+        ring = workplace_rule.ring if workplace_rule is not None else None
+        if ring is None:
+            workplace_legs.extend(
+                Leg(p, workplace_start, workplace_start + default_timeout, LegSource.WORKPLACE)
+                for p in workplace.phones
+            )
+        else:
+            for entry in ring:
+                _entry_legs(
+                    entry, workplace_start, default_timeout, workplace.phones, template,
+                    LegSource.WORKPLACE, f"workplace {workplace.id}", workplace_legs, warnings,
+                )
+        if workplace_stop is not None:
+            workplace_legs = [
+                Leg(leg.endpoint, leg.start, min(leg.stop, workplace_stop), leg.source)
+                for leg in workplace_legs
+                if leg.start < workplace_stop
+            ]
+        legs.extend(workplace_legs)
+
+    if caller is not None:
+        legs = [leg for leg in legs if leg.endpoint != caller]
+
+    merged = merge_legs(legs)
+    status = PlanStatus.OK if merged else PlanStatus.NO_PHONES
+    return RingPlan(
+        extension,
+        user.name,
+        workplace.id if workplace is not None else None,
+        status,
+        merged,
+        tuple(warnings),
+    )
+
+
+def _entry_legs(
+    entry: RingEntry,
+    offset: float,
+    default_timeout: float,
+    own_phones: tuple[str, ...],
+    template: str | None,
+    source: LegSource,
+    owner: str,
+    legs: list[Leg],
+    warnings: list[str],
+) -> None:
+    start = offset + entry.delay
+    stop = start + (entry.timeout if entry.timeout is not None else default_timeout)
+    for target in entry.ring:
+        if target == WORKPLACE_TARGET:
+            continue
+        if is_external_number(target):
+            if template is None:  # the rules model refuses this; never dial it regardless
+                warnings.append(f"{owner}: external number {target} has no external_endpoint")
+                continue
+            endpoint = expand_external(template, target)
+        elif target in own_phones:
+            endpoint = target
+        else:
+            warnings.append(f"{owner}: skipped {target}, which is not one of its phones")
+            continue
+        legs.append(Leg(endpoint, start, stop, source))
+
+
+def merge_legs(legs: Iterable[Leg]) -> tuple[Leg, ...]:
+    """Merge legs of one endpoint that overlap or touch; sort by start, then endpoint.
+
+    A merged leg keeps the source of its earliest part.
+    """
+    by_endpoint: dict[str, list[Leg]] = {}
+    for leg in legs:
+        if leg.stop > leg.start:
+            by_endpoint.setdefault(leg.endpoint, []).append(leg)
+    merged: list[Leg] = []
+    for endpoint_legs in by_endpoint.values():
+        if len(endpoint_legs) == 1:
+            merged.append(endpoint_legs[0])
+            continue
+        endpoint_legs.sort(key=lambda leg: (leg.start, leg.stop))
+        current = endpoint_legs[0]
+        for leg in endpoint_legs[1:]:
+            if leg.start <= current.stop:
+                if leg.stop > current.stop:
+                    current = Leg(current.endpoint, current.start, leg.stop, current.source)
+            else:
+                merged.append(current)
+                current = leg
+        merged.append(current)
+    merged.sort(key=lambda leg: (leg.start, leg.endpoint))
+    return tuple(merged)
