@@ -1,0 +1,110 @@
+"""Settings of ``callrouter serve``: a YAML file, then the environment (CALLROUTER_*).
+
+Secrets (the ARI password, the AMI secret) are ``SecretStr`` so they never print;
+each may also come from a file (``CALLROUTER_ARI_PASSWORD_FILE``), as container
+secrets do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_DB = "sqlite:///./callrouter.db"
+DEFAULT_RULES = "./rules.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALLROUTER_", extra="forbid", validate_default=True
+    )
+
+    db: str = DEFAULT_DB
+    rules: Path = Path(DEFAULT_RULES)
+
+    ari_url: str = "http://127.0.0.1:8088"
+    ari_user: str = "callrouter"
+    ari_password: SecretStr | None = None
+    ari_password_file: Path | None = None
+    ari_app: str = Field(default="callrouter", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    ami_host: str = "127.0.0.1"
+    ami_port: int = Field(default=5038, ge=1, le=65535)
+    ami_user: str = "callrouter"
+    ami_secret: SecretStr | None = None
+    ami_secret_file: Path | None = None
+
+    # How often the shared directory is checked for changes made elsewhere (seconds).
+    directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
+    # On SIGTERM: how long ringing calls may go on before they are handed back.
+    shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ari_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("ari_url must start with http:// or https://")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("put the ARI credentials in ari_user/ari_password, not the URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        for name in ("ari_password", "ami_secret"):
+            path: Path | None = getattr(self, f"{name}_file")
+            if getattr(self, name) is None and path is not None:
+                try:
+                    value = path.read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"{name}_file {path}: {exc.strerror}") from None
+                object.__setattr__(self, name, SecretStr(value))
+        return self
+
+    def require_secrets(self) -> None:
+        missing = [
+            env for name, env in (
+                ("ari_password", "CALLROUTER_ARI_PASSWORD"),
+                ("ami_secret", "CALLROUTER_AMI_SECRET"),
+            ) if getattr(self, name) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{' and '.join(missing)} not set (or the matching *_FILE variable)"
+            )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Later sources lose: command line, then environment, then the YAML file.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config_file`` (YAML, keys as in Settings), overridden by the
+    environment, overridden by explicit command-line values."""
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ValueError(f"config file {config_file} does not exist")
+        settings_cls = type(
+            "FileSettings", (Settings,),
+            {"model_config": {**Settings.model_config, "yaml_file": config_file}},
+        )
+    return settings_cls(**{k: v for k, v in overrides.items() if v is not None})

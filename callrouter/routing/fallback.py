@@ -1,0 +1,47 @@
+"""The dial strings Asterisk falls back to when the router is down.
+
+``Stasis()`` fails at once when the app is not connected; the shipped dialplan then
+dials ``${DB(callrouter/EXTENSION)}`` for ``${DB(callrouter-timeout/EXTENSION)}``
+seconds.  This module computes those entries (pure); ``callrouter.astdb`` keeps
+AstDB in step with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from callrouter.routing.directory import DirectorySnapshot
+from callrouter.routing.endpoint import is_endpoint
+from callrouter.routing.resolver import resolve_plan
+from callrouter.rules.model import RingRules
+
+DIAL_FAMILY = "callrouter"
+TIMEOUT_FAMILY = "callrouter-timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackEntry:
+    dial: str  # e.g. "PJSIP/anna-desk&PJSIP/office1-desk"
+    timeout: int  # seconds
+
+
+def fallback_entries(
+    snapshot: DirectorySnapshot, rules: RingRules
+) -> dict[str, FallbackEntry]:
+    """For every user with a phone: all their phones at once (direct and current
+    workplace), for as long as their ring plan would ring."""
+    entries: dict[str, FallbackEntry] = {}
+    for extension, user in snapshot.users.items():
+        phones = list(user.phones)
+        workplace = snapshot.workplace_of(extension)
+        if workplace is not None:
+            phones += [p for p in workplace.phones if p not in phones]
+        # Validated on the way in; checked again because this ends up in Dial().
+        phones = [p for p in phones if is_endpoint(p)]
+        if not phones:
+            continue
+        plan = resolve_plan(snapshot, rules, extension)
+        timeout = max(plan.stop, rules.defaults.timeout)
+        entries[extension] = FallbackEntry("&".join(phones), math.ceil(timeout))
+    return entries

@@ -1,0 +1,37 @@
+"""A RingPlan as a timeline for people (``callrouter plan``)."""
+
+from __future__ import annotations
+
+from callrouter.routing.plan import PlanStatus, RingPlan
+
+BAR_WIDTH = 40
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def format_plan(plan: RingPlan) -> str:
+    if plan.status is PlanStatus.UNKNOWN_EXTENSION:
+        return f"Extension {plan.extension}: no such user (unknown-extension)\n"
+    where = f", logged in at {plan.workplace}" if plan.workplace else ", not logged in"
+    lines = [f"Extension {plan.extension}: {plan.user}{where}"]
+    if plan.status is PlanStatus.NO_PHONES:
+        lines.append("  nothing to ring (no-phones)")
+    else:
+        end = plan.stop
+        width = max(len(leg.endpoint) for leg in plan.legs)
+        lines.append(
+            f"  {'start':>6} {'stop':>6}  {'endpoint':<{width}}  {'source':<9}  "
+            f"0 s{' ' * (BAR_WIDTH - 3 - len(_seconds(end)) - 2)}{_seconds(end)} s"
+        )
+        for leg in plan.legs:
+            a = round(leg.start / end * BAR_WIDTH)
+            b = max(a + 1, round(leg.stop / end * BAR_WIDTH))
+            bar = "·" * a + "█" * (b - a) + "·" * (BAR_WIDTH - b)
+            lines.append(
+                f"  {_seconds(leg.start):>6} {_seconds(leg.stop):>6}  "
+                f"{leg.endpoint:<{width}}  {leg.source.value:<9}  {bar}"
+            )
+    lines += [f"  warning: {w}" for w in plan.warnings]
+    return "\n".join(lines) + "\n"
