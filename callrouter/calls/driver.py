@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from callrouter.ari.client import AriClient
@@ -32,6 +33,9 @@ from callrouter.routing.plan import RingPlan
 log = logging.getLogger(__name__)
 
 RESULT_CONTEXT = "callrouter-result"
+# Where the shipped dialplan dials the AstDB fallback (dialplan/callrouter.conf).
+FALLBACK_CONTEXT = "callrouter"
+FALLBACK_LABEL = "fallback"
 LEG_PREFIX = "cr-leg-"
 BRIDGE_PREFIX = "cr-br-"
 
@@ -49,10 +53,25 @@ _CALLER_GONE = frozenset({"StasisEnd", "ChannelDestroyed", "ChannelHangupRequest
 _LEG_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
 
 
+@dataclass(frozen=True, slots=True)
+class _HandBack:
+    """Router shutting down: stop ringing, give the caller to the dialplan fallback."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Vanished:
+    """After a reconnect, these channels were no longer in Asterisk's list."""
+
+    channel_ids: frozenset[str]
+
+
 class Caller(Protocol):
-    id: str
-    caller_name: str | None
-    caller_number: str | None
+    @property
+    def id(self) -> str: ...
+    @property
+    def caller_name(self) -> str | None: ...
+    @property
+    def caller_number(self) -> str | None: ...
 
 
 class CallDriver:
@@ -71,7 +90,7 @@ class CallDriver:
         self.clock = clock
         self.call_id = caller.id
         self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
-        self.queue: asyncio.Queue[AriEvent] = asyncio.Queue()
+        self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
         self.bridge_id: str | None = None
         self._created: dict[str, asyncio.Task[bool]] = {}  # leg id -> create+dial
         self._gone: set[str] = set()  # leg channels known to be destroyed
@@ -102,7 +121,12 @@ class CallDriver:
                 except TimeoutError:
                     await self._execute(self.flow.tick(self.now()))
                 else:
-                    await self._execute(self._on_event(event))
+                    if isinstance(event, _HandBack):
+                        await self._hand_back_now()
+                    elif isinstance(event, _Vanished):
+                        await self._execute(self._on_vanished(event.channel_ids))
+                    else:
+                        await self._execute(self._on_event(event))
             log.info("call %s: finished, %s", self.call_id, self.flow.result)
         finally:
             await self._clean_up()
@@ -110,6 +134,44 @@ class CallDriver:
                 self.ari.unroute(channel_id)
             if self.bridge_id is not None:
                 self.ari.unroute(self.bridge_id)
+
+    # --- from the router ----------------------------------------------------------
+
+    def channel_ids(self) -> set[str]:
+        """The channels this call owns in Asterisk."""
+        return {self.caller.id, *self._created}
+
+    def resync(self, alive: set[str]) -> None:
+        """After an ARI reconnect: channels that went away while we were deaf."""
+        gone = frozenset(cid for cid in self.channel_ids() if cid not in alive)
+        if gone:
+            self.queue.put_nowait(_Vanished(gone))
+
+    async def hand_back(self) -> None:
+        """Ask the call to hand its caller back to the dialplan (shutdown)."""
+        self.queue.put_nowait(_HandBack())
+
+    def _on_vanished(self, gone: frozenset[str]) -> list[Command]:
+        self._gone |= gone - {self.caller.id}
+        if self.caller.id in gone:
+            return self.flow.caller_gone()
+        commands: list[Command] = []
+        for leg_id in gone:
+            commands += self.flow.leg_ended(leg_id, LegEnd.FAILED, self.now())
+        return commands
+
+    async def _hand_back_now(self) -> None:
+        if self.flow.winner is not None:
+            return  # connected calls are left to finish
+        stops = [c for c in self.flow.caller_gone() if isinstance(c, StopLeg)]
+        await self._execute(stops)
+        log.info("call %s: handed back to the dialplan fallback", self.call_id)
+        try:
+            await self.ari.continue_in_dialplan(
+                self.caller.id, FALLBACK_CONTEXT, self.plan.extension, label=FALLBACK_LABEL
+            )
+        except AriError as exc:
+            log.warning("call %s: hand-back failed: %s", self.call_id, exc)
 
     # --- events -------------------------------------------------------------------
 

@@ -10,9 +10,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from callrouter.routing.endpoint import endpoint_problem, external_endpoint_problem, is_external_number
+from callrouter.routing.endpoint import (
+    endpoint_problem,
+    external_endpoint_problem,
+    is_external_number,
+)
 
 WORKPLACE_TARGET = "workplace"
 EXTENSION_PATTERN = re.compile(r"[0-9]{1,20}")
@@ -22,12 +35,31 @@ Seconds = Annotated[float, Field(ge=0, le=86400)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
 
 
+def _extension(value: str) -> str:
+    if not EXTENSION_PATTERN.fullmatch(value):
+        raise ValueError(f"extension {value!r} must be 1 to 20 digits")
+    return value
+
+
+def _workplace_id(value: str) -> str:
+    if not WORKPLACE_ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"workplace id {value!r} must be a slug: lower-case letters, digits and inner hyphens"
+        )
+    return value
+
+
+# As mapping keys, each checked on its own: every bad key is reported, at that key.
+ExtensionKey = Annotated[str, AfterValidator(_extension)]
+WorkplaceIdKey = Annotated[str, AfterValidator(_workplace_id)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _target_problem(value: object) -> str | None:
-    if isinstance(value, bool) or isinstance(value, int | float):
+    if isinstance(value, int | float):  # bool too: true/false is an int in Python
         return (
             f"{value!r} is a number: write external numbers in quotes with a leading +, "
             'e.g. "+4917012345678"'
@@ -41,23 +73,36 @@ def _target_problem(value: object) -> str | None:
     return endpoint_problem(value)
 
 
+def _dialable_target(value: Any) -> Any:
+    problem = _target_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# Checked one by one, so that every bad target is reported, each at its own index.
+RingTarget = Annotated[str, BeforeValidator(_dialable_target)]
+
+
 class RingEntry(_Strict):
     """One step of a rule: ring these targets from ``delay`` for ``timeout`` seconds."""
 
-    ring: tuple[str, ...] = Field(min_length=1)
+    ring: tuple[RingTarget, ...] = Field(min_length=1)
     delay: Seconds = 0
     timeout: PositiveSeconds | None = None  # None: defaults.timeout
 
-    @field_validator("ring", mode="before")
+    @field_validator("ring")
     @classmethod
-    def _targets_are_dialable(cls, value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            for item in value:
-                problem = _target_problem(item)
-                if problem is not None:
-                    raise ValueError(problem)
-            if len(set(value)) != len(value):
-                raise ValueError("a target is listed twice in the same entry")
+    def _targets_listed_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for index, target in enumerate(value):
+            if target in seen:
+                raise PydanticCustomError(
+                    "duplicate_target",
+                    f"{target} is listed twice in the same entry",
+                    {"path": (index,)},  # for file loaders: point at the second one
+                )
+            seen.add(target)
         return value
 
     @property
@@ -112,42 +157,34 @@ class WorkplaceRule(_Strict):
 
 class RingRules(_Strict):
     defaults: Defaults = Defaults()
-    users: dict[str, UserRule] = {}  # by extension
-    workplaces: dict[str, WorkplaceRule] = {}  # by workplace id
-
-    @field_validator("users")
-    @classmethod
-    def _extensions_are_numeric(cls, value: dict[str, UserRule]) -> dict[str, UserRule]:
-        for extension in value:
-            if not EXTENSION_PATTERN.fullmatch(extension):
-                raise ValueError(f"extension {extension!r} must be 1 to 20 digits")
-        return value
-
-    @field_validator("workplaces")
-    @classmethod
-    def _workplace_ids_are_slugs(
-        cls, value: dict[str, WorkplaceRule]
-    ) -> dict[str, WorkplaceRule]:
-        for workplace_id in value:
-            if not WORKPLACE_ID_PATTERN.fullmatch(workplace_id):
-                raise ValueError(
-                    f"workplace id {workplace_id!r} must be a slug: lower-case letters, "
-                    "digits and inner hyphens"
-                )
-        return value
+    users: dict[ExtensionKey, UserRule] = {}  # by extension
+    workplaces: dict[WorkplaceIdKey, WorkplaceRule] = {}  # by workplace id
 
     @model_validator(mode="after")
     def _external_numbers_need_a_template(self) -> RingRules:
         if self.defaults.external_endpoint is None:
-            entries = [e for r in self.users.values() for e in (r.followme or ())]
-            entries += [e for r in self.workplaces.values() for e in (r.ring or ())]
-            for entry in entries:
-                if entry.external_numbers:
-                    raise ValueError(
-                        f"external number {entry.external_numbers[0]} needs "
-                        "defaults.external_endpoint, e.g. PJSIP/{number}@trunk"
-                    )
+            for path, number in self._external_number_targets():
+                # One error is enough (one fix cures all); its context "path" lets a
+                # file loader point at the number itself rather than the whole file.
+                raise PydanticCustomError(
+                    "external_number_without_template",
+                    f"external number {number} needs defaults.external_endpoint, "
+                    "e.g. PJSIP/{number}@trunk",
+                    {"path": path},
+                )
         return self
+
+    def _external_number_targets(self) -> list[tuple[tuple[str | int, ...], str]]:
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        sections = [
+            ("users", key, "followme", rule.followme) for key, rule in self.users.items()
+        ] + [("workplaces", key, "ring", rule.ring) for key, rule in self.workplaces.items()]
+        for section, key, field, entries in sections:
+            for i, entry in enumerate(entries or ()):
+                for j, target in enumerate(entry.ring):
+                    if is_external_number(target):
+                        found.append(((section, key, field, i, "ring", j), target))
+        return found
 
 
 EMPTY_RULES = RingRules()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -297,7 +298,7 @@ def test_plan_invariants(scenario: tuple[DirectorySnapshot, RingRules, str | Non
         by_endpoint.setdefault(leg.endpoint, []).append(leg)
     for endpoint_legs in by_endpoint.values():
         endpoint_legs.sort(key=lambda leg: leg.start)
-        for a, b in zip(endpoint_legs, endpoint_legs[1:], strict=False):
+        for a, b in itertools.pairwise(endpoint_legs):
             assert a.stop < b.start
     # sorted by start, then endpoint
     assert list(plan.legs) == sorted(plan.legs, key=lambda leg: (leg.start, leg.endpoint))

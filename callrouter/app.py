@@ -1,0 +1,286 @@
+"""``callrouter serve``: builds the router from its settings and runs it.
+
+The wiring in one place:
+  directory (SQL) ──▶ LiveDirectory (snapshot + rules, reloaded on change) ──▶ calls
+  ARI websocket ──StasisStart──▶ Router ──▶ one CallDriver task per call
+  AMI ◀── FallbackPublisher (AstDB dial strings for when the router is down)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callrouter.ami.client import AmiClient
+from callrouter.ari.client import AriClient
+from callrouter.ari.errors import AriError
+from callrouter.ari.events import AriEvent, Channel
+from callrouter.astdb import FallbackPublisher
+from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
+from callrouter.config import Settings
+from callrouter.directory.database import check_schema, create_engine
+from callrouter.directory.store import load_snapshot, read_revision
+from callrouter.logs import register_secret, setup_logging
+from callrouter.routing.directory import DirectorySnapshot
+from callrouter.routing.fallback import fallback_entries
+from callrouter.routing.resolver import resolve_plan
+from callrouter.rules.loader import load_rules
+from callrouter.rules.model import RingRules
+from callrouter.yamlfile import YamlFileError
+
+log = logging.getLogger(__name__)
+
+# PJSIP/anna-desk-0000001a -> PJSIP/anna-desk (the endpoint behind a channel name)
+_CHANNEL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+
+
+def caller_endpoint(channel_name: str) -> str | None:
+    if channel_name.startswith("Local/"):
+        return None
+    endpoint = _CHANNEL_SUFFIX.sub("", channel_name)
+    return endpoint if endpoint != channel_name else None
+
+
+class LiveDirectory:
+    """The snapshot and the rules every new call is routed by, kept current.
+
+    The directory is re-read when its revision counter moves (so changes made by
+    another router or the CLI arrive within one poll interval); the rules file when
+    its modification time changes or on SIGHUP.  A rules file that fails validation
+    is refused and the previous rules keep serving.
+    """
+
+    def __init__(self, engine: AsyncEngine, rules_path: Path) -> None:
+        self.engine = engine
+        self.rules_path = rules_path
+        self.snapshot = DirectorySnapshot()
+        self.rules = RingRules()
+        self._rules_mtime: float | None = None
+        self.listeners: list[Callable[[], None]] = []
+
+    async def load(self) -> None:
+        """The first load: errors here stop the daemon."""
+        self.rules = load_rules(self.rules_path)
+        self._rules_mtime = self._mtime()
+        self.snapshot = await load_snapshot(self.engine)
+        log.info("directory revision %d: %d users, %d workplaces; rules from %s",
+                 self.snapshot.revision, len(self.snapshot.users),
+                 len(self.snapshot.workplaces), self.rules_path)
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Reload what changed; True if anything did."""
+        changed = False
+        mtime = self._mtime()
+        if force or mtime != self._rules_mtime:
+            self._rules_mtime = mtime
+            try:
+                self.rules = load_rules(self.rules_path)
+            except YamlFileError as exc:
+                log.error("rules refused, the previous rules stay in force:\n%s", exc)
+            except OSError as exc:
+                log.error("rules file %s unreadable (%s), the previous rules stay in force",
+                          self.rules_path, exc.strerror)
+            else:
+                log.info("rules reloaded from %s", self.rules_path)
+                changed = True
+        revision = await read_revision(self.engine)
+        if force or revision != self.snapshot.revision:
+            self.snapshot = await load_snapshot(self.engine)
+            log.info("directory reloaded at revision %d", self.snapshot.revision)
+            changed = True
+        if changed:
+            for listener in self.listeners:
+                listener()
+        return changed
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.rules_path.stat().st_mtime
+        except OSError:
+            return None
+
+
+class Router:
+    def __init__(self, settings: Settings, live: LiveDirectory) -> None:
+        self.settings = settings
+        self.live = live
+        assert settings.ari_password is not None and settings.ami_secret is not None
+        self.ari = AriClient(
+            settings.ari_url,
+            settings.ari_user,
+            settings.ari_password.get_secret_value(),
+            settings.ari_app,
+            on_event=self._on_unrouted_event,
+            on_connected=self._on_ari_connected,
+        )
+        self.ami = AmiClient(
+            settings.ami_host,
+            settings.ami_port,
+            settings.ami_user,
+            settings.ami_secret.get_secret_value(),
+            events=set(),  # the router only sends actions for now
+            on_connected=self._on_ami_connected,
+        )
+        self.fallback = FallbackPublisher(self.ami)
+        self.calls: dict[str, CallDriver] = {}  # by caller channel id
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._accepting = True
+        live.listeners.append(self._directory_changed)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.ami.start(wait=False)
+        await self.ari.start()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, let ringing calls finish within ``grace``, then hand the
+        rest back to the dialplan's fallback."""
+        self._accepting = False
+        running = [t for t in self._tasks if not t.done()]
+        if running:
+            log.info("shutting down: waiting up to %.0f s for %d call(s)", grace, len(running))
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for driver in list(self.calls.values()):
+                await driver.hand_back()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.ari.close()
+        await self.ami.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- calls --------------------------------------------------------------------
+
+    async def _on_unrouted_event(self, event: AriEvent) -> None:
+        if event.type != "StasisStart" or event.channel is None:
+            return
+        channel = event.channel
+        if channel.id.startswith(LEG_PREFIX) or channel.id in self.calls:
+            return
+        extension = event.args[0] if event.args else (channel.exten or "")
+        self._take_call(channel, extension)
+
+    def _take_call(self, channel: Channel, extension: str) -> None:
+        if not self._accepting:
+            return
+        live = self.live
+        caller = caller_endpoint(channel.name)
+        plan = resolve_plan(live.snapshot, live.rules, extension, caller)
+        driver = CallDriver(self.ari, channel, plan)
+        self.calls[channel.id] = driver
+        task = self._spawn(driver.run())
+        task.add_done_callback(lambda _t: self.calls.pop(channel.id, None))
+
+    async def _on_ari_connected(self) -> None:
+        """After every (re)connect: Asterisk's lists are the truth, not our memory."""
+        try:
+            channels, bridges = await self.ari.resync()
+        except AriError as exc:
+            log.warning("resync after ARI connect failed: %s", exc)
+            return
+        alive = {c.id for c in channels}
+        owned: set[str] = set()
+        for driver in list(self.calls.values()):
+            driver.resync(alive)
+            owned |= driver.channel_ids()
+        for channel in channels:
+            if channel.id in owned:
+                continue
+            if channel.id.startswith(LEG_PREFIX):
+                log.info("resync: hanging up orphaned leg %s", channel.id)
+                await self.ari.hangup(channel.id)
+            elif channel.app_name == "Stasis" and (channel.app_data or "").split(",")[0] == (
+                self.settings.ari_app
+            ):
+                # A caller waiting in our app that no task owns (the router restarted).
+                args = (channel.app_data or "").split(",")
+                log.info("resync: taking over waiting call %s", channel.id)
+                self._take_call(channel, args[1] if len(args) > 1 else channel.exten or "")
+        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
+        for bridge in bridges:
+            if bridge.id.startswith(BRIDGE_PREFIX) and bridge.id not in owned_bridges:
+                log.info("resync: destroying orphaned bridge %s", bridge.id)
+                await self.ari.destroy_bridge(bridge.id)
+
+    # --- fallback -----------------------------------------------------------------
+
+    async def _on_ami_connected(self) -> None:
+        entries = fallback_entries(self.live.snapshot, self.live.rules)
+        await self.fallback.resync(entries)
+
+    def _directory_changed(self) -> None:
+        entries = fallback_entries(self.live.snapshot, self.live.rules)
+        self._spawn(self._publish(entries))
+
+    async def _publish(self, entries: Any) -> None:
+        try:
+            await self.fallback.publish(entries)
+        except Exception as exc:  # AMI down: the next resync catches up
+            log.warning("AstDB fallback not updated: %s", exc)
+
+
+async def run_router(settings: Settings, stop: asyncio.Event, reload: asyncio.Event) -> int:
+    engine = create_engine(settings.db)
+    try:
+        await check_schema(engine)
+        live = LiveDirectory(engine, settings.rules)
+        await live.load()
+        router = Router(settings, live)
+        await router.start()
+        log.info("callrouter serving ARI app %r at %s", settings.ari_app, settings.ari_url)
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(reload.wait(), settings.directory_poll_interval)
+                except TimeoutError:
+                    forced = False
+                else:
+                    reload.clear()
+                    forced = True
+                    log.info("SIGHUP: reloading directory and rules")
+                if stop.is_set():
+                    break
+                try:
+                    await live.refresh(force=forced)
+                except Exception:
+                    log.exception("directory refresh failed; the current snapshot stays")
+        finally:
+            await router.stop(settings.shutdown_grace)
+    finally:
+        await engine.dispose()
+    log.info("callrouter stopped")
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    setup_logging(settings.log_level, settings.log_format)
+    for secret in (settings.ari_password, settings.ami_secret):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop, reload = asyncio.Event(), asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        return await run_router(settings, stop, reload)
+
+    try:
+        return asyncio.run(main())
+    except YamlFileError as exc:
+        log.error("cannot start:\n%s", exc)
+        return 1

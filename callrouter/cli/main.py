@@ -1,0 +1,298 @@
+"""The ``callrouter`` command line.
+
+Every command takes the global ``--db`` and ``--rules``; errors an admin can fix are
+printed as one clear message per problem (``FILE:LINE:COLUMN: message``) with exit
+status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import yaml
+from click.core import ParameterSource
+
+from callrouter.config import DEFAULT_DB, DEFAULT_RULES
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Failure(click.ClickException):
+    """An error for the admin: printed without a traceback, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+def admin_errors(func: Callable[P, T]) -> Callable[P, T]:
+    """Turn the errors an admin can act on into clean messages."""
+    from callrouter.directory.database import DatabaseError
+    from callrouter.directory.store import DirectoryError
+    from callrouter.yamlfile import YamlFileError
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except YamlFileError as exc:
+            raise Failure(str(exc)) from None
+        except (DatabaseError, DirectoryError) as exc:
+            raise Failure(f"error: {exc}") from None
+        except FileNotFoundError as exc:
+            raise Failure(f"error: {exc.filename}: no such file") from None
+
+    return wrapper
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", envvar="CALLROUTER_DB", default=DEFAULT_DB, show_default=True,
+              help="Directory database URL (env CALLROUTER_DB).")
+@click.option("--rules", "rules_path", envvar="CALLROUTER_RULES", default=DEFAULT_RULES,
+              show_default=True, type=click.Path(path_type=Path),
+              help="Ring rules file (env CALLROUTER_RULES).")
+@click.version_option(package_name="callrouter")
+@click.pass_context
+def main(ctx: click.Context, db: str, rules_path: Path) -> None:
+    """Routes calls to people, not phones: a call router beside Asterisk."""
+    ctx.obj = {
+        "db": db,
+        "rules": rules_path,
+        "db_given": ctx.get_parameter_source("db") is not ParameterSource.DEFAULT,
+        "rules_given": ctx.get_parameter_source("rules_path") is not ParameterSource.DEFAULT,
+    }
+
+
+# --- db -------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The directory database's schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+@admin_errors
+def db_upgrade(obj: dict[str, Any]) -> None:
+    """Create the database, or upgrade it to this version's schema."""
+    from callrouter.directory.database import upgrade
+
+    before, after = run(upgrade(obj["db"]))
+    if before == after:
+        click.echo(f"database is up to date (revision {after})")
+    else:
+        click.echo(f"database upgraded from {before or 'nothing'} to revision {after}")
+
+
+# --- directory --------------------------------------------------------------------------
+
+
+@main.group()
+def directory() -> None:
+    """Users, phones, workplaces, roles and logins."""
+
+
+@directory.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--prune", is_flag=True, help="Delete what the file no longer names.")
+@click.pass_obj
+@admin_errors
+def directory_import(obj: dict[str, Any], file: Path, prune: bool) -> None:
+    """Load FILE into the directory (all or nothing; importing twice changes nothing)."""
+    from callrouter.directory.loader import load_document
+    from callrouter.directory.store import import_document
+
+    document = load_document(file)
+
+    async def go() -> Any:
+        engine = await _open_database(obj["db"])
+        try:
+            return await import_document(engine, document, prune=prune, actor="cli:import")
+        finally:
+            await engine.dispose()
+
+    report = run(go())
+    click.echo(f"imported {file}: {report}")
+
+
+@directory.command("export")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write here instead of standard output.")
+@click.pass_obj
+@admin_errors
+def directory_export(obj: dict[str, Any], output: Path | None) -> None:
+    """Write the directory in the import format."""
+    from callrouter.directory.store import export_document
+
+    async def go() -> Any:
+        engine = await _open_database(obj["db"])
+        try:
+            return await export_document(engine)
+        finally:
+            await engine.dispose()
+
+    text = dump_document(run(go()))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+def dump_document(document: Any) -> str:
+    data = document.model_dump(mode="json", exclude_none=True)
+    for user in data.get("users", []):
+        if not user.get("phones"):
+            user.pop("phones", None)
+    for workplace in data.get("workplaces", []):
+        if not workplace.get("phones"):
+            workplace.pop("phones", None)
+    data = {k: v for k, v in data.items() if v not in ([], {}, None)}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None,
+                          width=100)
+
+
+# --- rules ------------------------------------------------------------------------------
+
+
+@main.group()
+def rules() -> None:
+    """Ring rules (YAML)."""
+
+
+@rules.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_obj
+@admin_errors
+def rules_check(obj: dict[str, Any], file: Path | None) -> None:
+    """Check a rules file (default: --rules) and, where the database exists, check it
+    against the directory: every problem as FILE:LINE:COLUMN: message."""
+    from callrouter.rules.check import check_rules
+    from callrouter.rules.loader import load_rules
+    from callrouter.yamlfile import YamlFileError, locate_problems
+
+    path = file or obj["rules"]
+    ring_rules = load_rules(path)
+    if not obj["db_given"] and not _sqlite_file_exists(obj["db"]):
+        click.echo(f"{path}: valid (no directory at {obj['db']}: phones and workplaces "
+                   "not checked; pass --db)", err=True)
+        return
+    snapshot = run(_load_snapshot(obj["db"]))
+    problems = check_rules(ring_rules, snapshot)
+    if problems:
+        raise YamlFileError(path, locate_problems(path, problems))
+    click.echo(f"{path}: valid")
+
+
+# --- plan -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("extension")
+@click.option("--caller", help="The calling endpoint, which is never rung.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_obj
+@admin_errors
+def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool) -> None:
+    """Show which phone would ring when if EXTENSION were called now."""
+    from callrouter.routing.endpoint import endpoint_problem
+    from callrouter.routing.resolver import resolve_plan
+    from callrouter.routing.timeline import format_plan
+    from callrouter.rules.loader import load_rules
+    from callrouter.rules.model import EMPTY_RULES
+
+    if caller is not None and (problem := endpoint_problem(caller)) is not None:
+        raise click.BadParameter(problem, param_hint="--caller")
+    rules_path: Path = obj["rules"]
+    if rules_path.exists() or obj["rules_given"]:
+        ring_rules = load_rules(rules_path)
+    else:
+        click.echo(f"note: no rules file at {rules_path}: every phone rings at once", err=True)
+        ring_rules = EMPTY_RULES
+    snapshot = run(_load_snapshot(obj["db"]))
+    result = resolve_plan(snapshot, ring_rules, extension, caller)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo(format_plan(result), nl=False)
+    for warning in result.warnings if as_json else ():
+        click.echo(f"warning: {warning}", err=True)
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Settings file (YAML); the environment (CALLROUTER_*) overrides it.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines for people (text) or machines (json).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              default=None)
+@click.pass_obj
+@admin_errors
+def serve(obj: dict[str, Any], config_file: Path | None, log_format: str | None,
+          log_level: str | None) -> None:
+    """Run the router: take calls from Asterisk (ARI) and ring people's phones."""
+    from pydantic import ValidationError
+
+    from callrouter.app import serve as serve_forever
+    from callrouter.config import load_settings
+
+    overrides: dict[str, Any] = {"log_format": log_format, "log_level": log_level}
+    if obj["db_given"]:
+        overrides["db"] = obj["db"]
+    if obj["rules_given"]:
+        overrides["rules"] = obj["rules"]
+    try:
+        settings = load_settings(config_file, **overrides)
+        settings.require_secrets()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise Failure("error: invalid settings:\n" + "\n".join(lines)) from None
+    except ValueError as exc:
+        raise Failure(f"error: {exc}") from None
+    sys.exit(serve_forever(settings))
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _sqlite_file_exists(url: str) -> bool:
+    if not url.startswith("sqlite"):
+        return True
+    path = url.split("///", 1)[-1]
+    return path in ("", ":memory:") or Path(path).exists()
+
+
+async def _open_database(url: str) -> Any:
+    from callrouter.directory.database import check_schema, create_engine
+
+    engine = create_engine(url)
+    try:
+        await check_schema(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+async def _load_snapshot(url: str) -> Any:
+    from callrouter.directory.store import load_snapshot
+
+    engine = await _open_database(url)
+    try:
+        return await load_snapshot(engine)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,195 @@
+"""Cross-references inside a directory file, each problem at its exact path.
+
+``DirectoryDocument`` validates every value on its own; this checks how the values
+fit together: duplicates (extensions, role names, workplace ids and codes, phones),
+references to roles, workplaces and extensions the file does not define, and the
+logins (one user per workplace, only where the user's role allows).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from callrouter.directory.document import DirectoryDocument, RoleEntry, UserEntry
+from callrouter.yamlfile import Path, Problem
+
+
+class _EveryName:
+    """A container that holds every name."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+EVERY_NAME: Any = _EveryName()
+
+
+@dataclass(frozen=True, slots=True)
+class Unchecked:
+    """Names the file defines in entries that failed shape validation.
+
+    ``load_document`` cross-checks the valid rest of a file that has errors; a
+    reference to one of these names is then not reported as unknown.  The loader
+    passes ``EVERY_NAME`` for a whole section that could not be read.
+    """
+
+    roles: Container[str] = frozenset()
+    extensions: Container[str] = frozenset()
+    workplaces: Container[str] = frozenset()
+
+
+def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()) -> list[Problem]:
+    """Every cross-reference problem in ``doc``, in file order per kind.
+
+    Messages name entries by what they are called, never by list index: a loader
+    may check a document with invalid entries left out (see ``Unchecked``), whose
+    indexes differ from the file's (the paths are mapped back, the messages not).
+    """
+    problems: list[Problem] = []
+    add = problems.append
+
+    roles: dict[str, int] = {}
+    for i, role in enumerate(doc.roles):
+        if role.name in roles:
+            add(Problem(("roles", i, "name"), f"role {role.name!r} is defined twice"))
+        else:
+            roles[role.name] = i
+
+    workplaces: dict[str, int] = {}
+    codes: dict[str, int] = {}
+    for i, workplace in enumerate(doc.workplaces):
+        if workplace.id in workplaces:
+            add(Problem(("workplaces", i, "id"), f"workplace id {workplace.id} is used twice"))
+        else:
+            workplaces[workplace.id] = i
+        if workplace.code in codes:
+            other = doc.workplaces[codes[workplace.code]]
+            add(Problem(("workplaces", i, "code"),
+                        f"code {workplace.code} is already the code of workplace {other.id}"))
+        else:
+            codes[workplace.code] = i
+
+    users: dict[str, int] = {}
+    for i, user in enumerate(doc.users):
+        if user.extension in users:
+            add(Problem(("users", i, "extension"),
+                        f"extension {user.extension} is used twice: it is already "
+                        f"{doc.users[users[user.extension]].name}'s"))
+        else:
+            users[user.extension] = i
+
+    for i, workplace in enumerate(doc.workplaces):
+        if workplace.code in users:
+            add(Problem(("workplaces", i, "code"),
+                        f"code {workplace.code} is also the extension of "
+                        f"{_user(doc, users, workplace.code)}: a dial code must differ from "
+                        "every extension"))
+
+    for i, role in enumerate(doc.roles):
+        for j, workplace_id in enumerate(role.workplaces or ()):
+            if workplace_id not in workplaces and workplace_id not in unchecked.workplaces:
+                add(Problem(("roles", i, "workplaces", j),
+                            _unknown("workplace", workplace_id, workplaces)))
+
+    for i, user in enumerate(doc.users):
+        if user.role is not None and user.role not in roles and user.role not in unchecked.roles:
+            add(Problem(("users", i, "role"), _unknown("role", user.role, roles)))
+
+    problems += _phones_assigned_once(doc)
+    problems += _logins(doc, users, workplaces, roles, unchecked)
+    return problems
+
+
+def _phones_assigned_once(doc: DirectoryDocument) -> list[Problem]:
+    problems: list[Problem] = []
+    owners: dict[str, str] = {}  # endpoint -> who has it, for the message
+
+    def claim(path: Path, endpoint: str, owner: str) -> None:
+        first = owners.get(endpoint)
+        if first is None:
+            owners[endpoint] = owner
+        elif first == owner:
+            problems.append(Problem(path, f"{endpoint} is listed twice for {owner}"))
+        elif owner == _UNASSIGNED:
+            problems.append(
+                Problem(path, f"{endpoint} is listed as unassigned, but belongs to {first}")
+            )
+        else:
+            problems.append(Problem(path, f"{endpoint} is assigned twice: it already belongs "
+                                          f"to {first}; a phone belongs to at most one user "
+                                          "or workplace"))
+
+    for i, user in enumerate(doc.users):
+        for j, endpoint in enumerate(user.phones):
+            claim(("users", i, "phones", j), endpoint, f"user {user.extension} ({user.name})")
+    for i, workplace in enumerate(doc.workplaces):
+        for j, endpoint in enumerate(workplace.phones):
+            claim(("workplaces", i, "phones", j), endpoint, f"workplace {workplace.id}")
+    for k, endpoint in enumerate(doc.phones):
+        claim(("phones", k), endpoint, _UNASSIGNED)
+    return problems
+
+
+_UNASSIGNED = "the unassigned phones"
+
+
+def _logins(
+    doc: DirectoryDocument,
+    users: dict[str, int],
+    workplaces: dict[str, int],
+    roles: dict[str, int],
+    unchecked: Unchecked,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    occupant: dict[str, str] = {}  # workplace id -> extension logged in there
+    for extension, workplace_id in doc.logins.items():
+        path = ("logins", extension)
+        user_index = users.get(extension)
+        if user_index is None and extension not in unchecked.extensions:
+            problems.append(Problem(path, f"no user has the extension {extension}", at_key=True))
+        if workplace_id not in workplaces and workplace_id not in unchecked.workplaces:
+            problems.append(Problem(path, _unknown("workplace", workplace_id, workplaces)))
+            continue
+        if workplace_id in occupant:
+            problems.append(Problem(path, f"{_user(doc, users, occupant[workplace_id])} is "
+                                          f"already logged in at {workplace_id}; a workplace "
+                                          "holds at most one user"))
+        else:
+            occupant[workplace_id] = extension
+        if user_index is not None:
+            problem = _role_forbids(doc.users[user_index], workplace_id, doc.roles, roles)
+            if problem is not None:
+                problems.append(Problem(path, problem))
+    return problems
+
+
+def _role_forbids(
+    user: UserEntry, workplace_id: str, role_entries: tuple[RoleEntry, ...], roles: dict[str, int]
+) -> str | None:
+    if user.role is None or user.role not in roles:
+        return None
+    allowed = role_entries[roles[user.role]].workplaces
+    if allowed is None or workplace_id in allowed:
+        return None
+    where = f"only at {', '.join(allowed)}" if allowed else "at no workplace"
+    return (f"user {user.extension} may not log in at {workplace_id}: "
+            f"role {user.role} may log in {where}")
+
+
+def _user(doc: DirectoryDocument, users: dict[str, int], extension: str) -> str:
+    return f"user {extension} ({doc.users[users[extension]].name})"
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    names = sorted(known)
+    message = f"unknown {kind} {name!r}"
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return f"{message}; did you mean {close[0]!r}?"
+    if not names:
+        return f"{message}: the file defines no {kind}s"
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    return f"{message}; the file defines: {shown}"

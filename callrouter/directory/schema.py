@@ -1,0 +1,216 @@
+"""The directory's SQL schema (SQLAlchemy 2.0 declarative models).
+
+Changes to these models reach a database only through an Alembic migration in
+``migrations/versions/``; ``tests/unit/test_migrations.py`` fails when the two
+disagree.
+
+The invariants that matter when several routers share one database are enforced
+by the database itself, not only by the code that writes to it:
+
+* an extension, a workplace slug, a workplace dial code and a phone endpoint are
+  each unique;
+* a phone belongs to at most one user *or* one workplace (``ck_phones_one_owner``);
+* a user is logged in at one workplace at most (``logins`` is keyed by user) and a
+  workplace holds one user at most (``uq_logins_workplace_id``).
+
+Every change to the directory also bumps the single row of ``directory_revision``
+in the same transaction, so a router learns that it must reload its snapshot with
+one cheap query.  Writers lock that row first (``SELECT ... FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), which serialises directory changes
+across processes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names: Alembic needs them to alter constraints later (SQLite
+# batch mode included), and they make IntegrityError messages recognisable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+EXTENSION_LENGTH = 32
+NAME_LENGTH = 200
+SLUG_LENGTH = 64
+CODE_LENGTH = 32
+ENDPOINT_LENGTH = 255
+PIN_HASH_LENGTH = 255
+ACTOR_LENGTH = 200
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back as an aware datetime.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite stores text without one,
+    so naive values read from it are UTC by construction.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware datetime (UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RoleRow(Base):
+    """A role: which workplaces its users may log in to."""
+
+    __tablename__ = "roles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(SLUG_LENGTH), unique=True)
+    # False: users of this role may log in anywhere (role_workplaces is ignored).
+    # True: only at the workplaces listed in role_workplaces (none listed: nowhere).
+    restricted: Mapped[bool] = mapped_column(Boolean, server_default=false())
+
+
+class RoleWorkplaceRow(Base):
+    """One workplace a restricted role allows."""
+
+    __tablename__ = "role_workplaces"
+
+    role_id: Mapped[int] = mapped_column(
+        ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True
+    )
+    workplace_id: Mapped[int] = mapped_column(
+        ForeignKey("workplaces.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class UserRow(Base):
+    """A person, reached by their extension."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extension: Mapped[str] = mapped_column(String(EXTENSION_LENGTH), unique=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    role_id: Mapped[int | None] = mapped_column(
+        ForeignKey("roles.id", ondelete="RESTRICT"), index=True
+    )
+    # Only ever a salted hash (callrouter.directory.pins); NULL: no PIN set.
+    pin_hash: Mapped[str | None] = mapped_column(String(PIN_HASH_LENGTH))
+
+
+class WorkplaceRow(Base):
+    """A hot desk: a place with phones that one user at a time can log in to."""
+
+    __tablename__ = "workplaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(SLUG_LENGTH), unique=True)  # e.g. "office-1"
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    code: Mapped[str] = mapped_column(String(CODE_LENGTH), unique=True)  # numeric dial code
+
+
+class PhoneRow(Base):
+    """A phone, identified by its Asterisk endpoint; owned by a user, a workplace or nobody."""
+
+    __tablename__ = "phones"
+    __table_args__ = (
+        CheckConstraint("user_id IS NULL OR workplace_id IS NULL", name="one_owner"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(ENDPOINT_LENGTH), unique=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    workplace_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workplaces.id", ondelete="SET NULL"), index=True
+    )
+
+
+class LoginRow(Base):
+    """Who is logged in where: one row per logged-in user, one user per workplace."""
+
+    __tablename__ = "logins"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    workplace_id: Mapped[int] = mapped_column(
+        ForeignKey("workplaces.id", ondelete="CASCADE"), unique=True
+    )
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(Text)  # "import", "admin", "phone", "api", ...
+
+
+class AuditRow(Base):
+    """One change to the login state (and later other changes), kept after its subjects go.
+
+    Plain text columns rather than foreign keys: the audit log must outlive the users
+    and workplaces it names.
+    """
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))  # who: "admin", an extension, ...
+    source: Mapped[str] = mapped_column(Text)  # from where: "import", "cli", "phone PJSIP/x", ...
+    action: Mapped[str] = mapped_column(String(SLUG_LENGTH))  # "login", "logout", "displaced"
+    extension: Mapped[str | None] = mapped_column(String(EXTENSION_LENGTH), index=True)
+    old_workplace: Mapped[str | None] = mapped_column(String(SLUG_LENGTH))
+    new_workplace: Mapped[str | None] = mapped_column(String(SLUG_LENGTH))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class DirectoryRevisionRow(Base):
+    """The directory's change counter: exactly one row, bumped by every change."""
+
+    __tablename__ = "directory_revision"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+metadata = Base.metadata
+
+# The Core tables, for the bulk reads and writes in store.py.
+roles: Table = metadata.tables["roles"]
+role_workplaces: Table = metadata.tables["role_workplaces"]
+users: Table = metadata.tables["users"]
+workplaces: Table = metadata.tables["workplaces"]
+phones: Table = metadata.tables["phones"]
+logins: Table = metadata.tables["logins"]
+audit: Table = metadata.tables["audit"]
+directory_revision: Table = metadata.tables["directory_revision"]

@@ -1,0 +1,50 @@
+"""Reading rules.yaml: RingRules, or every error as ``FILE:LINE:COLUMN: message``.
+
+Used by the daemon (at start and on every change of the file) and by
+``callrouter rules check``.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from callrouter.routing.directory import DirectorySnapshot
+from callrouter.rules.check import check_rules
+from callrouter.rules.model import RingRules
+from callrouter.yamlfile import (
+    FileName,
+    YamlFileError,
+    load_yaml,
+    locate_problem_list,
+    locate_validation_error,
+    salvage,
+)
+
+
+def load_rules(path: FileName, snapshot: DirectorySnapshot | None = None) -> RingRules:
+    """The ring rules in ``path``.
+
+    With ``snapshot`` the rules are also checked against the directory
+    (``check_rules``), and those problems are reported together with any shape
+    errors: the parts of the file that are valid are still cross-checked.
+
+    Raises YamlFileError with every error found, sorted by line and column, and
+    OSError when the file cannot be read.
+    """
+    data, positions = load_yaml(path)
+    try:
+        rules = RingRules.model_validate(data)
+    except ValidationError as exc:
+        errors = locate_validation_error(path, exc, positions, RingRules)
+        if snapshot is not None:
+            partial = salvage(data, RingRules)
+            if partial is not None:
+                found = check_rules(partial.model, snapshot)
+                problems = [partial.original_problem(problem) for problem in found]
+                errors += locate_problem_list(path, problems, positions)
+        raise YamlFileError.from_located(path, errors) from None
+    if snapshot is not None:
+        problems = check_rules(rules, snapshot)
+        if problems:
+            raise YamlFileError.from_located(path, locate_problem_list(path, problems, positions))
+    return rules

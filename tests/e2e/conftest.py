@@ -1,0 +1,77 @@
+"""Fixtures for the end-to-end tests: a real Asterisk (sandbox) and simulated phones.
+
+The sandbox needs root and a Debian sid chroot (built once, cached in .cache/). Where it
+cannot be had, these tests are skipped with the reason, except in CI or with
+CALLROUTER_REQUIRE_E2E=1, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.asterisk import AsteriskSandbox, SandboxUnavailable, ensure_rootfs
+from sandbox.phones import Behaviour, PhoneBank, SimulatedPhone
+
+E2E_DIR = Path(__file__).resolve().parent
+
+MakePhones = Callable[..., Awaitable[list[SimulatedPhone]]]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in tests/e2e is an e2e test (``-m "not e2e"`` leaves them out)."""
+    for item in items:
+        if E2E_DIR in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def e2e_required() -> bool:
+    """True in CI or with CALLROUTER_REQUIRE_E2E=1: a missing sandbox is a failure."""
+    ci = os.environ.get("CI", "")
+    return ci.lower() not in ("", "0", "false", "no") or \
+        os.environ.get("CALLROUTER_REQUIRE_E2E") == "1"
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[AsteriskSandbox]:
+    """One sandbox Asterisk for the whole session (loopback ports picked at random)."""
+    try:
+        sandbox = AsteriskSandbox(ensure_rootfs())
+        sandbox.start()
+    except SandboxUnavailable as exc:
+        if e2e_required():
+            pytest.fail(f"sandbox Asterisk unavailable (required here): {exc.reason}")
+        pytest.skip(f"sandbox Asterisk unavailable: {exc.reason}")
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+async def phones() -> AsyncIterator[PhoneBank]:
+    """Simulated phones for one test; calls still going are hung up at the end."""
+    async with PhoneBank() as bank:
+        yield bank
+
+
+@pytest.fixture
+async def make_phones(asterisk: AsteriskSandbox,
+                      phones: PhoneBank) -> AsyncIterator[MakePhones]:
+    """``await make_phones("alice", "bob", behaviour=Ring())``: simulated phones that
+    are also PJSIP endpoints of the sandbox (removed again after the test)."""
+    added: list[str] = []
+
+    async def make(*names: str, behaviour: Behaviour | None = None) -> list[SimulatedPhone]:
+        created = [await phones.add(name, behaviour=behaviour) for name in names]
+        await asterisk.add_phones_async({p.name: p.port for p in created})
+        added.extend(names)
+        return created
+
+    yield make
+    await phones.close()
+    if added and asterisk.running:
+        asterisk.remove_phones(added)
