@@ -232,7 +232,12 @@ class Router:
             log.warning("AstDB fallback not updated: %s", exc)
 
 
-async def run_router(settings: Settings, stop: asyncio.Event, reload: asyncio.Event) -> int:
+async def run_router(
+    settings: Settings,
+    stop: asyncio.Event,
+    reload: asyncio.Event,
+    on_started: Callable[[Router], None] | None = None,
+) -> int:
     engine = create_engine(settings.db)
     try:
         await check_schema(engine)
@@ -241,6 +246,8 @@ async def run_router(settings: Settings, stop: asyncio.Event, reload: asyncio.Ev
         router = Router(settings, live)
         await router.start()
         log.info("callrouter serving ARI app %r at %s", settings.ari_app, settings.ari_url)
+        if on_started is not None:
+            on_started(router)
         try:
             while not stop.is_set():
                 try:

@@ -36,8 +36,8 @@ RESULT_CONTEXT = "callrouter-result"
 # Where the shipped dialplan dials the AstDB fallback (dialplan/callrouter.conf).
 FALLBACK_CONTEXT = "callrouter"
 FALLBACK_LABEL = "fallback"
-LEG_PREFIX = "cr-leg-"
-BRIDGE_PREFIX = "cr-br-"
+LEG_PREFIX = "cr-leg"
+BRIDGE_PREFIX = "cr-br"
 
 # Dial event statuses (app_dial's DIALSTATUS vocabulary) and what they mean for a leg.
 _DIAL_ENDS = {
@@ -49,6 +49,7 @@ _DIAL_ENDS = {
     "INVALIDARGS": LegEnd.FAILED,
 }
 _CAUSE_BUSY = 17  # AST_CAUSE_USER_BUSY
+_DIAL_ATTEMPTS = 20
 _CALLER_GONE = frozenset({"StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"})
 _LEG_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
 
@@ -95,6 +96,7 @@ class CallDriver:
         self._created: dict[str, asyncio.Task[bool]] = {}  # leg id -> create+dial
         self._gone: set[str] = set()  # leg channels known to be destroyed
         self._hung_up: set[str] = set()  # leg channels we sent a hang-up
+        self._causes: dict[str, int] = {}  # leg id -> hang-up cause seen
         self._ring_timeout_cap = ring_timeout_cap
         self._t0 = 0.0
 
@@ -177,6 +179,9 @@ class CallDriver:
 
     def _on_event(self, event: AriEvent) -> list[Command]:
         channel = event.channel
+        log.debug("call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s", self.call_id,
+                  event.type, channel.id if channel else None,
+                  event.peer.id if event.peer else None, event.dialstatus, event.cause)
         if event.type == "Dial" and event.peer is not None and event.peer.id in self.flow.legs:
             return self._on_dial_status(event.peer.id, event.dialstatus or "")
         if channel is None:
@@ -194,9 +199,14 @@ class CallDriver:
                 return self.flow.leg_ringing(leg_id)
             if channel.state == "Up":
                 return self.flow.leg_answered(leg_id)
+        elif event.type == "ChannelHangupRequest":
+            # StasisEnd, which follows, carries no cause: remember it from here.
+            if event.cause is not None:
+                self._causes[leg_id] = event.cause
         elif event.type in _LEG_GONE:
             self._gone.add(leg_id)
-            end = LegEnd.BUSY if event.cause == _CAUSE_BUSY else LegEnd.FAILED
+            cause = event.cause if event.cause is not None else self._causes.get(leg_id)
+            end = LegEnd.BUSY if cause == _CAUSE_BUSY else LegEnd.FAILED
             return self.flow.leg_ended(leg_id, end, self.now())
         return []
 
@@ -253,13 +263,28 @@ class CallDriver:
                 originator=self.caller.id,
                 variables=variables or None,
             )
-            # Our own timer stops the leg; the dial timeout is only a safety net.
-            await self.ari.dial(command.leg_id, caller=self.caller.id, timeout=timeout)
         except AriError as exc:
             log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
                         command.endpoint, exc)
-            if exc_status(exc) == 404:
-                self._gone.add(command.leg_id)
+            self._gone.add(command.leg_id)
+            return False
+        try:
+            # Our own timer stops the leg; the dial timeout is only a safety net.
+            for attempt in range(_DIAL_ATTEMPTS):
+                try:
+                    await self.ari.dial(command.leg_id, caller=self.caller.id, timeout=timeout)
+                    break
+                except AriError as exc:
+                    # The new channel enters Stasis asynchronously; under load the dial
+                    # request can overtake it (409 "Channel not in Stasis application").
+                    if exc_status(exc) != 409 or attempt == _DIAL_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.005 * (attempt + 1))
+        except AriError as exc:
+            log.warning("call %s: dialling leg %s to %s failed: %s", self.call_id,
+                        command.leg_id, command.endpoint, exc)
+            self._hung_up.add(command.leg_id)
+            await self._quietly(self.ari.hangup(command.leg_id))
             return False
         log.info("call %s: ringing %s (leg %s, t=%.3f)", self.call_id, command.endpoint,
                  command.leg_id, self.now())
