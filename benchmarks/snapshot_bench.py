@@ -38,6 +38,8 @@ from callrouter.directory.database import begin_write, create_engine, upgrade
 from callrouter.directory.pins import hash_pin
 from callrouter.directory.store import load_snapshot
 from callrouter.routing.directory import DirectorySnapshot
+from callrouter.routing.resolver import resolve_plan
+from callrouter.rules.model import RingRules
 
 LOAD_GOAL_S = 3.0
 MEMORY_GOAL_MB = 400.0
@@ -221,6 +223,59 @@ def _build_in_child(url: str, users: int) -> BuildStats:
                       int(values["logins"]), float(values["seconds"]))
 
 
+RESOLVE_P99_GOAL_US = 50.0
+
+
+def benchmark_rules(snapshot: DirectorySnapshot) -> RingRules:
+    """Realistic rules: every third user has a three-step FollowMe (desk phones, then
+    the workplace, then a mobile), every workplace a two-step sequential rule."""
+    users: dict[str, Any] = {}
+    for i, (extension, user) in enumerate(snapshot.users.items()):
+        if i % 3 == 0 and user.phones:
+            users[extension] = {"followme": [
+                {"ring": list(user.phones), "timeout": 15},
+                {"ring": ["workplace"], "delay": 5},
+                {"ring": [f"+49170{int(extension):07d}"], "delay": 15, "timeout": 20},
+            ]}
+    workplaces: dict[str, Any] = {}
+    for workplace_id, workplace in snapshot.workplaces.items():
+        if len(workplace.phones) >= 2:
+            workplaces[workplace_id] = {"ring": [
+                {"ring": list(workplace.phones[:1]), "timeout": 10},
+                {"ring": list(workplace.phones[1:]), "delay": 10, "timeout": 15},
+            ]}
+    return RingRules.model_validate({
+        "defaults": {"timeout": 20, "external_endpoint": "PJSIP/{number}@trunk"},
+        "users": users,
+        "workplaces": workplaces,
+    })
+
+
+def resolver_figures(snapshot: DirectorySnapshot, calls: int = 100_000) -> list[Figure]:
+    """Time resolve_plan() per call over random extensions (logged-in users included)."""
+    rules = benchmark_rules(snapshot)
+    extensions = list(snapshot.users)
+    rng = random.Random(7)
+    sample = [rng.choice(extensions) for _ in range(calls)]
+    logged_in = [e for e in snapshot.logins if e in snapshot.users][: calls // 10]
+    sample[: len(logged_in)] = logged_in  # make sure mixed operation is in the mix
+    clock = time.perf_counter_ns
+    for extension in sample[:2000]:  # warm up
+        resolve_plan(snapshot, rules, extension)
+    durations = []
+    for extension in sample:
+        start = clock()
+        resolve_plan(snapshot, rules, extension)
+        durations.append(clock() - start)
+    durations.sort()
+    p50 = durations[len(durations) // 2] / 1000
+    p99 = durations[int(len(durations) * 0.99)] / 1000
+    return [
+        Figure(f"resolve a plan, median of {calls:,}", p50, "µs"),
+        Figure(f"resolve a plan, p99 of {calls:,}", p99, "µs", RESOLVE_P99_GOAL_US),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--users", type=int, default=100_000)
@@ -249,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"snapshot: {len(snapshot.users):,} users, {len(snapshot.workplaces):,} "
               f"workplaces, {len(snapshot.logins):,} logins, revision {snapshot.revision}")
 
-        # --- resolver timing (ring plans from this snapshot) goes here -------------
-        # e.g. figures += resolver_figures(snapshot)
+        figures += resolver_figures(snapshot)
 
         for figure in figures:
             print(figure)
