@@ -1,0 +1,91 @@
+"""Daemon wiring that needs no Asterisk: caller endpoints, live reloading, settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from callrouter.app import LiveDirectory, caller_endpoint
+from callrouter.config import load_settings
+from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.loader import load_document
+from callrouter.directory.store import import_document, set_login
+from callrouter.logs import mask, register_secret
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("name", "endpoint"),
+    [
+        ("PJSIP/anna-desk-0000001a", "PJSIP/anna-desk"),
+        ("PJSIP/desk-12-000000ff", "PJSIP/desk-12"),
+        ("Local/201@callrouter-00000001;2", None),
+        ("PJSIP/weird", None),
+    ],
+)
+def test_caller_endpoint_from_channel_name(name: str, endpoint: str | None) -> None:
+    assert caller_endpoint(name) == endpoint
+
+
+async def test_live_directory_follows_changes_and_refuses_bad_rules(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    await upgrade(url)
+    engine = create_engine(url)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((EXAMPLES / "rules.yaml").read_text())
+    try:
+        await import_document(engine, load_document(EXAMPLES / "directory.yaml"),
+                              prune=False, actor="test")
+        live = LiveDirectory(engine, rules)
+        await live.load()
+        calls: list[int] = []
+        live.listeners.append(lambda: calls.append(1))
+        assert not await live.refresh()
+
+        # A login made elsewhere (CLI, another router) arrives with the next refresh.
+        extension = next(e for e in live.snapshot.users if e not in live.snapshot.logins)
+        free = next(w for w in live.snapshot.workplaces
+                    if w not in live.snapshot.logins.values())
+        await set_login(engine, extension, free, actor="test", source="test")
+        assert await live.refresh()
+        assert live.snapshot.logins[extension] == free
+        assert calls == [1]
+
+        # A broken rules file is refused; the previous rules keep serving.
+        before = live.rules
+        rules.write_text("defaults:\n  timeout: -1\n")
+        os.utime(rules, (1, 1))
+        with caplog.at_level(logging.ERROR):
+            await live.refresh()
+        assert live.rules is before
+        assert f"{rules}:2:" in caplog.text
+    finally:
+        await engine.dispose()
+
+
+def test_settings_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "callrouter.yaml"
+    config.write_text("ari_user: from-file\nami_port: 1234\n")
+    secret_file = tmp_path / "ari.secret"
+    secret_file.write_text("s3cret-from-file\n")
+    monkeypatch.setenv("CALLROUTER_AMI_PORT", "4321")
+    monkeypatch.setenv("CALLROUTER_ARI_PASSWORD_FILE", str(secret_file))
+    settings = load_settings(config)
+    assert settings.ari_user == "from-file"
+    assert settings.ami_port == 4321
+    assert settings.ari_password is not None
+    assert settings.ari_password.get_secret_value() == "s3cret-from-file"
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(ValueError, match="CALLROUTER_AMI_SECRET"):
+        settings.require_secrets()
+
+
+def test_registered_secrets_are_masked() -> None:
+    register_secret("hunter2-xyz")
+    assert mask("login with hunter2-xyz failed") == "login with *** failed"

@@ -1,0 +1,78 @@
+"""The callrouter command line, run in-process on a temporary SQLite directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from callrouter.cli.main import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    db = f"sqlite:///{tmp_path}/cli.db"
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(main, ["--db", db, "--rules", str(EXAMPLES / "rules.yaml"),
+                                      *args])
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
+
+
+def test_outdated_schema_is_refused_with_the_fix(cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("plan", "201")
+    assert code == 1
+    assert "callrouter db upgrade" in err
+
+
+def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    code, out, _ = cli("directory", "import", str(EXAMPLES / "directory.yaml"))
+    assert code == 0, out
+    code, out, _ = cli("plan", "201", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert set(plan) == {"extension", "user", "workplace", "status", "legs"}
+    assert plan["extension"] == "201" and plan["status"] == "ok"
+    assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))
+    assert {"endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme"} \
+        in plan["legs"]
+    code, out, _ = cli("plan", "201")
+    assert "PJSIP/anna-desk" in out and "followme" in out
+    code, out, _ = cli("plan", "9999", "--json")
+    assert json.loads(out)["status"] == "unknown-extension"
+
+    exported = tmp_path / "exported.yaml"
+    assert cli("directory", "export", "-o", str(exported))[0] == 0
+    assert "4711" not in exported.read_text()  # PINs leave only as hashes
+    code, out, _ = cli("directory", "import", str(exported))
+    assert code == 0
+    assert "no changes" in out  # the export round-trips exactly
+    assert cli("rules", "check", str(EXAMPLES / "rules.yaml"))[0] == 0
+
+
+def test_rules_check_reports_every_error_and_exits_1(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(
+        "defaults:\n  timeout: 0\nusers:\n  '201':\n    followme:\n"
+        "      - ring: ['PJSIP/a&b']\n        colour: red\n"
+    )
+    code, _, err = cli("rules", "check", str(bad))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 3, err
+    assert lines[0].startswith(f"{bad}:2:")
+    assert "'&'" in err and "colour" in err
+
+
+def test_bad_caller_endpoint_is_rejected(cli) -> None:  # type: ignore[no-untyped-def]
+    cli("db", "upgrade")
+    code, _, err = cli("plan", "201", "--caller", "PJSIP/x,y")
+    assert code == 2 and "','" in err
