@@ -1,0 +1,371 @@
+"""Benchmark: call set-up latency through the router against Asterisk's own Dial().
+
+    .venv/bin/python -m benchmarks.call_setup_bench [--calls N] [--users U]
+
+Boots the sandbox Asterisk, simulated phones (two ringing phones per user and one
+caller phone) and the router in-process (as tests/e2e/test_routing.py does, with a
+temporary SQLite directory).  Then it places ``--calls`` calls of each kind, one at
+a time and interleaved (router, native, router, native, ...), so that latency and
+not load is measured:
+
+* router: the caller dials ``EXT`` -> [callrouter] -> Stasis() -> the router
+  creates and dials the user's two phones through ARI;
+* native: the caller dials ``*EXT`` -> [bench-native] -> Dial() of the same two
+  phones, from the AstDB entry ``native/EXT``.
+
+Latency of a call: from the moment the caller phone sent its INVITE to the first
+INVITE arriving at either callee phone (both ``time.monotonic()`` stamps recorded
+by the simulated phones).  Each call is then cancelled by the caller and the next
+one starts once both callee phones saw the CANCEL (and, for router calls, once the
+router finished the call).
+
+Prints each figure beside its goal; exit status 0 regardless (it is a report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from callrouter.app import Router, run_router
+from callrouter.ari.events import Channel
+from callrouter.config import Settings
+from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.loader import load_document
+from callrouter.directory.store import import_document
+from sandbox.asterisk import AsteriskSandbox, ensure_rootfs
+from sandbox.phones import PhoneBank, SimulatedPhone
+
+RATIO_GOAL = 1.25  # median router latency / median native latency
+ADDED_P99_GOAL_MS = 5.0  # p99(router) - median(native)
+FIRST_EXTENSION = 5000
+
+Kind = Literal["router", "native"]
+
+
+# --- measurements -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RouterTrace:
+    """When the router saw a call and issued its ARI requests (first leg's)."""
+
+    stasis: float | None = None
+    create_sent: float | None = None
+    create_done: float | None = None
+    dial_sent: float | None = None
+    dial_done: float | None = None
+    dial_requests: int = 0
+
+    def reset(self) -> None:
+        self.stasis = self.create_sent = self.create_done = None
+        self.dial_sent = self.dial_done = None
+        self.dial_requests = 0
+
+
+@dataclass(slots=True)
+class CallSample:
+    kind: Kind
+    latency: float  # caller INVITE sent -> first callee INVITE received (s)
+    spread: float  # first -> second callee INVITE (s)
+    cpu: float  # process CPU time over the whole call, set-up to teardown (s)
+    # Router calls only: the RouterTrace stamps, as seconds after the caller's INVITE.
+    marks: dict[str, float] = field(default_factory=dict)
+    dial_requests: int = 0
+
+
+@dataclass(slots=True)
+class Results:
+    samples: list[CallSample] = field(default_factory=list)
+
+    def of(self, kind: Kind) -> list[CallSample]:
+        return [s for s in self.samples if s.kind == kind]
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Linear-interpolated percentile (0..100) of ``values``."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+# --- the router, in-process -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunningRouter:
+    router: Router
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+
+@asynccontextmanager
+async def running_router(asterisk: AsteriskSandbox, workdir: Path, directory_yaml: str,
+                         rules_yaml: str) -> AsyncIterator[RunningRouter]:
+    directory_file = workdir / "directory.yaml"
+    rules_file = workdir / "rules.yaml"
+    directory_file.write_text(directory_yaml)
+    rules_file.write_text(rules_yaml)
+    url = f"sqlite:///{workdir}/callrouter.db"
+    await upgrade(url)
+    engine = create_engine(url)
+    try:
+        await import_document(engine, load_document(directory_file), prune=True,
+                              actor="benchmark")
+    finally:
+        await engine.dispose()
+    settings = Settings(
+        db=url, rules=rules_file, ari_url=asterisk.http_url,
+        ari_user=asterisk.ari_user, ari_password=asterisk.ari_password,
+        ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
+        ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
+        shutdown_grace=2,
+    )
+    stop, reload = asyncio.Event(), asyncio.Event()
+    started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(
+        run_router(settings, stop, reload, on_started=started.set_result))
+    router = await asyncio.wait_for(started, 15)
+    await router.ari.wait_connected(10)
+    await router.ami.wait_connected(10)
+    try:
+        yield RunningRouter(router, stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def instrument(router: Router, trace: RouterTrace) -> None:
+    """Stamp StasisStart and the ARI requests that create and dial a leg."""
+    take_call = router._take_call
+    ari = router.ari
+    create_channel = ari.create_channel
+    dial = ari.dial
+
+    def timed_take_call(channel: Channel, extension: str) -> None:
+        if trace.stasis is None:
+            trace.stasis = time.monotonic()
+        take_call(channel, extension)
+
+    async def timed_create_channel(*args: Any, **kwargs: Any) -> Any:
+        if trace.create_sent is None:
+            trace.create_sent = time.monotonic()
+        result = await create_channel(*args, **kwargs)
+        if trace.create_done is None:
+            trace.create_done = time.monotonic()
+        return result
+
+    async def timed_dial(*args: Any, **kwargs: Any) -> None:
+        trace.dial_requests += 1
+        if trace.dial_sent is None:
+            trace.dial_sent = time.monotonic()
+        await dial(*args, **kwargs)
+        if trace.dial_done is None:
+            trace.dial_done = time.monotonic()
+
+    router._take_call = timed_take_call  # type: ignore[method-assign]
+    ari.create_channel = timed_create_channel  # type: ignore[method-assign]
+    ari.dial = timed_dial  # type: ignore[method-assign]
+
+
+# --- one call ---------------------------------------------------------------------
+
+
+async def place_call(kind: Kind, caller: SimulatedPhone, callees: tuple[SimulatedPhone,
+                     SimulatedPhone], extension: str, port: int, trace: RouterTrace,
+                     router_idle: Callable[[], Awaitable[None]]) -> CallSample:
+    for phone in (caller, *callees):
+        phone.clear_events()
+    trace.reset()
+    cpu_start = time.process_time()
+    call = await caller.call(extension if kind == "router" else f"*{extension}", port)
+    invites = [await phone.wait_for("INVITE", timeout=10) for phone in callees]
+    t0 = (await caller.wait_for("INVITE", direction="out", call_id=call.call_id)).time
+    first, second = sorted(invite.time for invite in invites)
+    await call.hangup()
+    for phone in callees:
+        await phone.wait_for("CANCEL", timeout=10)
+    if kind == "router":
+        await router_idle()
+    cpu = time.process_time() - cpu_start
+    sample = CallSample(kind, first - t0, second - first, cpu)
+    if kind == "router":
+        stamps = {"stasis": trace.stasis, "create_sent": trace.create_sent,
+                  "create_done": trace.create_done, "dial_sent": trace.dial_sent,
+                  "dial_done": trace.dial_done, "invite": first}
+        sample.marks = {k: v - t0 for k, v in stamps.items() if v is not None}
+        sample.dial_requests = trace.dial_requests
+    return sample
+
+
+# --- the run ----------------------------------------------------------------------
+
+
+async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int,
+                    warmup: int) -> Results:
+    results = Results()
+    trace = RouterTrace()
+    async with PhoneBank() as bank:
+        caller = await bank.add("bench-caller")
+        pairs: list[tuple[SimulatedPhone, SimulatedPhone]] = []
+        for i in range(users):
+            a = await bank.add(f"bench-u{i}-desk")
+            b = await bank.add(f"bench-u{i}-soft")
+            a.ring()
+            b.ring()
+            pairs.append((a, b))
+        await asterisk.add_phones_async(bank.contacts())
+        lines = []
+        for i, (a, b) in enumerate(pairs):
+            extension = str(FIRST_EXTENSION + i)
+            asterisk.db_put("native", extension, f"PJSIP/{a.name}&PJSIP/{b.name}")
+            lines.append(f'- {{extension: "{extension}", name: User {i}, '
+                         f'phones: [PJSIP/{a.name}, PJSIP/{b.name}]}}')
+        lines.append('- {extension: "4999", name: Caller, phones: [PJSIP/bench-caller]}')
+        directory_yaml = "users:\n" + textwrap.indent("\n".join(lines), "  ") + "\n"
+        with tempfile.TemporaryDirectory(prefix="callrouter-bench-") as tmp:
+            async with running_router(asterisk, Path(tmp), directory_yaml,
+                                      "defaults: {timeout: 20}\n") as running:
+                router = running.router
+                instrument(router, trace)
+
+                async def router_idle() -> None:
+                    for _ in range(500):
+                        if not router.calls:
+                            return
+                        await asyncio.sleep(0.002)
+                    raise RuntimeError(f"router calls still going: {list(router.calls)}")
+
+                kinds: tuple[Kind, Kind] = ("router", "native")
+                total = warmup + calls
+                for n in range(total):
+                    i = n % users
+                    extension = str(FIRST_EXTENSION + i)
+                    order = kinds if n % 2 == 0 else kinds[::-1]  # alternate who goes first
+                    for kind in order:
+                        sample = await place_call(kind, caller, pairs[i], extension,
+                                                  asterisk.sip_port, trace, router_idle)
+                        if n >= warmup:
+                            results.samples.append(sample)
+                        await asyncio.sleep(0.01)  # let Asterisk finish tearing down
+                    if (n + 1) % 50 == 0:
+                        print(f"  {n + 1}/{total} call pairs", file=sys.stderr)
+        for i in range(users):
+            asterisk.db_del("native", str(FIRST_EXTENSION + i))
+        names = [p.name for p in bank]
+    if asterisk.running:
+        asterisk.remove_phones(names)
+    return results
+
+
+def report(results: Results) -> None:
+    routed, native = results.of("router"), results.of("native")
+    r = [s.latency for s in routed]
+    n = [s.latency for s in native]
+    r_med, n_med = statistics.median(r), statistics.median(n)
+    r_p99, n_p99 = percentile(r, 99), percentile(n, 99)
+    ratio = r_med / n_med
+    added = r_p99 - n_med
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    print(f"calls: {len(routed)} routed, {len(native)} native (sequential, interleaved)")
+    print("latency = caller INVITE sent -> first INVITE at a callee phone")
+    print(f"  router: median {ms(r_med)}, p90 {ms(percentile(r, 90))}, p99 {ms(r_p99)}, "
+          f"max {ms(max(r))}")
+    print(f"  native: median {ms(n_med)}, p90 {ms(percentile(n, 90))}, p99 {ms(n_p99)}, "
+          f"max {ms(max(n))}")
+    print(f"median router {ms(r_med)}, native {ms(n_med)}, ratio {ratio:.2f} "
+          f"(goal ≤ {RATIO_GOAL}) {verdict(ratio <= RATIO_GOAL)}")
+    print(f"p99 added latency {ms(added)} (goal ≤ {ADDED_P99_GOAL_MS:g} ms) "
+          f"{verdict(added * 1000 <= ADDED_P99_GOAL_MS)}   "
+          f"[p99(router) - median(native)]")
+    print(f"  for comparison: p99(router) - p99(native) = {ms(r_p99 - n_p99)}, "
+          f"median(router) - median(native) = {ms(r_med - n_med)}")
+    print(f"spread between the two callee INVITEs (median): router "
+          f"{ms(statistics.median(s.spread for s in routed))}, native "
+          f"{ms(statistics.median(s.spread for s in native))}")
+
+    steps = [
+        ("caller INVITE sent -> StasisStart handled by the router", None, "stasis"),
+        ("StasisStart -> POST /channels sent", "stasis", "create_sent"),
+        ("POST /channels sent -> its response", "create_sent", "create_done"),
+        ("POST /channels response -> POST .../dial sent", "create_done", "dial_sent"),
+        ("POST .../dial sent -> first INVITE at a phone", "dial_sent", "invite"),
+        ("(POST .../dial sent -> its response)", "dial_sent", "dial_done"),
+    ]
+    traced = [s.marks for s in routed if len(s.marks) == 6]
+    if traced:
+        print(f"where a routed call's time goes (medians over {len(traced)} calls; "
+              "the first leg's requests):")
+        for label, start, end in steps:
+            values = [m[end] - (m[start] if start else 0.0) for m in traced]
+            print(f"  {label:<58} {ms(statistics.median(values))}")
+        print("  slowest routed calls (ms after the caller's INVITE: StasisStart, "
+              "POST /channels sent/returned, dial sent, INVITE):")
+        for sample in sorted(routed, key=lambda s: s.latency, reverse=True)[:3]:
+            m = sample.marks
+            stamps = ", ".join(f"{m[k] * 1000:.1f}" for k in (
+                "stasis", "create_sent", "create_done", "dial_sent", "invite") if k in m)
+            print(f"    {ms(sample.latency)}: {stamps}")
+        retried = sum(1 for s in routed if s.dial_requests > 2)
+        print(f"  calls with a dial retried after 409: {retried} of {len(routed)}")
+
+    r_cpu = sum(s.cpu for s in routed) / len(routed)
+    n_cpu = sum(s.cpu for s in native) / len(native)
+    print(f"router CPU per routed call: {ms(r_cpu - n_cpu)}   [benchmark process CPU per "
+          f"router call ({ms(r_cpu)}) minus per native call ({ms(n_cpu)}): the process "
+          f"also runs the phones, the same for both kinds]")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    root = ensure_rootfs()
+    asterisk = AsteriskSandbox(root)
+    await asterisk.start_async()
+    try:
+        results = await benchmark(asterisk, args.calls, args.users, args.warmup)
+    finally:
+        await asterisk.stop_async()
+    report(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=200, help="calls of each kind")
+    parser.add_argument("--users", type=int, default=5,
+                        help="users (two ringing phones each) the calls rotate over")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="call pairs placed first and not counted")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="log level for the router and the phones")
+    args = parser.parse_args(argv)
+    if args.calls < 1 or args.users < 1 or args.warmup < 0:
+        parser.error("--calls and --users must be ≥ 1, --warmup ≥ 0")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
