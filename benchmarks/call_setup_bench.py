@@ -32,20 +32,16 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from callrouter.app import Router, run_router
+from callrouter.app import Router
 from callrouter.ari.events import Channel
-from callrouter.config import Settings
-from callrouter.directory.database import create_engine, upgrade
-from callrouter.directory.loader import load_document
-from callrouter.directory.store import import_document
 from sandbox.asterisk import AsteriskSandbox, ensure_rootfs
 from sandbox.phones import PhoneBank, SimulatedPhone
+from sandbox.router import running_router
 
 RATIO_GOAL = 1.25  # median router latency / median native latency
 ADDED_P99_GOAL_MS = 5.0  # p99(router) - median(native)
@@ -109,49 +105,6 @@ def ms(seconds: float) -> str:
 
 
 # --- the router, in-process -------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RunningRouter:
-    router: Router
-    stop: asyncio.Event
-    task: asyncio.Task[int]
-
-
-@asynccontextmanager
-async def running_router(asterisk: AsteriskSandbox, workdir: Path, directory_yaml: str,
-                         rules_yaml: str) -> AsyncIterator[RunningRouter]:
-    directory_file = workdir / "directory.yaml"
-    rules_file = workdir / "rules.yaml"
-    directory_file.write_text(directory_yaml)
-    rules_file.write_text(rules_yaml)
-    url = f"sqlite:///{workdir}/callrouter.db"
-    await upgrade(url)
-    engine = create_engine(url)
-    try:
-        await import_document(engine, load_document(directory_file), prune=True,
-                              actor="benchmark")
-    finally:
-        await engine.dispose()
-    settings = Settings(
-        db=url, rules=rules_file, ari_url=asterisk.http_url,
-        ari_user=asterisk.ari_user, ari_password=asterisk.ari_password,
-        ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
-        ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
-        shutdown_grace=2,
-    )
-    stop, reload = asyncio.Event(), asyncio.Event()
-    started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(
-        run_router(settings, stop, reload, on_started=started.set_result))
-    router = await asyncio.wait_for(started, 15)
-    await router.ari.wait_connected(10)
-    await router.ami.wait_connected(10)
-    try:
-        yield RunningRouter(router, stop, task)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def instrument(router: Router, trace: RouterTrace) -> None:
@@ -243,8 +196,12 @@ async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int,
         lines.append('- {extension: "4999", name: Caller, phones: [PJSIP/bench-caller]}')
         directory_yaml = "users:\n" + textwrap.indent("\n".join(lines), "  ") + "\n"
         with tempfile.TemporaryDirectory(prefix="callrouter-bench-") as tmp:
-            async with running_router(asterisk, Path(tmp), directory_yaml,
-                                      "defaults: {timeout: 20}\n") as running:
+            directory_file = Path(tmp) / "directory.yaml"
+            rules_file = Path(tmp) / "rules.yaml"
+            directory_file.write_text(directory_yaml)
+            rules_file.write_text("defaults: {timeout: 20}\n")
+            async with running_router(asterisk, Path(tmp), directory_file, rules_file,
+                                      actor="benchmark") as running:
                 router = running.router
                 instrument(router, trace)
 

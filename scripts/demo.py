@@ -31,11 +31,8 @@ if str(REPO) not in sys.path:
 
 import yaml  # noqa: E402
 
-from callrouter.app import Router, run_router  # noqa: E402
-from callrouter.config import Settings  # noqa: E402
-from callrouter.directory.database import create_engine, upgrade  # noqa: E402
-from callrouter.directory.loader import load_document  # noqa: E402
-from callrouter.directory.store import import_document, load_snapshot  # noqa: E402
+from callrouter.directory.database import create_engine  # noqa: E402
+from callrouter.directory.store import load_snapshot  # noqa: E402
 from callrouter.routing.resolver import resolve_plan  # noqa: E402
 from callrouter.routing.timeline import format_plan  # noqa: E402
 from callrouter.rules.loader import load_rules  # noqa: E402
@@ -50,6 +47,7 @@ from sandbox.phones import (  # noqa: E402
     Ring,
     SimulatedPhone,
 )
+from sandbox.router import load_directory, sandbox_settings, start_router  # noqa: E402
 
 DIRECTORY = REPO / "examples" / "directory.yaml"
 RULES = REPO / "examples" / "rules.yaml"
@@ -214,12 +212,10 @@ async def place_call(sc: Scenario, caller: SimulatedPhone, bank: PhoneBank,
 async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
                scale: float) -> None:
     url = f"sqlite:///{workdir}/callrouter.db"
-    await upgrade(url)
+    await load_directory(url, DIRECTORY, actor="demo")
     engine = create_engine(url)
     try:
-        await import_document(engine, load_document(DIRECTORY), prune=False,
-                              actor="demo")
-        snapshot = await load_snapshot(engine)
+        snapshot = await load_snapshot(engine)  # for the printed plans
     finally:
         await engine.dispose()
     ring_rules = load_rules(rules_path)
@@ -235,27 +231,8 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
         print(f"phones: {len(names)} from {DIRECTORY.relative_to(REPO)} "
               f"({', '.join(names)}) + {CALLER}")
 
-        settings = Settings(
-            db=url, rules=rules_path, ari_url=asterisk.http_url,
-            ari_user=asterisk.ari_user, ari_password=asterisk.ari_password,
-            ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
-            ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
-            directory_poll_interval=0.5, shutdown_grace=2,
-        )
-        stop, reload = asyncio.Event(), asyncio.Event()
-        started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(
-            run_router(settings, stop, reload, on_started=started.set_result))
+        running = await start_router(sandbox_settings(asterisk, url, rules_path))
         try:
-            done, _ = await asyncio.wait({task, started}, timeout=20,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if started not in done:
-                if task.done():
-                    task.result()  # raises what stopped it
-                raise RuntimeError("the router did not start within 20 s")
-            router = started.result()
-            await router.ari.wait_connected(10)
-            await router.ami.wait_connected(10)
             print(f"router: connected to the sandbox Asterisk (ARI {asterisk.http_url})\n")
 
             for sc in scenarios(scale):
@@ -268,11 +245,8 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
                 await place_call(sc, caller, bank, asterisk.sip_port, stop_at + 10, collect)
                 print()
         finally:
-            stop.set()
-            if not started.done():
-                started.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+                await running.shut_down()
             logging.getLogger().removeHandler(collect)
             print("router stopped")
     print("phones closed")

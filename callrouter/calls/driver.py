@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from callrouter.ari.client import AriClient
-from callrouter.ari.errors import AriError
+from callrouter.ari.errors import AriError, AriHttpError
 from callrouter.ari.events import AriEvent
 from callrouter.calls.flow import (
     CallFlow,
@@ -347,13 +347,12 @@ class CallDriver:
         if self.bridge_id is not None:
             await self._quietly(self.ari.destroy_bridge(self.bridge_id))
 
-    async def _quietly(self, request: object) -> None:
+    async def _quietly(self, request: Awaitable[object]) -> None:
         try:
-            await request  # type: ignore[misc]
+            await request
         except AriError as exc:
             log.debug("call %s: %s", self.call_id, exc)
 
 
 def exc_status(exc: AriError) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
+    return exc.status if isinstance(exc, AriHttpError) else None

@@ -11,32 +11,16 @@ import asyncio
 import logging
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from callrouter.app import Router, run_router
 from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX
-from callrouter.config import Settings
-from callrouter.directory.database import create_engine, upgrade
-from callrouter.directory.loader import load_document
-from callrouter.directory.store import import_document
+from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed
+from sandbox.router import RunningRouter
 from tests.e2e.conftest import MakePhones
-
-
-@dataclass
-class RunningRouter:
-    router: Router
-    stop: asyncio.Event
-    task: asyncio.Task[int]
-
-    async def shut_down(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 30)
-
 
 StartRouter = Callable[[str, str], Awaitable[RunningRouter]]
 
@@ -53,28 +37,9 @@ async def start_router(
         directory_file.write_text(textwrap.dedent(directory_yaml))
         rules_file.write_text(textwrap.dedent(rules_yaml))
         url = f"sqlite:///{tmp_path}/callrouter.db"
-        await upgrade(url)
-        engine = create_engine(url)
-        try:
-            await import_document(engine, load_document(directory_file), prune=True,
-                                  actor="test")
-        finally:
-            await engine.dispose()
-        settings = Settings(
-            db=url, rules=rules_file, ari_url=asterisk.http_url,
-            ari_user=asterisk.ari_user, ari_password=asterisk.ari_password,
-            ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
-            ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
-            directory_poll_interval=0.2, shutdown_grace=2,
-        )
-        stop, reload = asyncio.Event(), asyncio.Event()
-        started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(
-            run_router(settings, stop, reload, on_started=started.set_result))
-        router = await asyncio.wait_for(started, 15)
-        await router.ari.wait_connected(10)
-        await router.ami.wait_connected(10)
-        handle = RunningRouter(router, stop, task)
+        await in_process.load_directory(url, directory_file, actor="test")
+        handle = await in_process.start_router(
+            in_process.sandbox_settings(asterisk, url, rules_file, poll_interval=0.2))
         running.append(handle)
         return handle
 

@@ -1,0 +1,94 @@
+"""The router, run in-process against a sandbox Asterisk.
+
+Shared by the end-to-end tests, the demo and the call-set-up benchmark: load a
+directory file into a fresh SQLite database, start ``run_router`` with settings that
+point at the sandbox, and wait until both ARI and AMI are connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from callrouter.app import Router, run_router
+from callrouter.config import Settings
+from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.loader import load_document
+from callrouter.directory.store import import_document
+from sandbox.asterisk import AsteriskSandbox
+
+
+@dataclass(slots=True)
+class RunningRouter:
+    router: Router
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+    async def shut_down(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+async def load_directory(url: str, directory_file: Path, *, actor: str) -> None:
+    """Create or upgrade the database at ``url`` and import ``directory_file``."""
+    await upgrade(url)
+    engine = create_engine(url)
+    try:
+        await import_document(engine, load_document(directory_file), prune=True, actor=actor)
+    finally:
+        await engine.dispose()
+
+
+def sandbox_settings(asterisk: AsteriskSandbox, db: str, rules: Path,
+                     *, poll_interval: float = 0.5) -> Settings:
+    return Settings(
+        db=db, rules=rules, ari_url=asterisk.http_url,
+        ari_user=asterisk.ari_user, ari_password=asterisk.ari_password,
+        ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
+        ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
+        directory_poll_interval=poll_interval, shutdown_grace=2,
+    )
+
+
+async def start_router(settings: Settings, *, timeout: float = 20) -> RunningRouter:
+    """Start ``run_router`` as a task; return once ARI and AMI are connected."""
+    stop, reload = asyncio.Event(), asyncio.Event()
+    started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(
+        run_router(settings, stop, reload, on_started=started.set_result))
+    try:
+        waiting: set[asyncio.Future[object]] = {task, started}  # type: ignore[arg-type]
+        done, _ = await asyncio.wait(waiting, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if started not in done:
+            if task.done():
+                task.result()  # raises what stopped it
+            raise RuntimeError(f"the router did not start within {timeout:g} s")
+        router = started.result()
+        await router.ari.wait_connected(10)
+        await router.ami.wait_connected(10)
+    except BaseException:
+        stop.set()
+        started.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+        raise
+    return RunningRouter(router, stop, task)
+
+
+@contextlib.asynccontextmanager
+async def running_router(asterisk: AsteriskSandbox, workdir: Path, directory_file: Path,
+                         rules_file: Path, *, actor: str,
+                         poll_interval: float = 0.5) -> AsyncIterator[RunningRouter]:
+    """A router on a fresh SQLite directory in ``workdir``, stopped on exit."""
+    url = f"sqlite:///{workdir}/callrouter.db"
+    await load_directory(url, directory_file, actor=actor)
+    running = await start_router(
+        sandbox_settings(asterisk, url, rules_file, poll_interval=poll_interval))
+    try:
+        yield running
+    finally:
+        await running.shut_down()
