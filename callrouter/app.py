@@ -4,21 +4,27 @@ The wiring in one place:
   directory (SQL) ──▶ LiveDirectory (snapshot + rules, reloaded on change) ──▶ calls
   ARI websocket ──StasisStart──▶ Router ──▶ one CallDriver task per call
   AMI ◀── FallbackPublisher (AstDB dial strings for when the router is down)
+  FastAGI (feature codes) ─┐
+  HTTP API (client, admin) ┴──▶ LoginService ──▶ directory (SQL) ──▶ LiveDirectory
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 from collections.abc import Callable, Coroutine
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from callrouter.agi import AgiServer
 from callrouter.ami.client import AmiClient
+from callrouter.api import TokenSigner, create_api
+from callrouter.api.server import ApiServer
 from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError
 from callrouter.ari.events import AriEvent, Channel
@@ -27,8 +33,11 @@ from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.store import load_snapshot, read_revision
+from callrouter.logins.feature_codes import FeatureCodes
+from callrouter.logins.service import LoginService
 from callrouter.logs import register_secret, setup_logging
 from callrouter.routing.directory import DirectorySnapshot
+from callrouter.routing.endpoint import caller_endpoint
 from callrouter.routing.fallback import fallback_entries
 from callrouter.routing.resolver import resolve_plan
 from callrouter.rules.loader import load_rules
@@ -36,17 +45,6 @@ from callrouter.rules.model import RingRules
 from callrouter.yamlfile import YamlFileError
 
 log = logging.getLogger(__name__)
-
-# PJSIP/anna-desk-0000001a -> PJSIP/anna-desk (the endpoint behind a channel name)
-_CHANNEL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
-
-
-def caller_endpoint(channel_name: str) -> str | None:
-    if channel_name.startswith("Local/"):
-        return None
-    endpoint = _CHANNEL_SUFFIX.sub("", channel_name)
-    return endpoint if endpoint != channel_name else None
-
 
 class LiveDirectory:
     """The snapshot and the rules every new call is routed by, kept current.
@@ -63,6 +61,7 @@ class LiveDirectory:
         self.snapshot = DirectorySnapshot()
         self.rules = RingRules()
         self._rules_mtime: float | None = None
+        self._refreshing = asyncio.Lock()  # the poll loop and login changes both refresh
         self.listeners: list[Callable[[], None]] = []
 
     async def load(self) -> None:
@@ -76,6 +75,10 @@ class LiveDirectory:
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload what changed; True if anything did."""
+        async with self._refreshing:
+            return await self._refresh(force)
+
+    async def _refresh(self, force: bool) -> bool:
         changed = False
         mtime = self._mtime()
         if force or mtime != self._rules_mtime:
@@ -129,6 +132,25 @@ class Router:
             on_connected=self._on_ami_connected,
         )
         self.fallback = FallbackPublisher(self.ami)
+        self.logins = LoginService(
+            live.engine, lambda: live.snapshot, policy=settings.occupied_workplace,
+            on_change=live.refresh,  # this router sees its own changes at once
+        )
+        self.feature_codes = FeatureCodes(self.logins, settings.login_prefix)
+        self.agi_server: AgiServer | None = None
+        if settings.agi_enabled:
+            self.agi_server = AgiServer(self.feature_codes.handlers, host=settings.agi_host,
+                                        port=settings.agi_port)
+        self.api_server: ApiServer | None = None
+        if settings.api_enabled:
+            secret = settings.api_token_secret
+            signer = TokenSigner(None if secret is None else secret.get_secret_value().encode(),
+                                 ttl=settings.api_token_ttl)
+            admin = settings.api_admin_token
+            api = create_api(self.logins, signer,
+                             None if admin is None else admin.get_secret_value())
+            self.api_server = ApiServer(api, settings.api_host, settings.api_port)
+        self._sweeper: asyncio.Future[None] | None = None
         self.calls: dict[str, CallDriver] = {}  # by caller channel id
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
@@ -139,11 +161,24 @@ class Router:
     async def start(self) -> None:
         await self.ami.start(wait=False)
         await self.ari.start()
+        if self.agi_server is not None:
+            await self.agi_server.start()
+            log.info("FastAGI listening on %s:%d", self.settings.agi_host, self.agi_server.port)
+        if self.api_server is not None:
+            await self.api_server.start()
+        self._sweeper = asyncio.ensure_future(self._sweep_logins())
 
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let ringing calls finish within ``grace``, then hand the
         rest back to the dialplan's fallback."""
         self._accepting = False
+        if self.api_server is not None:
+            await self.api_server.close()
+        if self.agi_server is not None:
+            await self.agi_server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         running = [t for t in self._tasks if not t.done()]
         if running:
             log.info("shutting down: waiting up to %.0f s for %d call(s)", grace, len(running))
@@ -215,6 +250,24 @@ class Router:
                 log.info("resync: destroying orphaned bridge %s", bridge.id)
                 await self.ari.destroy_bridge(bridge.id)
 
+    # --- automatic logout ---------------------------------------------------------
+
+    def time_zone(self) -> tzinfo:
+        if self.settings.timezone is not None:
+            return ZoneInfo(self.settings.timezone)
+        zone = datetime.now().astimezone().tzinfo  # asked each time: follows DST
+        assert zone is not None
+        return zone
+
+    async def _sweep_logins(self) -> None:
+        """End logins past their workplace's auto_logout, now and every interval."""
+        while True:
+            try:
+                await self.logins.expire(self.live.rules, self.time_zone())
+            except Exception:
+                log.exception("automatic logout failed; trying again next interval")
+            await asyncio.sleep(self.settings.auto_logout_interval)
+
     # --- fallback -----------------------------------------------------------------
 
     async def _on_ami_connected(self) -> None:
@@ -274,7 +327,8 @@ async def run_router(
 
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level, settings.log_format)
-    for secret in (settings.ari_password, settings.ami_secret):
+    for secret in (settings.ari_password, settings.ami_secret, settings.api_admin_token,
+                   settings.api_token_secret):
         if secret is not None:
             register_secret(secret.get_secret_value())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -42,6 +43,33 @@ class Settings(BaseSettings):
     ami_secret: SecretStr | None = None
     ami_secret_file: Path | None = None
 
+    # FastAGI server for the dialplan's feature codes (workplace login by phone).
+    agi_enabled: bool = True
+    agi_host: str = "127.0.0.1"
+    agi_port: int = Field(default=4573, ge=0, le=65535)
+    # What a workplace phone dials to log in (prefix + extension [+ # + PIN]) or,
+    # alone, to log out.  The dialplan's pattern must match it (dialplan/callrouter.conf).
+    login_prefix: str = Field(default="*44", pattern=r"^[*#]?[0-9]{1,6}$")
+    # Logging in at an occupied workplace: move the user there out, or refuse.
+    occupied_workplace: Literal["displace", "refuse"] = "displace"
+    # The zone of rules' auto_logout times (an IANA name); None: the machine's zone.
+    timezone: str | None = None
+    # How often logins are checked against their workplace's auto_logout (seconds).
+    auto_logout_interval: float = Field(default=30.0, gt=0, le=3600)
+
+    # HTTP API for client apps and admins.
+    api_enabled: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8090, ge=0, le=65535)
+    # Bearer token that may do everything (log anyone in or out); None: no admin access.
+    api_admin_token: SecretStr | None = None
+    api_admin_token_file: Path | None = None
+    # Key that signs users' tokens.  Give every router sharing a directory the same
+    # key so that a token from one works on all; None: a random key per start.
+    api_token_secret: SecretStr | None = None
+    api_token_secret_file: Path | None = None
+    api_token_ttl: float = Field(default=12 * 3600, gt=0, le=30 * 86400)
+
     # How often the shared directory is checked for changes made elsewhere (seconds).
     directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
     # On SIGTERM: how long ringing calls may go on before they are handed back.
@@ -61,15 +89,34 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
-        for name in ("ari_password", "ami_secret"):
+        for name in ("ari_password", "ami_secret", "api_admin_token", "api_token_secret"):
             path: Path | None = getattr(self, f"{name}_file")
             if getattr(self, name) is None and path is not None:
                 try:
                     value = path.read_text().strip()
                 except OSError as exc:
                     raise ValueError(f"{name}_file {path}: {exc.strerror}") from None
+                if name.startswith("api_") and len(value) < 16:
+                    raise ValueError(f"{name}_file {path}: must hold at least 16 characters")
                 object.__setattr__(self, name, SecretStr(value))
         return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}, e.g. Europe/Berlin") from None
+        return value
+
+    @field_validator("api_admin_token", "api_token_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
 
     def require_secrets(self) -> None:
         missing = [

@@ -50,11 +50,18 @@ def sandbox_settings(asterisk: AsteriskSandbox, db: str, rules: Path,
         ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
         ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
         directory_poll_interval=poll_interval, shutdown_grace=2,
+        # Free ports, so that several routers (tests, demo) never collide.
+        agi_port=0, api_port=0,
     )
 
 
-async def start_router(settings: Settings, *, timeout: float = 20) -> RunningRouter:
-    """Start ``run_router`` as a task; return once ARI and AMI are connected."""
+async def start_router(settings: Settings, *, asterisk: AsteriskSandbox | None = None,
+                       timeout: float = 20) -> RunningRouter:
+    """Start ``run_router`` as a task; return once ARI and AMI are connected.
+
+    With ``asterisk``, its dialplan's feature codes are pointed at this router's
+    FastAGI port (the global CALLROUTER_AGI).
+    """
     stop, reload = asyncio.Event(), asyncio.Event()
     started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(
@@ -70,6 +77,9 @@ async def start_router(settings: Settings, *, timeout: float = 20) -> RunningRou
         router = started.result()
         await router.ari.wait_connected(10)
         await router.ami.wait_connected(10)
+        if asterisk is not None and router.agi_server is not None:
+            await asterisk.cli_async(f"dialplan set global CALLROUTER_AGI "
+                                     f"agi://127.0.0.1:{router.agi_server.port}")
     except BaseException:
         stop.set()
         started.cancel()
@@ -87,7 +97,8 @@ async def running_router(asterisk: AsteriskSandbox, workdir: Path, directory_fil
     url = f"sqlite:///{workdir}/callrouter.db"
     await load_directory(url, directory_file, actor=actor)
     running = await start_router(
-        sandbox_settings(asterisk, url, rules_file, poll_interval=poll_interval))
+        sandbox_settings(asterisk, url, rules_file, poll_interval=poll_interval),
+        asterisk=asterisk)
     try:
         yield running
     finally:

@@ -231,7 +231,8 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
         print(f"phones: {len(names)} from {DIRECTORY.relative_to(REPO)} "
               f"({', '.join(names)}) + {CALLER}")
 
-        running = await start_router(sandbox_settings(asterisk, url, rules_path))
+        running = await start_router(sandbox_settings(asterisk, url, rules_path),
+                                     asterisk=asterisk)
         try:
             print(f"router: connected to the sandbox Asterisk (ARI {asterisk.http_url})\n")
 

@@ -230,6 +230,93 @@ def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool)
         click.echo(f"warning: {warning}", err=True)
 
 
+# --- logins -----------------------------------------------------------------------------
+
+
+_EXTENSION_ARG = click.argument("extension")
+
+
+def _check_extension(extension: str) -> None:
+    from callrouter.rules.model import EXTENSION_PATTERN
+
+    if not EXTENSION_PATTERN.fullmatch(extension):
+        raise click.BadParameter(f"{extension!r} is not an extension (1 to 20 digits)",
+                                 param_hint="EXTENSION")
+
+
+@main.command()
+@_EXTENSION_ARG
+@click.argument("workplace")
+@click.option("--occupied", type=click.Choice(["displace", "refuse"]), default="displace",
+              show_default=True,
+              help="If someone is at WORKPLACE: move them out, or refuse.")
+@click.pass_obj
+@admin_errors
+def login(obj: dict[str, Any], extension: str, workplace: str, occupied: str) -> None:
+    """Log the user EXTENSION in at WORKPLACE (the role must allow it).
+
+    Running routers see the change within their poll interval.
+    """
+    from callrouter.directory.store import set_login
+
+    _check_extension(extension)
+
+    async def go() -> Any:
+        engine = await _open_database(obj["db"])
+        try:
+            return await set_login(engine, extension, workplace, actor="admin", source="cli",
+                                   policy="refuse" if occupied == "refuse" else "displace")
+        finally:
+            await engine.dispose()
+
+    change = run(go())
+    if not change.changed:
+        click.echo(f"{extension} is already logged in at {workplace}")
+        return
+    moved = f" (was at {change.old_workplace})" if change.old_workplace else ""
+    click.echo(f"{extension} logged in at {workplace}{moved}")
+    if change.displaced:
+        click.echo(f"{change.displaced} was logged out of {workplace}")
+
+
+@main.command()
+@_EXTENSION_ARG
+@click.pass_obj
+@admin_errors
+def logout(obj: dict[str, Any], extension: str) -> None:
+    """Log the user EXTENSION out of their workplace."""
+    from callrouter.directory.store import clear_login
+
+    _check_extension(extension)
+
+    async def go() -> Any:
+        engine = await _open_database(obj["db"])
+        try:
+            return await clear_login(engine, extension, actor="admin", source="cli")
+        finally:
+            await engine.dispose()
+
+    change = run(go())
+    if change.changed:
+        click.echo(f"{extension} logged out of {change.old_workplace}")
+    else:
+        click.echo(f"{extension} was not logged in")
+
+
+@main.command()
+@click.pass_obj
+@admin_errors
+def logins(obj: dict[str, Any]) -> None:
+    """List who is logged in where."""
+    snapshot = run(_load_snapshot(obj["db"]))
+    if not snapshot.logins:
+        click.echo("nobody is logged in")
+    for extension, workplace_id in sorted(snapshot.logins.items(),
+                                          key=lambda item: item[1]):
+        user = snapshot.users[extension]
+        click.echo(f"{workplace_id}\t{extension}\t{user.name}")
+
+
 # --- serve ------------------------------------------------------------------------------
 
 

@@ -75,3 +75,15 @@ def external_endpoint_problem(template: str) -> str | None:
 def expand_external(template: str, number: str) -> str:
     """The endpoint that dials ``number`` through ``template`` (both already validated)."""
     return template.replace("{number}", number)
+
+
+# PJSIP/anna-desk-0000001a -> PJSIP/anna-desk (the endpoint behind a channel name)
+_CHANNEL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+
+
+def caller_endpoint(channel_name: str) -> str | None:
+    """The endpoint a channel belongs to, or None (Local channels, odd names)."""
+    if channel_name.startswith("Local/"):
+        return None
+    endpoint = _CHANNEL_SUFFIX.sub("", channel_name)
+    return endpoint if endpoint != channel_name else None

@@ -8,6 +8,7 @@ belongs to that user or workplace depends on the directory, and is checked by
 from __future__ import annotations
 
 import re
+from datetime import time
 from typing import Annotated, Any
 
 from pydantic import (
@@ -47,6 +48,22 @@ def _workplace_id(value: str) -> str:
             f"workplace id {value!r} must be a slug: lower-case letters, digits and inner hyphens"
         )
     return value
+
+
+_TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+def _time_of_day(value: Any) -> Any:
+    if isinstance(value, time):
+        return value
+    if not isinstance(value, str) or not _TIME_OF_DAY.fullmatch(value):
+        raise ValueError(f"{value!r} is not a time of day: HH:MM, 24-hour, e.g. \"03:00\"")
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+# A time of day such as "03:00", in the router's time zone.
+TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
 
 
 # As mapping keys, each checked on its own: every bad key is reported, at that key.
@@ -118,6 +135,8 @@ class Defaults(_Strict):
     timeout: PositiveSeconds = 20
     # How external numbers are dialled; None: rules may not name external numbers.
     external_endpoint: str | None = None
+    # When logins at workplaces end by themselves, unless a workplace says otherwise.
+    auto_logout: TimeOfDay | None = None
 
     @field_validator("external_endpoint")
     @classmethod
@@ -144,6 +163,7 @@ class UserRule(_Strict):
 
 class WorkplaceRule(_Strict):
     ring: tuple[RingEntry, ...] | None = None  # None: all the workplace's phones at once
+    auto_logout: TimeOfDay | None = None  # None: defaults.auto_logout
 
     @field_validator("ring")
     @classmethod

@@ -39,7 +39,8 @@ async def start_router(
         url = f"sqlite:///{tmp_path}/callrouter.db"
         await in_process.load_directory(url, directory_file, actor="test")
         handle = await in_process.start_router(
-            in_process.sandbox_settings(asterisk, url, rules_file, poll_interval=0.2))
+            in_process.sandbox_settings(asterisk, url, rules_file, poll_interval=0.2),
+            asterisk=asterisk)
         running.append(handle)
         return handle
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from callrouter.app import LiveDirectory, caller_endpoint
+from callrouter.app import LiveDirectory
 from callrouter.config import load_settings
 from callrouter.directory.database import create_engine, upgrade
 from callrouter.directory.loader import load_document
 from callrouter.directory.store import import_document, set_login
 from callrouter.logs import mask, register_secret
+from callrouter.routing.endpoint import caller_endpoint
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -1,0 +1,241 @@
+"""Routes of the HTTP API.  Thin: every decision is the LoginService's.
+
+Authentication is a bearer token: a user's (from ``POST /api/v1/session`` with
+extension and PIN) or the admin token from the settings.  Users act on themselves;
+the admin acts on anyone by naming the extension.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from callrouter.api.tokens import TokenSigner
+from callrouter.directory.store import LoginChange
+from callrouter.logins.policy import Refusal
+from callrouter.logins.service import LoginDenied, LoginService
+
+ADMIN = "admin"
+
+_STATUS = {
+    Refusal.BAD_CREDENTIALS: 401,
+    Refusal.LOCKED: 429,
+    Refusal.NOT_ALLOWED: 403,
+    Refusal.OCCUPIED: 409,
+    Refusal.UNKNOWN_WORKPLACE: 404,
+    Refusal.UNKNOWN_USER: 404,
+    Refusal.NOT_A_WORKPLACE_PHONE: 400,
+    Refusal.BAD_INPUT: 422,
+}
+
+Extension = Annotated[str, Field(pattern=r"^[0-9]{1,20}$", examples=["201"])]
+WorkplaceId = Annotated[
+    str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$", examples=["hotdesk-1"])
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionRequest(_Body):
+    extension: Extension
+    pin: str = Field(max_length=32, json_schema_extra={"format": "password"})
+
+
+class SessionResponse(BaseModel):
+    token: str
+    extension: str
+    name: str
+    expires_at: datetime
+
+
+class Occupant(BaseModel):
+    extension: str
+    name: str
+
+
+class WorkplaceView(BaseModel):
+    id: str
+    name: str
+    code: str
+    occupant: Occupant | None
+    allowed: bool  # whether the asking user's role allows it (always true for the admin)
+
+
+class LoginRequest(_Body):
+    workplace: WorkplaceId
+    extension: Extension | None = None  # the admin names the user; users omit it
+
+
+class LogoutRequest(_Body):
+    extension: Extension | None = None
+
+
+class LoginState(BaseModel):
+    extension: str
+    workplace: str | None
+    previous_workplace: str | None = None
+    displaced: str | None = None  # who had to leave the workplace, if anyone
+
+
+class Me(BaseModel):
+    extension: str
+    name: str
+    workplace: str | None
+
+
+class Problem(BaseModel):
+    detail: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    extension: str | None  # None: the admin
+
+    @property
+    def actor(self) -> str:
+        return self.extension or ADMIN
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(401, "a bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    token = credentials.credentials
+    admin_token: str | None = request.app.state.admin_token
+    if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return Principal(None)
+    service: LoginService = request.app.state.logins
+    signer: TokenSigner = request.app.state.signer
+
+    def pin_hash_of(extension: str) -> str | None:
+        user = service.snapshot.users.get(extension)
+        return None if user is None else user.pin_hash
+
+    extension = signer.verify(token, pin_hash_of)
+    if extension is None:
+        raise HTTPException(401, "invalid or expired token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return Principal(extension)
+
+
+# Module level, so that FastAPI can resolve the annotation (postponed evaluation).
+Auth = Annotated[Principal, Depends(_principal)]
+
+
+def create_api(service: LoginService, signer: TokenSigner,
+               admin_token: str | None = None) -> FastAPI:
+    api = FastAPI(
+        title="callrouter",
+        summary="Workplace logins (hot desking) for client apps and admins.",
+        version="1",
+        responses={401: {"model": Problem}, 422: {"description": "Malformed request"}},
+    )
+    api.state.logins = service
+    api.state.signer = signer
+    api.state.admin_token = admin_token
+
+    def source_of(request: Request) -> str:
+        return f"api {request.client.host if request.client else 'unknown'}"
+
+    def subject(who: Principal, extension: str | None) -> str:
+        """Whom a request acts on: users themselves; the admin whoever they name."""
+        if who.extension is None:
+            if extension is None:
+                raise HTTPException(422, "the admin must name the extension")
+            return extension
+        if extension is not None and extension != who.extension:
+            raise HTTPException(403, "users may only log themselves in and out")
+        return who.extension
+
+    @api.exception_handler(LoginDenied)
+    async def _denied(request: Request, exc: LoginDenied) -> JSONResponse:
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(int(exc.retry_after) + 1)
+        return JSONResponse(
+            {"detail": str(exc), "reason": exc.reason.value},
+            status_code=_STATUS.get(exc.reason, 400), headers=headers,
+        )
+
+    @api.get("/api/v1/health")
+    async def health() -> dict[str, object]:
+        return {"status": "ok", "directory_revision": service.snapshot.revision}
+
+    @api.post("/api/v1/session", responses={429: {"model": Problem}})
+    async def open_session(body: SessionRequest, request: Request) -> SessionResponse:
+        """Trade extension and PIN for a token (lockout after 5 wrong PINs in 15 minutes)."""
+        user = await service.check_pin(body.extension, body.pin, source=source_of(request))
+        assert user.pin_hash is not None  # check_pin only accepts users with a PIN
+        token, expires = signer.issue(user.extension, user.pin_hash)
+        return SessionResponse(token=token, extension=user.extension, name=user.name,
+                               expires_at=datetime.fromtimestamp(expires, UTC))
+
+    @api.get("/api/v1/me")
+    async def me(who: Auth) -> Me:
+        if who.extension is None:
+            raise HTTPException(400, "the admin token belongs to no user")
+        snapshot = service.snapshot
+        user = snapshot.users.get(who.extension)
+        if user is None:
+            raise HTTPException(401, "invalid or expired token")
+        return Me(extension=user.extension, name=user.name,
+                  workplace=snapshot.logins.get(user.extension))
+
+    @api.get("/api/v1/workplaces")
+    async def workplaces(who: Auth) -> list[WorkplaceView]:
+        """The workplaces the user may log in to (the admin: all), with who is where."""
+        snapshot = service.snapshot
+        occupants = {wp: ext for ext, wp in snapshot.logins.items()}
+        user = None if who.extension is None else snapshot.users.get(who.extension)
+        role = None if user is None or user.role is None else snapshot.roles.get(user.role)
+        views = []
+        for workplace in sorted(snapshot.workplaces.values(), key=lambda w: w.id):
+            allowed = role is None or role.allows(workplace.id)
+            if who.extension is not None and not allowed:
+                continue
+            occupant_ext = occupants.get(workplace.id)
+            occupant_user = None if occupant_ext is None else snapshot.users.get(occupant_ext)
+            views.append(WorkplaceView(
+                id=workplace.id, name=workplace.name, code=workplace.code, allowed=allowed,
+                occupant=None if occupant_user is None else Occupant(
+                    extension=occupant_user.extension, name=occupant_user.name),
+            ))
+        return views
+
+    def state(change: LoginChange) -> LoginState:
+        return LoginState(extension=change.extension, workplace=change.new_workplace,
+                          previous_workplace=change.old_workplace, displaced=change.displaced)
+
+    @api.post("/api/v1/login", responses={
+        403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}})
+    async def login(body: LoginRequest, who: Auth, request: Request) -> LoginState:
+        """Log in at a workplace (leaving the previous one)."""
+        extension = subject(who, body.extension)
+        return state(await service.login(extension, body.workplace, actor=who.actor,
+                                         source=source_of(request)))
+
+    @api.post("/api/v1/logout", responses={404: {"model": Problem}})
+    async def logout(who: Auth, request: Request,
+                     body: LogoutRequest | None = None) -> LoginState:
+        """Log out of the current workplace (nothing happens if not logged in)."""
+        extension = subject(who, None if body is None else body.extension)
+        return state(await service.logout(extension, actor=who.actor,
+                                          source=source_of(request)))
+
+    return api

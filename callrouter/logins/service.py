@@ -1,0 +1,158 @@
+"""Logging users in and out of workplaces: the one place every way in goes through.
+
+The phone (feature codes), the client API and the admin all call ``LoginService``;
+it checks PINs with the lockout, lets the store apply the rules atomically, and
+then tells the router at once (so this router's next call and its AstDB fallback
+see the change without waiting for the next directory poll).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, tzinfo
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callrouter.directory import store
+from callrouter.directory.pins import hash_pin, verify_pin
+from callrouter.logins.autologout import logout_cutoffs
+from callrouter.logins.lockout import PinLockout, source_key, user_key
+from callrouter.logins.policy import OccupiedPolicy, Refusal
+from callrouter.routing.directory import DirectorySnapshot, User
+from callrouter.rules.model import RingRules
+
+log = logging.getLogger(__name__)
+
+PIN_PATTERN = re.compile(r"[0-9]{1,12}")
+# Verified when the extension is unknown or has no PIN, so that the answer takes as
+# long as for a real user: timing must not tell which extensions exist.
+_DECOY_HASH = hash_pin("000000")
+
+
+class LoginDenied(Exception):
+    """A login or logout that did not happen, with the reason as a ``Refusal``."""
+
+    def __init__(self, reason: Refusal, message: str, *, retry_after: float | None = None,
+                 occupant: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.occupant = occupant
+
+
+class LoginService:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        snapshot: Callable[[], DirectorySnapshot],
+        *,
+        policy: OccupiedPolicy = "displace",
+        lockout: PinLockout | None = None,
+        on_change: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self._snapshot = snapshot
+        self.policy = policy
+        self.lockout = lockout or PinLockout()
+        self._on_change = on_change
+
+    @property
+    def snapshot(self) -> DirectorySnapshot:
+        return self._snapshot()
+
+    # --- PINs -----------------------------------------------------------------------
+
+    async def check_pin(self, extension: str, pin: str, *, source: str) -> User:
+        """The user, if ``pin`` is theirs; else ``LoginDenied`` (BAD_CREDENTIALS or
+        LOCKED), the same for unknown extensions as for wrong PINs."""
+        keys = (user_key(extension), source_key(source))
+        wait = self.lockout.retry_after(*keys)
+        if wait is not None:
+            log.warning("PIN check for %s from %s refused: locked for %.0f s",
+                        extension, source, wait)
+            raise LoginDenied(Refusal.LOCKED, "too many wrong PINs; try again later",
+                              retry_after=wait)
+        user = self.snapshot.users.get(extension)
+        stored = user.pin_hash if user is not None else None
+        well_formed = PIN_PATTERN.fullmatch(pin) is not None
+        # scrypt takes milliseconds: keep it off the event loop.
+        matches = await asyncio.to_thread(
+            verify_pin, pin if well_formed else "0", stored or _DECOY_HASH
+        )
+        if user is None or stored is None or not well_formed or not matches:
+            self.lockout.failed(*keys)
+            log.warning("wrong extension or PIN for %s from %s", extension, source)
+            raise LoginDenied(Refusal.BAD_CREDENTIALS, "wrong extension or PIN")
+        self.lockout.succeeded(user_key(extension))
+        return user
+
+    # --- changes --------------------------------------------------------------------
+
+    async def login(self, extension: str, workplace_id: str, *, actor: str,
+                    source: str) -> store.LoginChange:
+        try:
+            change = await store.set_login(self.engine, extension, workplace_id,
+                                           actor=actor, source=source, policy=self.policy)
+        except store.LoginRefused as exc:
+            log.info("login of %s at %s from %s refused: %s", extension, workplace_id,
+                     source, exc)
+            raise LoginDenied(exc.reason, str(exc), occupant=exc.occupant) from None
+        except store.UnknownWorkplace as exc:
+            raise LoginDenied(Refusal.UNKNOWN_WORKPLACE, str(exc)) from None
+        except store.UnknownExtension as exc:
+            raise LoginDenied(Refusal.UNKNOWN_USER, str(exc)) from None
+        if change.changed:
+            log.info("login: %s at %s (was %s%s) by %s from %s", extension, workplace_id,
+                     change.old_workplace or "nowhere",
+                     f"; {change.displaced} moved out" if change.displaced else "",
+                     actor, source)
+            await self._changed()
+        return change
+
+    async def logout(self, extension: str, *, actor: str, source: str) -> store.LoginChange:
+        try:
+            change = await store.clear_login(self.engine, extension, actor=actor, source=source)
+        except store.UnknownExtension as exc:
+            raise LoginDenied(Refusal.UNKNOWN_USER, str(exc)) from None
+        if change.changed:
+            log.info("logout: %s from %s by %s from %s", extension, change.old_workplace,
+                     actor, source)
+            await self._changed()
+        return change
+
+    async def logout_workplace(self, workplace_id: str, *, actor: str,
+                               source: str) -> store.LoginChange | None:
+        try:
+            change = await store.clear_workplace(self.engine, workplace_id,
+                                                 actor=actor, source=source)
+        except store.UnknownWorkplace as exc:
+            raise LoginDenied(Refusal.UNKNOWN_WORKPLACE, str(exc)) from None
+        if change is not None:
+            log.info("logout: %s from %s by %s from %s", change.extension, workplace_id,
+                     actor, source)
+            await self._changed()
+        return change
+
+    async def expire(self, rules: RingRules, zone: tzinfo,
+                     now: datetime | None = None) -> list[store.LoginChange]:
+        """Automatic logout: end the logins that began before their workplace's cut-off."""
+        at = now or datetime.now(UTC)
+        cutoffs: Mapping[str, datetime] = logout_cutoffs(
+            rules, self.snapshot.workplaces.keys(), at, zone
+        )
+        changes = await store.expire_logins(self.engine, cutoffs, now=at)
+        for change in changes:
+            log.info("automatic logout: %s from %s", change.extension, change.old_workplace)
+        if changes:
+            await self._changed()
+        return changes
+
+    async def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                await self._on_change()
+            except Exception:  # the change is stored; the next poll catches up
+                log.exception("refreshing after a login change failed")
