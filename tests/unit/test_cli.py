@@ -76,3 +76,37 @@ def test_bad_caller_endpoint_is_rejected(cli) -> None:  # type: ignore[no-untype
     cli("db", "upgrade")
     code, _, err = cli("plan", "201", "--caller", "PJSIP/x,y")
     assert code == 2 and "','" in err
+
+
+def test_admin_logs_users_in_and_out(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    code, out, _ = cli("login", "205", "hotdesk-2")
+    assert code == 0 and out.startswith("205 logged in at hotdesk-2"), out
+    code, out, _ = cli("logins")
+    assert "hotdesk-2\t205\t" in out
+    # Interns may use hot desks only: refused, with the reason, exit status 1.
+    code, _, err = cli("login", "206", "office-2")
+    assert code == 1 and "does not allow workplace office-2" in err
+    # Occupied: refused on request, else the one there moves out.
+    code, _, err = cli("login", "204", "hotdesk-2", "--occupied", "refuse")
+    assert code == 1 and "occupied by 205" in err
+    code, out, _ = cli("login", "204", "hotdesk-2")
+    assert code == 0 and "205 was logged out of hotdesk-2" in out
+    code, out, _ = cli("logout", "204")
+    assert code == 0 and out.strip() == "204 logged out of hotdesk-2"
+    code, out, _ = cli("logout", "204")
+    assert out.strip() == "204 was not logged in"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("login", "2x1", "office-1"), "is not an extension"),
+    (("login", "999", "office-1"), "999"),
+    (("login", "201", "nowhere"), "nowhere"),
+    (("logout", "999"), "999"),
+])
+def test_login_mistakes_are_named(cli, args: tuple[str, ...], message: str) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    code, _, err = cli(*args)
+    assert code != 0 and message in err, err
