@@ -6,6 +6,7 @@ The wiring in one place:
   AMI ◀── FallbackPublisher (AstDB dial strings for when the router is down)
   FastAGI (feature codes) ─┐
   HTTP API (client, admin) ┴──▶ LoginService ──▶ directory (SQL) ──▶ LiveDirectory
+  AMI DeviceStateChange ──▶ PresenceService (tracker) ──▶ routing, API, Custom:user-EXT
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from callrouter.directory.store import load_snapshot, read_revision
 from callrouter.logins.feature_codes import FeatureCodes
 from callrouter.logins.service import LoginService
 from callrouter.logs import register_secret, setup_logging
+from callrouter.presence.live import AMI_EVENTS, PresenceService
+from callrouter.presence.tracker import PresenceTracker
 from callrouter.routing.directory import DirectorySnapshot
 from callrouter.routing.endpoint import caller_endpoint
 from callrouter.routing.fallback import fallback_entries
@@ -128,8 +131,12 @@ class Router:
             settings.ami_port,
             settings.ami_user,
             settings.ami_secret.get_secret_value(),
-            events=set(),  # the router only sends actions for now
+            events=AMI_EVENTS,  # presence; everything else is actions
             on_connected=self._on_ami_connected,
+        )
+        self.presence = PresenceService(
+            PresenceTracker(live.snapshot, heartbeat_timeout=settings.client_heartbeat_timeout),
+            self.ami,
         )
         self.fallback = FallbackPublisher(self.ami)
         self.logins = LoginService(
@@ -148,7 +155,8 @@ class Router:
                                  ttl=settings.api_token_ttl)
             admin = settings.api_admin_token
             api = create_api(self.logins, signer,
-                             None if admin is None else admin.get_secret_value())
+                             None if admin is None else admin.get_secret_value(),
+                             presence=self.presence)
             self.api_server = ApiServer(api, settings.api_host, settings.api_port)
         self._sweeper: asyncio.Future[None] | None = None
         self.calls: dict[str, CallDriver] = {}  # by caller channel id
@@ -159,6 +167,7 @@ class Router:
     # --- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.presence.start()
         await self.ami.start(wait=False)
         await self.ari.start()
         if self.agi_server is not None:
@@ -190,6 +199,7 @@ class Router:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.ari.close()
         await self.ami.close()
+        await self.presence.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -213,7 +223,8 @@ class Router:
             return
         live = self.live
         caller = caller_endpoint(channel.name)
-        plan = resolve_plan(live.snapshot, live.rules, extension, caller)
+        plan = resolve_plan(live.snapshot, live.rules, extension, caller,
+                            presence=self.presence.tracker)
         driver = CallDriver(self.ari, channel, plan)
         self.calls[channel.id] = driver
         task = self._spawn(driver.run())
@@ -273,8 +284,13 @@ class Router:
     async def _on_ami_connected(self) -> None:
         entries = fallback_entries(self.live.snapshot, self.live.rules)
         await self.fallback.resync(entries)
+        try:
+            await self.presence.resync()
+        except Exception as exc:  # AMI went again: the next connect resyncs
+            log.warning("presence resync failed: %s", exc)
 
     def _directory_changed(self) -> None:
+        self.presence.set_snapshot(self.live.snapshot)
         entries = fallback_entries(self.live.snapshot, self.live.rules)
         self._spawn(self._publish(entries))
 

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # How often logins are checked against their workplace's auto_logout (seconds).
     auto_logout_interval: float = Field(default=30.0, gt=0, le=3600)
 
+    # A client app that has not sent its status for this long counts as offline (s).
+    client_heartbeat_timeout: float = Field(default=90.0, gt=0, le=86400)
+
     # HTTP API for client apps and admins.
     api_enabled: bool = True
     api_host: str = "127.0.0.1"

@@ -367,6 +367,7 @@ class AsteriskSandbox:
         self._process: subprocess.Popen[bytes] | None = None
         self._phones: dict[str, int] = {}
         self._extra_dialplan = ""
+        self._qualified: set[str] = set()
 
     # -- addresses --------------------------------------------------------------------
 
@@ -528,11 +529,13 @@ class AsteriskSandbox:
         self.cli(f"database del {family} {key}")
 
     def add_phones(self, phones: Mapping[str, int] | Iterable[tuple[str, int]],
-                   *, timeout: float = 10.0) -> None:
+                   *, qualify: bool = False, timeout: float = 10.0) -> None:
         """Add (or move) PJSIP endpoints ``NAME`` with contact ``sip:NAME@127.0.0.1:PORT``.
 
         Phones calling in are identified by their From user (``endpoint_identifier_order
-        = username``), land in context ``phones`` and need no authentication.
+        = username``), land in context ``phones`` and need no authentication.  With
+        ``qualify``, Asterisk sends them OPTIONS every second and marks the contact
+        unreachable (device state UNAVAILABLE) when one stops answering.
         """
         items = dict(phones.items() if isinstance(phones, Mapping) else phones)
         for name, port in items.items():
@@ -541,6 +544,10 @@ class AsteriskSandbox:
             if not 0 < port < 65536:
                 raise ValueError(f"phone {name!r}: port {port} out of range")
         self._phones.update(items)
+        if qualify:
+            self._qualified.update(items)
+        else:
+            self._qualified.difference_update(items)
         self._reload_phones(set(items), timeout=timeout)
 
     def remove_phones(self, names: Iterable[str], *, timeout: float = 10.0) -> None:
@@ -549,8 +556,8 @@ class AsteriskSandbox:
         self._reload_phones(set(), timeout=timeout)
 
     async def add_phones_async(self, phones: Mapping[str, int] | Iterable[tuple[str, int]],
-                               *, timeout: float = 10.0) -> None:
-        await asyncio.to_thread(self.add_phones, phones, timeout=timeout)
+                               *, qualify: bool = False, timeout: float = 10.0) -> None:
+        await asyncio.to_thread(self.add_phones, phones, qualify=qualify, timeout=timeout)
 
     @property
     def phones(self) -> dict[str, int]:
@@ -645,6 +652,8 @@ class AsteriskSandbox:
                 f"callerid = {name} <{name}>\n"
                 f"\n[{name}](phone-aor)\ncontact = sip:{name}@127.0.0.1:{port}\n"
             )
+            if name in self._qualified:
+                out.append("qualify_frequency = 1\nqualify_timeout = 0.5\n")
         return "".join(out)
 
     def _reload_phones(self, wanted: set[str], *, timeout: float) -> None:

@@ -7,20 +7,26 @@ the admin acts on anyone by naming the extension.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from callrouter.api.tokens import TokenSigner
+from callrouter.directory.database import DatabaseError
 from callrouter.directory.store import LoginChange
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
+from callrouter.presence.live import PresenceService
+from callrouter.presence.model import ClientStatus, UserPresence
 
 ADMIN = "admin"
 
@@ -92,6 +98,29 @@ class Me(BaseModel):
     workplace: str | None
 
 
+class PhoneStatusView(BaseModel):
+    available: bool  # a phone of the user's (own, or at their workplace) is reachable
+    on_call: bool
+    ringing: bool
+
+
+class PresenceView(BaseModel):
+    extension: str
+    name: str
+    phone: PhoneStatusView
+    client: ClientStatus  # merged over the user's clients
+    device_state: str  # what BLF keys show for the person (Custom:user-EXT)
+
+
+class ClientStatusRequest(_Body):
+    """A client's status; send it again within the heartbeat time-out (90 s by
+    default) or the client counts as offline."""
+
+    client_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", examples=["anna-laptop"])
+    status: ClientStatus
+    extension: Extension | None = None  # the admin names the user; users omit it
+
+
 class Problem(BaseModel):
     detail: str
     reason: str | None = None
@@ -138,8 +167,43 @@ def _principal(
 Auth = Annotated[Principal, Depends(_principal)]
 
 
-def create_api(service: LoginService, signer: TokenSigner,
-               admin_token: str | None = None) -> FastAPI:
+KEEPALIVE_SECONDS = 15.0
+STREAM_QUEUE = 10_000
+
+
+async def _event_stream(live: PresenceService, view: Callable[[UserPresence], BaseModel],
+                        request: Request) -> AsyncIterator[str]:
+    queue: asyncio.Queue[UserPresence] = asyncio.Queue(STREAM_QUEUE)
+    cut_off = False
+
+    def listener(state: UserPresence) -> None:
+        nonlocal cut_off
+        try:
+            queue.put_nowait(state)
+        except asyncio.QueueFull:  # a reader that does not keep up is cut off
+            cut_off = True
+            live.listeners.remove(listener)
+
+    live.listeners.append(listener)
+    try:
+        everyone = [view(s).model_dump(mode="json") for s in live.tracker.users().values()]
+        yield f"event: snapshot\ndata: {json.dumps(everyone)}\n\n"
+        while not await request.is_disconnected():
+            if cut_off and queue.empty():
+                return  # the client reconnects and starts from a new snapshot
+            try:
+                state = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            yield f"event: presence\ndata: {view(state).model_dump_json()}\n\n"
+    finally:
+        if listener in live.listeners:
+            live.listeners.remove(listener)
+
+
+def create_api(service: LoginService, signer: TokenSigner, admin_token: str | None = None,
+               presence: PresenceService | None = None) -> FastAPI:
     api = FastAPI(
         title="callrouter",
         summary="Workplace logins (hot desking) for client apps and admins.",
@@ -172,6 +236,11 @@ def create_api(service: LoginService, signer: TokenSigner,
             {"detail": str(exc), "reason": exc.reason.value},
             status_code=_STATUS.get(exc.reason, 400), headers=headers,
         )
+
+    @api.exception_handler(DatabaseError)
+    async def _database(request: Request, exc: DatabaseError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "reason": "database"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @api.get("/api/v1/health")
     async def health() -> dict[str, object]:
@@ -229,6 +298,61 @@ def create_api(service: LoginService, signer: TokenSigner,
         extension = subject(who, body.extension)
         return state(await service.login(extension, body.workplace, actor=who.actor,
                                          source=source_of(request)))
+
+    def need_presence() -> PresenceService:
+        if presence is None:
+            raise HTTPException(503, "presence is not available on this router")
+        return presence
+
+    def view(state: UserPresence) -> PresenceView:
+        user = service.snapshot.users.get(state.extension)
+        return PresenceView(
+            extension=state.extension, name=user.name if user else "",
+            phone=PhoneStatusView(available=state.phone.available,
+                                  on_call=state.phone.on_call, ringing=state.phone.ringing),
+            client=state.client, device_state=state.device_state.value,
+        )
+
+    @api.get("/api/v1/presence")
+    async def everyone(who: Auth) -> list[PresenceView]:
+        """Everyone's merged presence, by extension."""
+        tracker = need_presence().tracker
+        return [view(tracker.users()[ext]) for ext in sorted(tracker.users())]
+
+    @api.get("/api/v1/presence/events")
+    async def presence_events(who: Auth, request: Request) -> StreamingResponse:
+        """Server-Sent Events: ``snapshot`` (everyone, once), then one ``presence``
+        event per change; a comment line every 15 s keeps proxies from timing out."""
+        live = need_presence()
+        return StreamingResponse(_event_stream(live, view, request),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @api.get("/api/v1/presence/{extension}", responses={404: {"model": Problem}})
+    async def one(extension: str, who: Auth) -> PresenceView:
+        state = need_presence().tracker.user(extension)
+        if state is None:
+            raise HTTPException(404, f"no user with extension {extension}")
+        return view(state)
+
+    @api.put("/api/v1/presence/client")
+    async def client_status(body: ClientStatusRequest, who: Auth) -> PresenceView:
+        """Set one client's status (and count as its heartbeat)."""
+        extension = subject(who, body.extension)
+        live = need_presence()
+        if live.tracker.user(extension) is None:
+            raise HTTPException(404, f"no user with extension {extension}")
+        state = live.set_client(extension, body.client_id, body.status)
+        assert state is not None
+        return view(state)
+
+    @api.get("/api/v1/devices")
+    async def devices(who: Auth) -> dict[str, str]:
+        """Admin: every device state the router knows (what routing sees)."""
+        if who.extension is not None:
+            raise HTTPException(403, "for the admin only")
+        return {endpoint: state.value
+                for endpoint, state in sorted(need_presence().tracker.devices().items())}
 
     @api.post("/api/v1/logout", responses={404: {"model": Problem}})
     async def logout(who: Auth, request: Request,

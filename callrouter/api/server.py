@@ -25,8 +25,10 @@ class ApiServer:
     def __init__(self, api: FastAPI, host: str = "127.0.0.1", port: int = 8090) -> None:
         self.host = host
         self.requested_port = port
+        # Event streams never end by themselves: give them a second on shutdown.
         self._config = uvicorn.Config(api, log_config=None, access_log=False,
-                                      lifespan="off", server_header=False)
+                                      lifespan="off", server_header=False,
+                                      timeout_graceful_shutdown=1)
         self._server = _EmbeddedServer(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None

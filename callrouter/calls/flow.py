@@ -51,7 +51,18 @@ class CallResult(StrEnum):
     BUSY = "BUSY"
     UNKNOWN = "UNKNOWN"
     NOPHONES = "NOPHONES"
+    DND = "DND"  # the user set do-not-disturb
     HANGUP = "HANGUP"  # the caller hung up first (nobody continues in the dialplan)
+
+
+# Plans that end before any phone rings, and what the dialplan is told.
+_RESULT_WITHOUT_RINGING = {
+    PlanStatus.UNKNOWN_EXTENSION: CallResult.UNKNOWN,
+    PlanStatus.NO_PHONES: CallResult.NOPHONES,
+    PlanStatus.UNREACHABLE: CallResult.NOPHONES,  # like no phones: nobody to reach
+    PlanStatus.DND: CallResult.DND,
+    PlanStatus.BUSY: CallResult.BUSY,
+}
 
 
 # --- commands (what the driver must do) --------------------------------------------
@@ -126,10 +137,9 @@ class CallFlow:
 
     def start(self, now: float) -> list[Command]:
         """The call reached the router."""
-        if self.plan.status is PlanStatus.UNKNOWN_EXTENSION:
-            return self._finish(CallResult.UNKNOWN, [ContinueInDialplan(CallResult.UNKNOWN)])
-        if self.plan.status is PlanStatus.NO_PHONES:
-            return self._finish(CallResult.NOPHONES, [ContinueInDialplan(CallResult.NOPHONES)])
+        at_once = _RESULT_WITHOUT_RINGING.get(self.plan.status)
+        if at_once is not None:  # nothing to ring: straight back to the dialplan
+            return self._finish(at_once, [ContinueInDialplan(at_once)])
         commands: list[Command] = [IndicateRinging()]
         commands += self.tick(now)
         return commands

@@ -12,8 +12,10 @@ Passwords in URLs never appear in messages: every URL shown goes through
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -182,25 +184,56 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# SQLite writers of one process queue here, first come first served, before they
+# ask SQLite for its write lock: SQLite itself only lets waiters poll until
+# busy_timeout, so under a burst of logins an unlucky writer could time out while
+# others got in.  Per event loop, per database file (locks belong to one loop).
+_sqlite_writers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_write_queue(url: URL) -> asyncio.Lock:
+    locks = _sqlite_writers.setdefault(asyncio.get_running_loop(), {})
+    key = str(sqlite_path(url) or url)
+    return locks.setdefault(key, asyncio.Lock())
+
+
 @asynccontextmanager
 async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction that changes the directory, serialised against all other writers.
 
-    SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock at once.
+    SQLite: writers of this process queue in turn, then ``BEGIN IMMEDIATE`` takes
+    the database's write lock (other processes wait up to busy_timeout for it).
     PostgreSQL (and others): the single ``directory_revision`` row is locked
     ``FOR UPDATE`` before anything is read, so every process changing the directory
     reads the state it changes.  Commits on normal exit, rolls back on error.
     """
-    async with engine.connect() as conn:
-        await conn.execution_options(callrouter_write=True)
-        async with conn.begin():
-            if not _is_sqlite(engine.url):
+    if not _is_sqlite(engine.url):
+        async with engine.connect() as conn:
+            await conn.execution_options(callrouter_write=True)
+            async with conn.begin():
                 await conn.execute(
                     select(directory_revision.c.revision)
                     .where(directory_revision.c.id == 1)
                     .with_for_update()
                 )
-            yield conn
+                yield conn
+        return
+    async with _sqlite_write_queue(engine.url):
+        try:
+            async with engine.connect() as conn:
+                await conn.execution_options(callrouter_write=True)
+                async with conn.begin():
+                    yield conn
+        except exc.OperationalError as error:
+            if "database is locked" not in str(error.orig):
+                raise
+            raise DatabaseError(
+                f"the directory database is locked by another process for more than "
+                f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; try again (with several routers, "
+                "use PostgreSQL)"
+            ) from None
 
 
 @asynccontextmanager

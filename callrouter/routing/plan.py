@@ -11,6 +11,9 @@ class PlanStatus(StrEnum):
     OK = "ok"
     UNKNOWN_EXTENSION = "unknown-extension"
     NO_PHONES = "no-phones"
+    UNREACHABLE = "unreachable"  # phones to ring, but none reachable now
+    DND = "dnd"  # the user set do-not-disturb in a client
+    BUSY = "busy"  # the user is on a call and has call waiting off
 
 
 class LegSource(StrEnum):
@@ -45,6 +48,8 @@ class RingPlan:
     legs: tuple[Leg, ...] = ()  # sorted by start, then endpoint
     # Rule targets skipped at resolve time, e.g. a phone that is not the user's.
     warnings: tuple[str, ...] = ()
+    # Phones left out because presence says they are unreachable now.
+    unreachable: tuple[str, ...] = ()
 
     @property
     def stop(self) -> float:
@@ -58,6 +63,7 @@ class RingPlan:
             "workplace": self.workplace,
             "status": self.status.value,
             "legs": [leg.to_json() for leg in self.legs],
+            "unreachable": list(self.unreachable),
         }
 
 

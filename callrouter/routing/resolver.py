@@ -1,18 +1,32 @@
-"""resolve_plan(): from (directory snapshot, ring rules, caller) to a RingPlan.
+"""resolve_plan(): from (directory snapshot, ring rules, presence, caller) to a RingPlan.
 
 Pure: no database, network, clock or logging.  Targets a rule may not ring (a
 phone that is not the user's or the workplace's) are skipped and reported in
 ``RingPlan.warnings`` for the caller of this function to log.
+
+With presence: do-not-disturb and busy (call waiting off) end the plan before any
+phone rings; unreachable phones are left out, and where that leaves the caller in
+silence (an entry whose phones are all unreachable), later legs move earlier.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
+from callrouter.presence.model import ClientStatus, UserPresence
 from callrouter.routing.directory import DirectorySnapshot
 from callrouter.routing.endpoint import expand_external, is_external_number
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
-from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules
+from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules, call_waiting
+
+
+class PresenceView(Protocol):
+    """What routing needs to know of presence (``PresenceTracker`` is one)."""
+
+    def user(self, extension: str) -> UserPresence | None: ...
+
+    def reachable(self, endpoint: str) -> bool: ...
 
 
 def resolve_plan(
@@ -20,10 +34,17 @@ def resolve_plan(
     rules: RingRules,
     extension: str,
     caller: str | None = None,
+    presence: PresenceView | None = None,
 ) -> RingPlan:
     user = snapshot.users.get(extension)
     if user is None:
         return RingPlan(extension, None, None, PlanStatus.UNKNOWN_EXTENSION)
+    workplace_id = snapshot.logins.get(extension)
+    state = presence.user(extension) if presence is not None else None
+    if state is not None and state.client is ClientStatus.DND:
+        return RingPlan(extension, user.name, workplace_id, PlanStatus.DND)
+    if state is not None and state.phone.on_call and not call_waiting(rules, extension):
+        return RingPlan(extension, user.name, workplace_id, PlanStatus.BUSY)
 
     default_timeout = rules.defaults.timeout
     template = rules.defaults.external_endpoint
@@ -78,8 +99,19 @@ def resolve_plan(
     if caller is not None:
         legs = [leg for leg in legs if leg.endpoint != caller]
 
+    unreachable: tuple[str, ...] = ()
+    if presence is not None:
+        kept = [leg for leg in legs if presence.reachable(leg.endpoint)]
+        if len(kept) < len(legs):
+            removed = [leg for leg in legs if not presence.reachable(leg.endpoint)]
+            unreachable = tuple(sorted({leg.endpoint for leg in removed}))
+            legs = cut_dead_air(kept, removed)
+
     merged = merge_legs(legs)
-    status = PlanStatus.OK if merged else PlanStatus.NO_PHONES
+    if merged:
+        status = PlanStatus.OK
+    else:
+        status = PlanStatus.UNREACHABLE if unreachable else PlanStatus.NO_PHONES
     return RingPlan(
         extension,
         user.name,
@@ -87,7 +119,54 @@ def resolve_plan(
         status,
         merged,
         tuple(warnings),
+        unreachable,
     )
+
+
+def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, stop in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _minus(intervals: list[tuple[float, float]],
+           holes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    result = []
+    for start, stop in intervals:
+        cursor = start
+        for hole_start, hole_stop in holes:
+            if hole_stop <= cursor or hole_start >= stop:
+                continue
+            if hole_start > cursor:
+                result.append((cursor, hole_start))
+            cursor = max(cursor, hole_stop)
+        if cursor < stop:
+            result.append((cursor, stop))
+    return result
+
+
+def cut_dead_air(kept: list[Leg], removed: list[Leg]) -> list[Leg]:
+    """Shift ``kept`` legs earlier past the silence that ``removed`` legs leave.
+
+    Dead air is time in which only removed legs would have rung.  It is cut out of
+    the timeline: a leg after it starts earlier by its length (an unreachable
+    FollowMe entry does not keep the caller waiting), while time in which other
+    phones ring anyway is left as it is.
+    """
+    live = _union((leg.start, leg.stop) for leg in kept)
+    dead = _minus(_union((leg.start, leg.stop) for leg in removed), live)
+    if not dead:
+        return kept
+
+    def earlier(t: float) -> float:
+        return t - sum(min(stop, t) - start for start, stop in dead if start < t)
+
+    return [Leg(leg.endpoint, earlier(leg.start), earlier(leg.stop), leg.source)
+            for leg in kept]
 
 
 def _entry_legs(

@@ -7,6 +7,14 @@ from callrouter.routing.plan import PlanStatus, RingPlan
 BAR_WIDTH = 40
 
 
+_NOTHING_RINGS = {
+    PlanStatus.NO_PHONES: "nothing to ring",
+    PlanStatus.UNREACHABLE: "no phone reachable now",
+    PlanStatus.DND: "do not disturb: straight to callrouter-result",
+    PlanStatus.BUSY: "on a call, call waiting off: busy at once",
+}
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}"
 
@@ -16,8 +24,8 @@ def format_plan(plan: RingPlan) -> str:
         return f"Extension {plan.extension}: no such user (unknown-extension)\n"
     where = f", logged in at {plan.workplace}" if plan.workplace else ", not logged in"
     lines = [f"Extension {plan.extension}: {plan.user}{where}"]
-    if plan.status is PlanStatus.NO_PHONES:
-        lines.append("  nothing to ring (no-phones)")
+    if plan.status in _NOTHING_RINGS:
+        lines.append(f"  {_NOTHING_RINGS[plan.status]} ({plan.status.value})")
     else:
         end = plan.stop
         width = max(len(leg.endpoint) for leg in plan.legs)
@@ -33,5 +41,7 @@ def format_plan(plan: RingPlan) -> str:
                 f"  {_seconds(leg.start):>6} {_seconds(leg.stop):>6}  "
                 f"{leg.endpoint:<{width}}  {leg.source.value:<9}  {bar}"
             )
+    if plan.unreachable:
+        lines.append(f"  not rung, unreachable now: {', '.join(plan.unreachable)}")
     lines += [f"  warning: {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"

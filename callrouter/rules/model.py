@@ -137,6 +137,8 @@ class Defaults(_Strict):
     external_endpoint: str | None = None
     # When logins at workplaces end by themselves, unless a workplace says otherwise.
     auto_logout: TimeOfDay | None = None
+    # Whether a user already on a call is rung for another one (else: BUSY at once).
+    call_waiting: bool = True
 
     @field_validator("external_endpoint")
     @classmethod
@@ -150,6 +152,7 @@ class Defaults(_Strict):
 
 class UserRule(_Strict):
     followme: tuple[RingEntry, ...] | None = None  # None: all direct phones at once
+    call_waiting: bool | None = None  # None: defaults.call_waiting
 
     @field_validator("followme")
     @classmethod
@@ -205,6 +208,13 @@ class RingRules(_Strict):
                     if is_external_number(target):
                         found.append(((section, key, field, i, "ring", j), target))
         return found
+
+
+def call_waiting(rules: RingRules, extension: str) -> bool:
+    rule = rules.users.get(extension)
+    if rule is not None and rule.call_waiting is not None:
+        return rule.call_waiting
+    return rules.defaults.call_waiting
 
 
 EMPTY_RULES = RingRules()

@@ -65,9 +65,10 @@ async def make_phones(asterisk: AsteriskSandbox,
     are also PJSIP endpoints of the sandbox (removed again after the test)."""
     added: list[str] = []
 
-    async def make(*names: str, behaviour: Behaviour | None = None) -> list[SimulatedPhone]:
+    async def make(*names: str, behaviour: Behaviour | None = None,
+                   qualify: bool = False) -> list[SimulatedPhone]:
         created = [await phones.add(name, behaviour=behaviour) for name in names]
-        await asterisk.add_phones_async({p.name: p.port for p in created})
+        await asterisk.add_phones_async({p.name: p.port for p in created}, qualify=qualify)
         added.extend(names)
         return created
 

@@ -39,7 +39,7 @@ def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ig
     code, out, _ = cli("plan", "201", "--json")
     assert code == 0
     plan = json.loads(out)
-    assert set(plan) == {"extension", "user", "workplace", "status", "legs"}
+    assert set(plan) == {"extension", "user", "workplace", "status", "legs", "unreachable"}
     assert plan["extension"] == "201" and plan["status"] == "ok"
     assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))
     assert {"endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme"} \

@@ -223,7 +223,7 @@ def test_unknown_extension() -> None:
     assert plan.status is PlanStatus.UNKNOWN_EXTENSION
     assert plan.to_json() == {
         "extension": "999", "user": None, "workplace": None,
-        "status": "unknown-extension", "legs": [],
+        "status": "unknown-extension", "legs": [], "unreachable": [],
     }
 
 

@@ -1,0 +1,184 @@
+"""Presence from and to Asterisk, over AMI.
+
+In: ``DeviceStateChange`` events move the tracker; after every AMI (re)connect a
+``DeviceStateList`` resyncs all device states, since events missed while we were
+away (or an Asterisk restart) are not replayed.  Out: each user's merged state is
+published as the custom device state ``Custom:user-EXT`` and the presence state
+``CustomPresence:user-EXT`` (hints in ``[callrouter-hints]`` light BLF keys for the
+person).  Publishing is coalesced per user, so a burst of device changes costs one
+AMI action per user, not one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from callrouter.ami import AmiClient, AmiError
+from callrouter.ami.protocol import AmiMessage
+from callrouter.presence.model import ClientStatus, DeviceState, UserPresence
+from callrouter.presence.tracker import PresenceTracker
+from callrouter.routing.directory import DirectorySnapshot
+
+log = logging.getLogger(__name__)
+
+AMI_EVENTS = frozenset({"DeviceStateChange", "ContactStatus"})
+# ContactStatus values that mean a contact cannot be reached now.
+_CONTACT_DOWN = frozenset({"unreachable", "removed"})
+CUSTOM_DEVICE_PREFIX = "Custom:user-"
+CUSTOM_PRESENCE_PREFIX = "CustomPresence:user-"
+
+Listener = Callable[[UserPresence], None]
+
+
+class PresenceService:
+    def __init__(self, tracker: PresenceTracker, ami: AmiClient | None = None, *,
+                 publish: bool = True) -> None:
+        self.tracker = tracker
+        self.ami = ami
+        self.publish = publish and ami is not None
+        self.listeners: list[Listener] = []
+        self._pending: dict[str, UserPresence] = {}
+        self._published: dict[str, tuple[str, str]] = {}  # extension -> (device, presence)
+        self._wake = asyncio.Event()
+        # PJSIP contacts by endpoint (URI -> up?): an endpoint whose every contact is
+        # down is UNAVAILABLE, whatever its last device state event said.
+        self._contacts: dict[str, dict[str, bool]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        # Time from an event's arrival to the tracker holding its result (seconds),
+        # for the benchmark and for operators; a bounded window.
+        self.update_latencies: list[float] = []
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.ami is not None:
+            self.ami.subscribe(self._on_ami_event)
+        self._tasks = [asyncio.ensure_future(self._publisher()),
+                       asyncio.ensure_future(self._expirer())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def _on_ami_event(self, event: AmiMessage) -> None:
+        received = time.perf_counter()
+        if event.event == "ContactStatus":
+            self._on_contact_status(event)
+            return
+        if event.event != "DeviceStateChange":
+            return
+        device = event.get("Device") or ""
+        if device.startswith("Custom:"):
+            return  # our own publications coming back
+        self._changed(self.tracker.set_device(device, DeviceState.parse(event.get("State") or "")))
+        latencies = self.update_latencies
+        latencies.append(time.perf_counter() - received)
+        if len(latencies) > 100_000:
+            del latencies[:50_000]
+
+    def _on_contact_status(self, event: AmiMessage) -> None:
+        name, uri = event.get("EndpointName"), event.get("URI")
+        if not name or not uri:
+            return
+        endpoint = f"PJSIP/{name}"
+        status = (event.get("ContactStatus") or "").lower()
+        contacts = self._contacts.setdefault(endpoint, {})
+        if status == "removed":
+            contacts.pop(uri, None)
+        else:
+            contacts[uri] = status not in _CONTACT_DOWN
+        if contacts and not any(contacts.values()):
+            self._changed(self.tracker.set_device(endpoint, DeviceState.UNAVAILABLE))
+        elif any(contacts.values()) and not self.tracker.reachable(endpoint):
+            # Back: free until a device state event says more.
+            self._changed(self.tracker.set_device(endpoint, DeviceState.NOT_INUSE))
+
+    async def resync(self) -> None:
+        """Rebuild every device state from Asterisk's own lists, then publish everyone.
+
+        ``DeviceStateList`` holds only the states Asterisk has cached; every PJSIP
+        endpoint's current state comes from ``PJSIPShowEndpoints``.
+        """
+        assert self.ami is not None
+        items = await self.ami.send_list_action("DeviceStateList")
+        states = {item.get("Device") or "": DeviceState.parse(item.get("State") or "")
+                  for item in items if not (item.get("Device") or "").startswith("Custom:")}
+        for item in await self.ami.send_list_action("PJSIPShowEndpoints"):
+            name = item.get("ObjectName")
+            if name:
+                states[f"PJSIP/{name}"] = DeviceState.parse(item.get("DeviceState") or "")
+        self._contacts.clear()
+        changed = self.tracker.replace_devices(states)
+        log.info("presence resync: %d device states, %d users changed", len(states),
+                 len(changed))
+        self._published.clear()  # Asterisk may have restarted: publish everybody again
+        self._changed(list(self.tracker.users().values()), notify=False)
+        self._notify(changed)
+
+    def set_snapshot(self, snapshot: DirectorySnapshot) -> None:
+        self._changed(self.tracker.set_snapshot(snapshot))
+
+    def set_client(self, extension: str, client_id: str,
+                   status: ClientStatus) -> UserPresence | None:
+        self._changed(self.tracker.set_client(extension, client_id, status))
+        return self.tracker.user(extension)
+
+    # --- outputs ----------------------------------------------------------------------
+
+    def _changed(self, users: list[UserPresence], *, notify: bool = True) -> None:
+        if not users:
+            return
+        if self.publish:
+            for presence in users:
+                self._pending[presence.extension] = presence
+            self._wake.set()
+        if notify:
+            self._notify(users)
+
+    def _notify(self, users: list[UserPresence]) -> None:
+        for presence in users:
+            for listener in list(self.listeners):
+                try:
+                    listener(presence)
+                except Exception:
+                    log.exception("presence listener failed")
+
+    async def _publisher(self) -> None:
+        assert self.ami is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                extension, presence = self._pending.popitem()
+                if self.tracker.user(extension) is None:
+                    continue  # the user left the directory meanwhile
+                wanted = (presence.device_state.value, presence.presence_state)
+                if self._published.get(extension) == wanted:
+                    continue
+                try:
+                    await self.ami.setvar(f"DEVICE_STATE({CUSTOM_DEVICE_PREFIX}{extension})",
+                                          wanted[0])
+                    await self.ami.setvar(
+                        f"PRESENCE_STATE({CUSTOM_PRESENCE_PREFIX}{extension})",
+                        f"{wanted[1]},,")
+                except AmiError as exc:  # AMI down: the resync after reconnect catches up
+                    log.debug("presence of %s not published: %s", extension, exc)
+                    continue
+                self._published[extension] = wanted
+
+    async def _expirer(self) -> None:
+        """Clients that stop sending heartbeats become offline, on time."""
+        while True:
+            due = self.tracker.next_expiry()
+            delay = 5.0 if due is None else max(0.0, min(5.0, due - time.monotonic()))
+            await asyncio.sleep(delay)
+            with contextlib.suppress(Exception):
+                self._changed(self.tracker.expire_clients())
