@@ -202,10 +202,21 @@ def rules_check(obj: dict[str, Any], file: Path | None) -> None:
 @click.argument("extension")
 @click.option("--caller", help="The calling endpoint, which is never rung.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--ignore-presence", is_flag=True,
+              help="Show the rule alone, as if every phone were free and reachable.")
+@click.option("--router", "router_url", envvar="CALLROUTER_ROUTER_URL",
+              default="http://127.0.0.1:8090", show_default=True,
+              help="The running router's HTTP API, for live presence "
+                   "(admin token from CALLROUTER_API_ADMIN_TOKEN).")
 @click.pass_obj
 @admin_errors
-def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool) -> None:
-    """Show which phone would ring when if EXTENSION were called now."""
+def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool,
+         ignore_presence: bool, router_url: str) -> None:
+    """Show which phone would ring when if EXTENSION were called now.
+
+    Presence (unreachable phones, do-not-disturb, busy) comes from the running
+    router; without one, or with --ignore-presence, the rule alone is shown.
+    """
     from callrouter.routing.endpoint import endpoint_problem
     from callrouter.routing.resolver import resolve_plan
     from callrouter.routing.timeline import format_plan
@@ -221,13 +232,50 @@ def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool)
         click.echo(f"note: no rules file at {rules_path}: every phone rings at once", err=True)
         ring_rules = EMPTY_RULES
     snapshot = run(_load_snapshot(obj["db"]))
-    result = resolve_plan(snapshot, ring_rules, extension, caller)
+    presence = None
+    if not ignore_presence:
+        presence, why_not = _live_presence(snapshot, extension, router_url)
+        if presence is None:
+            click.echo(f"note: presence not applied ({why_not}); showing the rule alone",
+                       err=True)
+    result = resolve_plan(snapshot, ring_rules, extension, caller, presence=presence)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
         click.echo(format_plan(result), nl=False)
     for warning in result.warnings if as_json else ():
         click.echo(f"warning: {warning}", err=True)
+
+
+def _live_presence(snapshot: Any, extension: str, router_url: str) -> tuple[Any, str]:
+    """A PresenceTracker filled from the running router's API, or (None, why not)."""
+    import os
+
+    import httpx
+
+    from callrouter.presence.model import ClientStatus, DeviceState
+    from callrouter.presence.tracker import PresenceTracker
+
+    token = os.environ.get("CALLROUTER_API_ADMIN_TOKEN")
+    if not token:
+        return None, "CALLROUTER_API_ADMIN_TOKEN is not set"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=router_url, headers=headers, timeout=3.0) as api:
+            devices = api.get("/api/v1/devices")
+            devices.raise_for_status()
+            user = api.get(f"/api/v1/presence/{extension}")
+    except httpx.HTTPStatusError as exc:
+        return None, f"the router at {router_url} answered {exc.response.status_code}"
+    except httpx.HTTPError as exc:
+        return None, f"no router at {router_url}: {exc.__class__.__name__}"
+    tracker = PresenceTracker(snapshot)
+    tracker.replace_devices({e: DeviceState.parse(s) for e, s in devices.json().items()})
+    if user.status_code == 200:
+        status = ClientStatus(user.json()["client"])
+        if status is not ClientStatus.OFFLINE:
+            tracker.set_client(extension, "router", status)
+    return tracker, ""
 
 
 # --- logins -----------------------------------------------------------------------------

@@ -110,3 +110,75 @@ def test_login_mistakes_are_named(cli, args: tuple[str, ...], message: str) -> N
     assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
     code, _, err = cli(*args)
     assert code != 0 and message in err, err
+
+
+class _FakeRouterApi:
+    """The two API answers `plan` asks a running router for, from a thread."""
+
+    def __init__(self, devices: dict[str, str], client: str) -> None:
+        import http.server
+        import threading
+
+        answers = {"/api/v1/devices": devices,
+                   "/api/v1/presence/201": {"extension": "201", "client": client}}
+        self.seen_tokens: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.seen_tokens.append(self.headers.get("Authorization"))
+                body = json.dumps(answers.get(self.path, {})).encode()
+                self.send_response(200 if self.path in answers else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_plan_applies_live_presence_from_the_router(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    monkeypatch.setenv("CALLROUTER_API_ADMIN_TOKEN", "admin-token-0123456789")
+    api = _FakeRouterApi({"PJSIP/anna-desk": "UNAVAILABLE", "PJSIP/anna-soft": "NOT_INUSE"},
+                         "online")
+    try:
+        code, out, _ = cli("plan", "201", "--json", "--router", api.url)
+        assert code == 0
+        plan = json.loads(out)
+        assert plan["unreachable"] == ["PJSIP/anna-desk"]
+        assert "PJSIP/anna-desk" not in {leg["endpoint"] for leg in plan["legs"]}
+        assert api.seen_tokens[0] == "Bearer admin-token-0123456789"
+        # The rule alone:
+        code, out, _ = cli("plan", "201", "--json", "--ignore-presence", "--router", api.url)
+        assert code == 0
+        assert "PJSIP/anna-desk" in {leg["endpoint"] for leg in json.loads(out)["legs"]}
+    finally:
+        api.close()
+    dnd = _FakeRouterApi({}, "dnd")
+    try:
+        _code, out, _ = cli("plan", "201", "--router", dnd.url)
+        assert "do not disturb" in out and "(dnd)" in out
+    finally:
+        dnd.close()
+
+
+def test_plan_without_a_router_says_presence_is_not_applied(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    monkeypatch.setenv("CALLROUTER_API_ADMIN_TOKEN", "admin-token-0123456789")
+    code, out, err = cli("plan", "201", "--router", "http://127.0.0.1:9")
+    assert code == 0 and "PJSIP/anna-desk" in out
+    assert "presence not applied (no router at http://127.0.0.1:9" in err
+    monkeypatch.delenv("CALLROUTER_API_ADMIN_TOKEN")
+    code, out, err = cli("plan", "201")
+    assert "CALLROUTER_API_ADMIN_TOKEN is not set" in err
