@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
 import yaml  # noqa: E402
 
-from callrouter.directory.database import create_engine  # noqa: E402
-from callrouter.directory.store import load_snapshot  # noqa: E402
 from callrouter.routing.resolver import resolve_plan  # noqa: E402
 from callrouter.routing.timeline import format_plan  # noqa: E402
-from callrouter.rules.loader import load_rules  # noqa: E402
 from sandbox.asterisk import AsteriskSandbox, SandboxUnavailable, ensure_rootfs  # noqa: E402
 from sandbox.phones import (  # noqa: E402
     Answer,
@@ -47,7 +46,12 @@ from sandbox.phones import (  # noqa: E402
     Ring,
     SimulatedPhone,
 )
-from sandbox.router import load_directory, sandbox_settings, start_router  # noqa: E402
+from sandbox.router import (  # noqa: E402
+    RunningRouter,
+    load_directory,
+    sandbox_settings,
+    start_router,
+)
 
 DIRECTORY = REPO / "examples" / "directory.yaml"
 RULES = REPO / "examples" / "rules.yaml"
@@ -64,6 +68,37 @@ class Scenario:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)  # others just ring
     hold: float = 1.5  # seconds the caller stays connected once answered
     note: str = ""
+    # Done before the call (a login, a status); returns what it did, for the output.
+    before: Callable[[RunningRouter, PhoneBank, int], Awaitable[str]] | None = None
+
+
+async def emma_logs_in_at_hotdesk_2(running: RunningRouter, bank: PhoneBank,
+                                    sip_port: int) -> str:
+    """Emma dials *44 + 205 + # + PIN on hot desk 2's phone ("#" travels as %23)."""
+    desk = next(p for p in bank if p.name == "hotdesk2-desk")
+    desk.behaviour = Ring()
+    call = await desk.call("*44205%239090", sip_port)
+    await call.wait_answered(timeout=10)
+    await call.wait_ended(timeout=30)  # the router says "agent logged in" and hangs up
+    outcome = running.router.feature_codes.outcomes[-1]
+    return (f"hotdesk2-desk dialled *44205#****: {outcome.action} "
+            f"{'ok' if outcome.ok else outcome.refusal}, heard {', '.join(outcome.prompts)}; "
+            f"Emma is now at {running.router.live.snapshot.logins.get('205')}")
+
+
+async def emma_sets_dnd(running: RunningRouter, bank: PhoneBank, sip_port: int) -> str:
+    """Emma's client app: a session with her PIN, then status dnd."""
+    assert running.router.api_server is not None
+    base = f"http://127.0.0.1:{running.router.api_server.port}"
+    async with httpx.AsyncClient(base_url=base) as api:
+        token = (await api.post("/api/v1/session",
+                                json={"extension": "205", "pin": "9090"})).json()["token"]
+        reply = await api.put("/api/v1/presence/client",
+                              headers={"Authorization": f"Bearer {token}"},
+                              json={"client_id": "emma-laptop", "status": "dnd"})
+    state = reply.json()
+    return (f"PUT /api/v1/presence/client {{status: dnd}} -> client {state['client']}, "
+            f"BLF Custom:user-205 shows {state['device_state']}")
 
 
 def scenarios(scale: float) -> list[Scenario]:
@@ -86,6 +121,11 @@ def scenarios(scale: float) -> list[Scenario]:
                  f"{20 * s:g} s -> NOANSWER", "203"),
         Scenario("(e) every phone busy: Greta's softphone says 486 -> BUSY", "207",
                  {"greta-soft": Busy()}),
+        Scenario("(f) hot desking: Emma logs in at hot desk 2 from its phone (feature "
+                 "code), then a call to her rings there and she answers", "205",
+                 {"hotdesk2-desk": Answer(after=1.0)}, before=emma_logs_in_at_hotdesk_2),
+        Scenario("(g) presence: Emma sets do-not-disturb in her client app -> DND at once, "
+                 "no phone rings", "205", before=emma_sets_dnd),
     ]
 
 
@@ -213,12 +253,6 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
                scale: float) -> None:
     url = f"sqlite:///{workdir}/callrouter.db"
     await load_directory(url, DIRECTORY, actor="demo")
-    engine = create_engine(url)
-    try:
-        snapshot = await load_snapshot(engine)  # for the printed plans
-    finally:
-        await engine.dispose()
-    ring_rules = load_rules(rules_path)
 
     collect = Collect()
     logging.getLogger().addHandler(collect)
@@ -237,9 +271,14 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
             print(f"router: connected to the sandbox Asterisk (ARI {asterisk.http_url})\n")
 
             for sc in scenarios(scale):
-                plan = resolve_plan(snapshot, ring_rules, sc.extension, f"PJSIP/{CALLER}")
                 print("=" * 78)
                 print(sc.title)
+                if sc.before is not None:
+                    print(f"  first: {await sc.before(running, bank, asterisk.sip_port)}")
+                # What the router would do now: its snapshot, its rules, live presence.
+                live = running.router.live
+                plan = resolve_plan(live.snapshot, live.rules, sc.extension,
+                                    f"PJSIP/{CALLER}", presence=running.router.presence.tracker)
                 print(f"  $ callrouter plan {sc.extension} --caller PJSIP/{CALLER}")
                 print("    " + format_plan(plan).rstrip("\n").replace("\n", "\n    "))
                 stop_at = plan.stop if plan.legs else 0
