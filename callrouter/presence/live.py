@@ -56,10 +56,10 @@ class PresenceService:
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._expirer())]
         if self.ami is not None:
             self.ami.subscribe(self._on_ami_event)
-        self._tasks = [asyncio.ensure_future(self._publisher()),
-                       asyncio.ensure_future(self._expirer())]
+            self._tasks.append(asyncio.ensure_future(self._publisher()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -178,7 +178,7 @@ class PresenceService:
         """Clients that stop sending heartbeats become offline, on time."""
         while True:
             due = self.tracker.next_expiry()
-            delay = 5.0 if due is None else max(0.0, min(5.0, due - time.monotonic()))
+            delay = 5.0 if due is None else max(0.0, min(5.0, due - self.tracker.clock()))
             await asyncio.sleep(delay)
             with contextlib.suppress(Exception):
                 self._changed(self.tracker.expire_clients())

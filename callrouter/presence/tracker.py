@@ -35,7 +35,7 @@ class PresenceTracker:
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.heartbeat_timeout = heartbeat_timeout
-        self._clock = clock
+        self.clock = clock
         self._devices: dict[str, DeviceState] = {}  # endpoint -> state
         self._clients: dict[str, dict[str, _Client]] = {}  # extension -> client id -> …
         self._owners: dict[str, tuple[str, ...]] = {}  # endpoint -> extensions
@@ -87,7 +87,7 @@ class PresenceTracker:
         if status is ClientStatus.OFFLINE:
             clients.pop(client_id, None)
         else:
-            clients[client_id] = _Client(status, self._clock() + self.heartbeat_timeout)
+            clients[client_id] = _Client(status, self.clock() + self.heartbeat_timeout)
         if not clients:
             del self._clients[extension]
         return self._recompute((extension,))
@@ -97,7 +97,7 @@ class PresenceTracker:
 
     def expire_clients(self) -> list[UserPresence]:
         """Clients whose heartbeat stopped count as offline from now on."""
-        now = self._clock()
+        now = self.clock()
         touched = []
         for extension, clients in list(self._clients.items()):
             for client_id in [cid for cid, c in clients.items() if c.expires <= now]:

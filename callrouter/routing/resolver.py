@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from callrouter.presence.model import ClientStatus, UserPresence
-from callrouter.routing.directory import DirectorySnapshot
+from callrouter.routing.directory import DirectorySnapshot, Workplace
 from callrouter.routing.endpoint import expand_external, is_external_number
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules, call_waiting
@@ -101,9 +101,17 @@ def resolve_plan(
 
     unreachable: tuple[str, ...] = ()
     if presence is not None:
-        kept = [leg for leg in legs if presence.reachable(leg.endpoint)]
+        # External numbers have no device state worth trusting: always dialled.
+        external = {expand_external(template, n) for n in _external_numbers(rules, extension,
+                                                                              workplace)
+                    } if template is not None else set()
+
+        def reachable(leg: Leg) -> bool:
+            return leg.endpoint in external or presence.reachable(leg.endpoint)
+
+        kept = [leg for leg in legs if reachable(leg)]
         if len(kept) < len(legs):
-            removed = [leg for leg in legs if not presence.reachable(leg.endpoint)]
+            removed = [leg for leg in legs if not reachable(leg)]
             unreachable = tuple(sorted({leg.endpoint for leg in removed}))
             legs = cut_dead_air(kept, removed)
 
@@ -121,6 +129,16 @@ def resolve_plan(
         tuple(warnings),
         unreachable,
     )
+
+
+def _external_numbers(rules: RingRules, extension: str,
+                      workplace: Workplace | None) -> Iterable[str]:
+    user_rule = rules.users.get(extension)
+    entries = list(user_rule.followme or ()) if user_rule is not None else []
+    workplace_rule = rules.workplaces.get(workplace.id) if workplace is not None else None
+    if workplace_rule is not None:
+        entries += list(workplace_rule.ring or ())
+    return [number for entry in entries for number in entry.external_numbers]
 
 
 def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -163,7 +181,9 @@ def cut_dead_air(kept: list[Leg], removed: list[Leg]) -> list[Leg]:
         return kept
 
     def earlier(t: float) -> float:
-        return t - sum(min(stop, t) - start for start, stop in dead if start < t)
+        # Rounded to the microsecond: float subtraction (13.3 - 8.0) must not leave
+        # legs of one phone 1e-15 s apart, which would stop and restart its ringing.
+        return round(t - sum(min(stop, t) - start for start, stop in dead if start < t), 6)
 
     return [Leg(leg.endpoint, earlier(leg.start), earlier(leg.stop), leg.source)
             for leg in kept]
