@@ -138,7 +138,9 @@ async def test_dnd_set_through_the_api_sends_calls_to_dnd(
             await call.wait_answered(timeout=10)
         assert failed.value.status == 486  # [callrouter-result]'s default for DND
         assert desk.matching("INVITE") == []
-        assert any("finished, DND" in r.getMessage() for r in caplog.records)
+        # The router logs the result once the call is back in the dialplan.
+        await until(lambda: any("finished, DND" in r.getMessage() for r in caplog.records),
+                    "the router to report DND")
 
         await api.put("/api/v1/presence/client", headers=headers,
                       json={"client_id": "laptop", "status": "online"})
