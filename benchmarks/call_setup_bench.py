@@ -9,7 +9,7 @@ a time and interleaved (router, native, router, native, ...), so that latency an
 not load is measured:
 
 * router: the caller dials ``EXT`` -> [callrouter] -> Stasis() -> the router
-  creates and dials the user's two phones through ARI;
+  originates a leg to each of the user's two phones through ARI (``POST /channels``);
 * native: the caller dials ``*EXT`` -> [bench-native] -> Dial() of the same two
   phones, from the AstDB entry ``native/EXT``.
 
@@ -58,16 +58,13 @@ class RouterTrace:
     """When the router saw a call and issued its ARI requests (first leg's)."""
 
     stasis: float | None = None
-    create_sent: float | None = None
-    create_done: float | None = None
-    dial_sent: float | None = None
-    dial_done: float | None = None
-    dial_requests: int = 0
+    originate_sent: float | None = None
+    originate_done: float | None = None
+    requests: int = 0  # leg requests (POST /channels) of the call
 
     def reset(self) -> None:
-        self.stasis = self.create_sent = self.create_done = None
-        self.dial_sent = self.dial_done = None
-        self.dial_requests = 0
+        self.stasis = self.originate_sent = self.originate_done = None
+        self.requests = 0
 
 
 @dataclass(slots=True)
@@ -78,7 +75,7 @@ class CallSample:
     cpu: float  # process CPU time over the whole call, set-up to teardown (s)
     # Router calls only: the RouterTrace stamps, as seconds after the caller's INVITE.
     marks: dict[str, float] = field(default_factory=dict)
-    dial_requests: int = 0
+    requests: int = 0
 
 
 @dataclass(slots=True)
@@ -108,36 +105,27 @@ def ms(seconds: float) -> str:
 
 
 def instrument(router: Router, trace: RouterTrace) -> None:
-    """Stamp StasisStart and the ARI requests that create and dial a leg."""
+    """Stamp StasisStart and the ARI requests that originate a leg."""
     take_call = router._take_call
     ari = router.ari
-    create_channel = ari.create_channel
-    dial = ari.dial
+    originate = ari.originate
 
     def timed_take_call(channel: Channel, extension: str) -> None:
         if trace.stasis is None:
             trace.stasis = time.monotonic()
         take_call(channel, extension)
 
-    async def timed_create_channel(*args: Any, **kwargs: Any) -> Any:
-        if trace.create_sent is None:
-            trace.create_sent = time.monotonic()
-        result = await create_channel(*args, **kwargs)
-        if trace.create_done is None:
-            trace.create_done = time.monotonic()
+    async def timed_originate(*args: Any, **kwargs: Any) -> Any:
+        trace.requests += 1
+        if trace.originate_sent is None:
+            trace.originate_sent = time.monotonic()
+        result = await originate(*args, **kwargs)
+        if trace.originate_done is None:
+            trace.originate_done = time.monotonic()
         return result
 
-    async def timed_dial(*args: Any, **kwargs: Any) -> None:
-        trace.dial_requests += 1
-        if trace.dial_sent is None:
-            trace.dial_sent = time.monotonic()
-        await dial(*args, **kwargs)
-        if trace.dial_done is None:
-            trace.dial_done = time.monotonic()
-
     router._take_call = timed_take_call  # type: ignore[method-assign]
-    ari.create_channel = timed_create_channel  # type: ignore[method-assign]
-    ari.dial = timed_dial  # type: ignore[method-assign]
+    ari.originate = timed_originate  # type: ignore[method-assign]
 
 
 # --- one call ---------------------------------------------------------------------
@@ -162,11 +150,10 @@ async def place_call(kind: Kind, caller: SimulatedPhone, callees: tuple[Simulate
     cpu = time.process_time() - cpu_start
     sample = CallSample(kind, first - t0, second - first, cpu)
     if kind == "router":
-        stamps = {"stasis": trace.stasis, "create_sent": trace.create_sent,
-                  "create_done": trace.create_done, "dial_sent": trace.dial_sent,
-                  "dial_done": trace.dial_done, "invite": first}
+        stamps = {"stasis": trace.stasis, "originate_sent": trace.originate_sent,
+                  "originate_done": trace.originate_done, "invite": first}
         sample.marks = {k: v - t0 for k, v in stamps.items() if v is not None}
-        sample.dial_requests = trace.dial_requests
+        sample.requests = trace.requests
     return sample
 
 
@@ -265,13 +252,11 @@ def report(results: Results) -> None:
 
     steps = [
         ("caller INVITE sent -> StasisStart handled by the router", None, "stasis"),
-        ("StasisStart -> POST /channels sent", "stasis", "create_sent"),
-        ("POST /channels sent -> its response", "create_sent", "create_done"),
-        ("POST /channels response -> POST .../dial sent", "create_done", "dial_sent"),
-        ("POST .../dial sent -> first INVITE at a phone", "dial_sent", "invite"),
-        ("(POST .../dial sent -> its response)", "dial_sent", "dial_done"),
+        ("StasisStart -> POST /channels sent", "stasis", "originate_sent"),
+        ("POST /channels sent -> first INVITE at a phone", "originate_sent", "invite"),
+        ("(POST /channels sent -> its response)", "originate_sent", "originate_done"),
     ]
-    traced = [s.marks for s in routed if len(s.marks) == 6]
+    traced = [s.marks for s in routed if len(s.marks) == 4]
     if traced:
         print(f"where a routed call's time goes (medians over {len(traced)} calls; "
               "the first leg's requests):")
@@ -279,14 +264,14 @@ def report(results: Results) -> None:
             values = [m[end] - (m[start] if start else 0.0) for m in traced]
             print(f"  {label:<58} {ms(statistics.median(values))}")
         print("  slowest routed calls (ms after the caller's INVITE: StasisStart, "
-              "POST /channels sent/returned, dial sent, INVITE):")
+              "POST /channels sent, INVITE, POST /channels returned):")
         for sample in sorted(routed, key=lambda s: s.latency, reverse=True)[:3]:
             m = sample.marks
             stamps = ", ".join(f"{m[k] * 1000:.1f}" for k in (
-                "stasis", "create_sent", "create_done", "dial_sent", "invite") if k in m)
+                "stasis", "originate_sent", "invite", "originate_done") if k in m)
             print(f"    {ms(sample.latency)}: {stamps}")
-        retried = sum(1 for s in routed if s.dial_requests > 2)
-        print(f"  calls with a dial retried after 409: {retried} of {len(routed)}")
+        odd = sum(1 for s in routed if s.requests != 2)
+        print(f"  calls with other than one POST /channels per phone: {odd} of {len(routed)}")
 
     r_cpu = sum(s.cpu for s in routed) / len(routed)
     n_cpu = sum(s.cpu for s in native) / len(native)

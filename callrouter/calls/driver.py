@@ -40,6 +40,7 @@ LEG_PREFIX = "cr-leg"
 BRIDGE_PREFIX = "cr-br"
 
 # Dial event statuses (app_dial's DIALSTATUS vocabulary) and what they mean for a leg.
+# ANSWER is not here: an originated leg can be bridged only after its StasisStart.
 _DIAL_ENDS = {
     "BUSY": LegEnd.BUSY,
     "CONGESTION": LegEnd.FAILED,
@@ -49,7 +50,11 @@ _DIAL_ENDS = {
     "INVALIDARGS": LegEnd.FAILED,
 }
 _CAUSE_BUSY = 17  # AST_CAUSE_USER_BUSY
-_DIAL_ATTEMPTS = 20
+# appArgs of an originated leg (its StasisStart, on answer, carries it).
+LEG_APP_ARG = "leg"
+# The ringing indication waits for the first leg's request to be answered (its INVITE
+# is out by then), at most this long: both at once compete for Asterisk's CPU.
+_RING_WAIT = 0.05
 _CALLER_GONE = frozenset({"StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"})
 _LEG_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
 
@@ -93,12 +98,13 @@ class CallDriver:
         self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
         self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
         self.bridge_id: str | None = None
-        self._created: dict[str, asyncio.Task[bool]] = {}  # leg id -> create+dial
+        self._created: dict[str, asyncio.Task[bool]] = {}  # leg id -> originate
         self._gone: set[str] = set()  # leg channels known to be destroyed
         self._hung_up: set[str] = set()  # leg channels we sent a hang-up
         self._causes: dict[str, int] = {}  # leg id -> hang-up cause seen
         self._ring_timeout_cap = ring_timeout_cap
         self._t0 = 0.0
+        self._announce = False
 
     def now(self) -> float:
         return self.clock() - self._t0
@@ -108,11 +114,7 @@ class CallDriver:
         for channel_id in ids:
             self.ari.route(channel_id, self.queue)
         self._t0 = self.clock()
-        log.info("call %s: %s (%s) -> %d leg(s), status %s", self.call_id,
-                 self.plan.extension, self.plan.user or "?", len(self.plan.legs),
-                 self.plan.status.value)
-        for warning in self.plan.warnings:
-            log.warning("call %s: %s", self.call_id, warning)
+        self._announce = True  # logged once the first legs' requests are out
         try:
             await self._execute(self.flow.start(0.0))
             while not self.flow.finished:
@@ -138,6 +140,17 @@ class CallDriver:
                 self.ari.unroute(self.bridge_id)
 
     # --- from the router ----------------------------------------------------------
+
+    def _announce_start(self) -> None:
+        """Log the call's start once; log lines cost CPU, so not before the first INVITE."""
+        if not self._announce:
+            return
+        self._announce = False
+        log.info("call %s: %s (%s) -> %d leg(s), status %s", self.call_id,
+                 self.plan.extension, self.plan.user or "?", len(self.plan.legs),
+                 self.plan.status.value)
+        for warning in self.plan.warnings:
+            log.warning("call %s: %s", self.call_id, warning)
 
     def channel_ids(self) -> set[str]:
         """The channels this call owns in Asterisk."""
@@ -179,9 +192,10 @@ class CallDriver:
 
     def _on_event(self, event: AriEvent) -> list[Command]:
         channel = event.channel
-        log.debug("call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s", self.call_id,
-                  event.type, channel.id if channel else None,
-                  event.peer.id if event.peer else None, event.dialstatus, event.cause)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s",
+                      self.call_id, event.type, channel.id if channel else None,
+                      event.peer.id if event.peer else None, event.dialstatus, event.cause)
         if event.type == "Dial" and event.peer is not None and event.peer.id in self.flow.legs:
             return self._on_dial_status(event.peer.id, event.dialstatus or "")
         if channel is None:
@@ -194,11 +208,13 @@ class CallDriver:
         if channel.id not in self.flow.legs:
             return []
         leg_id = channel.id
+        if event.type == "StasisStart":
+            # An originated leg enters the app when its phone answers (ChannelStateChange
+            # to Up comes just before, but bridging it then would fail with 422).
+            return self.flow.leg_answered(leg_id)
         if event.type == "ChannelStateChange":
             if channel.state == "Ringing":
                 return self.flow.leg_ringing(leg_id)
-            if channel.state == "Up":
-                return self.flow.leg_answered(leg_id)
         elif event.type == "ChannelHangupRequest":
             # StasisEnd, which follows, carries no cause: remember it from here.
             if event.cause is not None:
@@ -211,8 +227,6 @@ class CallDriver:
         return []
 
     def _on_dial_status(self, leg_id: str, status: str) -> list[Command]:
-        if status == "ANSWER":
-            return self.flow.leg_answered(leg_id)
         if status in ("RINGING", "PROGRESS"):
             return self.flow.leg_ringing(leg_id)
         end = _DIAL_ENDS.get(status)
@@ -224,11 +238,25 @@ class CallDriver:
 
     async def _execute(self, commands: Iterable[Command]) -> None:
         commands = list(commands)
-        # Ringing indication and new legs go out together: they do not depend on each
-        # other, and the time to the first INVITE is what callers hear.
-        first = [c for c in commands if isinstance(c, IndicateRinging | StartLeg)]
-        if first:
-            await asyncio.gather(*(self._start(c) for c in first))
+        # New legs go out first, each in its own task: the time to the first INVITE is
+        # what callers hear. The ringing indication to the caller follows as soon as the
+        # first of them is answered (about a millisecond later).
+        legs: list[tuple[str, asyncio.Task[bool]]] = []
+        for command in commands:
+            if isinstance(command, StartLeg):
+                task = asyncio.ensure_future(self._originate(command))
+                self._created[command.leg_id] = task
+                legs.append((command.leg_id, task))
+        ring = any(isinstance(c, IndicateRinging) for c in commands)
+        if legs and (ring or self._announce):
+            await asyncio.wait([task for _, task in legs], timeout=_RING_WAIT,
+                               return_when=asyncio.FIRST_COMPLETED)
+        self._announce_start()
+        if ring:
+            await self._quietly(self.ari.ring(self.caller.id))
+        for leg_id, task in legs:
+            if not await task:
+                await self._execute(self.flow.leg_ended(leg_id, LegEnd.FAILED, self.now()))
         for command in commands:
             if isinstance(command, StopLeg):
                 await self._stop_leg(command.leg_id)
@@ -239,53 +267,44 @@ class CallDriver:
             elif isinstance(command, HangupCaller):
                 await self._quietly(self.ari.hangup(self.caller.id))
 
-    async def _start(self, command: IndicateRinging | StartLeg) -> None:
-        if isinstance(command, IndicateRinging):
-            await self._quietly(self.ari.ring(self.caller.id))
-            return
-        task = asyncio.ensure_future(self._create_and_dial(command))
-        self._created[command.leg_id] = task
-        if not await task:
-            await self._execute(self.flow.leg_ended(command.leg_id, LegEnd.FAILED, self.now()))
+    async def _originate(self, command: StartLeg) -> bool:
+        """One request per leg: ``POST /channels`` with ``app`` dials at once.
 
-    async def _create_and_dial(self, command: StartLeg) -> bool:
+        Asterisk sends the INVITE before it answers the request. Until the phone answers
+        the leg is not in the app, but the app already gets its events (``Dial``,
+        ``ChannelStateChange``, ``ChannelHangupRequest``, ``ChannelDestroyed``); its
+        ``StasisStart`` means it answered (and it can only be bridged from then on).
+        """
         run = self.flow.legs[command.leg_id]
+        # Our own timer stops the leg; the originate timeout is only a safety net.
         timeout = max(1, round(min(run.stop_at - self.now(), self._ring_timeout_cap)) + 1)
-        variables: dict[str, str] = {}
-        if self.caller.caller_number:
-            variables["CALLERID(num)"] = self.caller.caller_number
-        if self.caller.caller_name:
-            variables["CALLERID(name)"] = self.caller.caller_name
         try:
-            await self.ari.create_channel(
+            # With the caller as ``originator`` the leg takes over its caller id as it
+            # is (and its linkedid and formats). Neither ``callerId`` (Asterisk parses
+            # it and shrinks numbers like 030-1234) nor CALLERID() variables (ignored by
+            # an originate, seen on Asterisk 22) are needed.
+            await self.ari.originate(
                 command.endpoint,
                 channel_id=command.leg_id,
+                app=self.ari.app,
+                app_args=LEG_APP_ARG,
+                timeout=timeout,
                 originator=self.caller.id,
-                variables=variables or None,
             )
-        except AriError as exc:
+        except AriHttpError as exc:  # refused: there is no such channel
             log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
                         command.endpoint, exc)
             self._gone.add(command.leg_id)
             return False
-        try:
-            # Our own timer stops the leg; the dial timeout is only a safety net.
-            for attempt in range(_DIAL_ATTEMPTS):
-                try:
-                    await self.ari.dial(command.leg_id, caller=self.caller.id, timeout=timeout)
-                    break
-                except AriError as exc:
-                    # The new channel enters Stasis asynchronously; under load the dial
-                    # request can overtake it (409 "Channel not in Stasis application").
-                    if exc_status(exc) != 409 or attempt == _DIAL_ATTEMPTS - 1:
-                        raise
-                    await asyncio.sleep(0.005 * (attempt + 1))
         except AriError as exc:
-            log.warning("call %s: dialling leg %s to %s failed: %s", self.call_id,
-                        command.leg_id, command.endpoint, exc)
+            # No answer: Asterisk may have dialled all the same. Hang it up by its id
+            # (404 if it never existed), so no phone is left ringing.
+            log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
+                        command.endpoint, exc)
             self._hung_up.add(command.leg_id)
             await self._quietly(self.ari.hangup(command.leg_id))
             return False
+        self._announce_start()
         log.info("call %s: ringing %s (leg %s, t=%.3f)", self.call_id, command.endpoint,
                  command.leg_id, self.now())
         return True
@@ -293,7 +312,7 @@ class CallDriver:
     async def _stop_leg(self, leg_id: str) -> None:
         task = self._created.get(leg_id)
         if task is not None and not task.done():
-            await asyncio.wait([task])  # never hang up before the create went out
+            await asyncio.wait([task])  # never hang up before the originate went out
         if leg_id in self._gone or leg_id in self._hung_up:
             return
         log.info("call %s: stopping leg %s", self.call_id, leg_id)
@@ -352,7 +371,3 @@ class CallDriver:
             await request
         except AriError as exc:
             log.debug("call %s: %s", self.call_id, exc)
-
-
-def exc_status(exc: AriError) -> int | None:
-    return exc.status if isinstance(exc, AriHttpError) else None

@@ -131,6 +131,9 @@ class _Override:
     body: Any
     events: tuple[Any, ...]
     times: int | None  # None: forever
+    delay: float = 0.0  # seconds before the answer
+    chunked: bool = False  # body sent with Transfer-Encoding: chunked
+    close: bool = False  # "Connection: close", and the connection is closed
 
 
 @dataclass(eq=False)
@@ -181,6 +184,7 @@ class FakeAri:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ws_accepted = 0
         self.http_connections = 0  # TCP connections accepted (REST and websocket)
+        self._idle_http: set[asyncio.StreamWriter] = set()  # REST connections between requests
         self._ws_changed = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
@@ -236,6 +240,9 @@ class FakeAri:
         *,
         events: Iterable[Any] = (),
         times: int | None = None,
+        delay: float = 0.0,
+        chunked: bool = False,
+        close: bool = False,
     ) -> None:
         """Answer ``method path`` with ``status`` and ``body``.
 
@@ -244,16 +251,27 @@ class FakeAri:
         ``path`` is below ``/ari`` and may hold ``{placeholders}`` matching one segment:
         ``set_response("DELETE", "/channels/{id}", 404, {"message": "Channel not found"})``.
         ``events`` are sent on every websocket before the answer. The newest matching
-        override wins; after ``times`` uses it is forgotten.
+        override wins; after ``times`` uses it is forgotten. ``delay`` holds the answer
+        back that many seconds; ``chunked`` sends the body chunked; ``close`` answers with
+        ``Connection: close`` and closes the connection.
         """
         regex = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path))
         self._overrides.insert(
             0,
-            _Override(method.upper(), re.compile(f"^{regex}$"), status, body, tuple(events), times),
+            _Override(method.upper(), re.compile(f"^{regex}$"), status, body, tuple(events), times,
+                      delay, chunked, close),
         )
 
     def clear_responses(self) -> None:
         self._overrides.clear()
+
+    def close_idle_http(self) -> int:
+        """Close every REST connection waiting for its next request, as Asterisk does
+        after ``session_inactivity``; return how many."""
+        idle = list(self._idle_http)
+        for writer in idle:
+            writer.close()
+        return len(idle)
 
     def refuse_websockets(self, status: int | None = 503) -> None:
         """Answer websocket upgrades with ``status`` from now on (None: accept again)."""
@@ -315,10 +333,13 @@ class FakeAri:
         self.http_connections += 1
         try:
             while True:
+                self._idle_http.add(writer)
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return
+                finally:
+                    self._idle_http.discard(writer)
                 method, target, headers = _parse_head(head)
                 url = urlsplit(target)
                 path = unquote(url.path)
@@ -336,12 +357,16 @@ class FakeAri:
                 body = json.loads(raw) if raw else None
                 request = RecordedRequest(method, _below_ari(path), query, body, headers)
                 self.requests.append(request)
-                status, payload, events = self._answer(request, path)
+                status, payload, events, override = self._answer(request, path)
                 for event in events:
                     await self.send_event(event)
-                writer.write(_response(status, payload))
+                if override is not None and override.delay:
+                    await asyncio.sleep(override.delay)
+                close = override is not None and override.close
+                chunked = override is not None and override.chunked
+                writer.write(_response(status, payload, close=close, chunked=chunked))
                 await writer.drain()
-                if headers.get("connection", "").lower() == "close":
+                if close or headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
@@ -355,20 +380,22 @@ class FakeAri:
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         return headers.get("authorization") == f"Basic {token}"
 
-    def _answer(self, request: RecordedRequest, full_path: str) -> tuple[int, Any, Sequence[Any]]:
+    def _answer(
+        self, request: RecordedRequest, full_path: str
+    ) -> tuple[int, Any, Sequence[Any], _Override | None]:
         if not full_path.startswith("/ari/"):
-            return 404, {"message": "Not found"}, ()
+            return 404, {"message": "Not found"}, (), None
         if not self._authorised(request.headers):
-            return 401, {"message": "Authentication required"}, ()
+            return 401, {"message": "Authentication required"}, (), None
         for override in self._overrides:
             if override.method == request.method and override.pattern.match(request.path):
                 if override.times is not None:
                     override.times -= 1
                     if override.times <= 0:
                         self._overrides.remove(override)
-                return override.status, override.body, override.events
+                return override.status, override.body, override.events, override
         status, payload = self._model_answer(request)
-        return status, payload, ()
+        return status, payload, (), None
 
     def _model_answer(self, request: RecordedRequest) -> tuple[int, Any]:
         """A small model of Asterisk's answers (ids, 404s, required parameters)."""
@@ -526,7 +553,7 @@ def _below_ari(path: str) -> str:
     return path[len("/ari") :] if path.startswith("/ari/") else path
 
 
-def _response(status: int, payload: Any, *, close: bool = False) -> bytes:
+def _response(status: int, payload: Any, *, close: bool = False, chunked: bool = False) -> bytes:
     """``payload``: JSON-able, ``bytes`` sent as plain text, or None for no body."""
     if payload is None or status == 204:
         body, content_type = b"", ""
@@ -537,8 +564,14 @@ def _response(status: int, payload: Any, *, close: bool = False) -> bytes:
     head = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
         "Server: Asterisk/22.10.1 (fake)",
-        f"Content-Length: {len(body)}",
     ]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+        middle = len(body) // 2
+        pieces = [body[:middle], body[middle:]] if body else []
+        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p) + b"0\r\n\r\n"
+    else:
+        head.append(f"Content-Length: {len(body)}")
     if content_type:
         head.append(f"Content-Type: {content_type}")
     if close:

@@ -205,6 +205,103 @@ async def test_keep_alive_one_connection_for_sequential_requests(
     assert fake.http_connections == 1  # one keep-alive connection served them all
 
 
+async def test_connections_are_opened_ahead_of_need_and_reused(fake: FakeAri) -> None:
+    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app,
+                         warm_connections=3) as ari:
+        await ari.wait_connected(WAIT)
+        async with asyncio.timeout(WAIT):
+            while fake.http_connections < 4:  # the websocket and three REST connections
+                await asyncio.sleep(0.01)
+        await asyncio.gather(*(ari.list_channels() for _ in range(3)))
+        await ari.asterisk_info()
+        assert len(fake.requests) == 4
+        assert fake.http_connections == 4  # no new connection was needed
+
+
+async def test_idle_connections_the_server_closed_are_replaced_in_the_background(
+    fake: FakeAri, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("callrouter.ari.client._WARM_INTERVAL", 0.02)
+    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app,
+                         warm_connections=2) as ari:
+        async with asyncio.timeout(WAIT):
+            while fake.http_connections < 3:  # the websocket and two REST connections
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert fake.close_idle_http() == 2  # Asterisk's session_inactivity
+            while fake.http_connections < 5:
+                await asyncio.sleep(0.01)
+        await ari.list_channels()
+        assert fake.http_connections == 5  # served by a replacement
+
+
+async def test_concurrent_requests_each_get_a_connection_up_to_the_limit(
+    fake: FakeAri,
+) -> None:
+    fake.set_response("GET", "/channels", 200, [], delay=0.05)
+    ari = AriClient(fake.base_url, fake.user, PASSWORD, fake.app, max_connections=2)
+    try:
+        await asyncio.gather(*(ari.list_channels() for _ in range(5)))
+    finally:
+        await ari.close()
+    assert len(fake.requests) == 5
+    assert fake.http_connections == 2
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_without_resending(
+    fake: FakeAri, client: AriClient
+) -> None:
+    await client.list_channels()
+    assert fake.close_idle_http() == 1  # like Asterisk's session_inactivity
+    await asyncio.sleep(0.05)
+    await client.create_bridge("cr-b-1")
+    fake.close_idle_http()
+    await client.hangup("cr-gone")  # closed but maybe not yet seen: retried once
+    assert [(r.method, r.path) for r in fake.requests] == [
+        ("GET", "/channels"), ("POST", "/bridges"), ("DELETE", "/channels/cr-gone")]
+    assert fake.http_connections == 3
+
+
+async def test_connection_close_and_chunked_answers(fake: FakeAri, client: AriClient) -> None:
+    fake.set_response("GET", "/channels", 200, [make_channel("c1")], chunked=True, close=True)
+    (channel,) = await client.list_channels()
+    assert channel.id == "c1"
+    fake.set_response("GET", "/channels", 404, {"message": "chunked error"}, chunked=True)
+    with pytest.raises(AriHttpError, match="chunked error"):
+        await client.list_channels()
+    await client.asterisk_info()
+    assert fake.http_connections == 2  # the first was closed as the answer said
+
+
+async def test_a_timed_out_request_does_not_leave_its_answer_for_the_next(
+    fake: FakeAri,
+) -> None:
+    fake.set_response("GET", "/channels/{id}", 200, make_channel("late"), delay=0.3, times=1)
+    ari = AriClient(fake.base_url, fake.user, PASSWORD, fake.app, request_timeout=0.1)
+    try:
+        with pytest.raises(AriConnectionError, match="timed out") as info:
+            await ari.get_channel("late")
+        assert info.value.path == "/channels/late"
+        await asyncio.sleep(0.3)  # the late answer is sent by now, on the old connection
+        assert await ari.get_channel("cr-none") is None  # its own answer (404), not "late"
+    finally:
+        await ari.close()
+    assert fake.http_connections == 2
+
+
+async def test_request_bytes_are_one_write_with_what_asterisk_needs(
+    fake: FakeAri, client: AriClient
+) -> None:
+    await client.originate("PJSIP/phone 1", channel_id="cr-1", app="callrouter",
+                           app_args="a&b=c", variables={"X": "1"})
+    request = fake.requests[-1]
+    assert request.params == {"endpoint": "PJSIP/phone 1", "channelId": "cr-1",
+                              "app": "callrouter", "appArgs": "a&b=c"}
+    assert request.body == {"variables": {"X": "1"}}
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["host"] == f"127.0.0.1:{fake.port}"
+
+
 async def test_convenience_methods_send_what_asterisk_expects(
     fake: FakeAri, client: AriClient
 ) -> None:

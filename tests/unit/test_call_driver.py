@@ -1,0 +1,101 @@
+"""CallDriver against the fake ARI: one POST /channels per leg, answer on StasisStart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from callrouter.ari import AriClient
+from callrouter.ari.events import Channel
+from callrouter.calls.driver import LEG_APP_ARG, CallDriver
+from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
+from tests.fakes import FakeAri, make_channel, make_event
+
+PW = "pw"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAri]:
+    async with FakeAri(password=PW) as server:
+        yield server
+
+
+def plan(*endpoints: str) -> RingPlan:
+    legs = tuple(Leg(e, 0.0, 20.0, LegSource.FOLLOWME) for e in endpoints)
+    return RingPlan("201", "Alice", None, PlanStatus.OK, legs)
+
+
+async def wait_for(cond, timeout=3.0):
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridged(fake):
+    fake.model.channels["caller-1"] = make_channel("caller-1", caller_number="555")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        caller = Channel(id="caller-1", caller_number="555", caller_name="Bob")
+        driver = CallDriver(ari, caller, plan("PJSIP/a", "PJSIP/b"))
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels/caller-1/ring")) == 1)
+        paths = [(r.method, r.path) for r in fake.requests]
+        assert paths == [("POST", "/channels"), ("POST", "/channels"),
+                         ("POST", "/channels/caller-1/ring")]
+        legs = [r.params for r in fake.requests[:2]]
+        for p in legs:
+            assert p["app"] == "callrouter" and p["appArgs"] == LEG_APP_ARG
+            assert p["originator"] == "caller-1" and int(p["timeout"]) >= 20
+            assert "callerId" not in p
+        a, b = (p["channelId"] for p in legs)
+        # Up alone does not bridge (not in Stasis yet); StasisStart does.
+        await fake.send_event(make_event("ChannelStateChange", channel=make_channel(a, state="Up")))
+        await asyncio.sleep(0.05)
+        assert not fake.requests_to("POST", "/bridges")
+        await fake.send_event(make_event("StasisStart", args=["leg"],
+                                         channel=make_channel(a, state="Up")))
+        await wait_for(lambda: any(r.path.endswith("/addChannel") for r in fake.requests))
+        assert fake.requests_to("DELETE", f"/channels/{b}")  # the loser is cancelled
+        add = next(r for r in fake.requests if r.path.endswith("/addChannel"))
+        assert add.params["channel"] == f"caller-1,{a}"
+        await fake.send_event(make_event("ChannelDestroyed", cause=16,
+                                         channel=make_channel(a, state="Up")))
+        await asyncio.wait_for(task, 3)
+        assert fake.requests_to("DELETE", "/channels/caller-1")
+        assert not fake.model.bridges
+
+
+async def test_busy_everywhere_continues_with_busy(fake):
+    fake.model.channels["caller-2"] = make_channel("caller-2")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-2"), plan("PJSIP/a"))
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
+        leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        await fake.send_event(make_event("ChannelHangupRequest", cause=17,
+                                         channel=make_channel(leg)))
+        await fake.send_event(make_event("Dial", dialstatus="BUSY", peer=make_channel(leg)))
+        await fake.send_event(make_event("ChannelDestroyed", cause=17, channel=make_channel(leg)))
+        await asyncio.wait_for(task, 3)
+        var = fake.requests_to("POST", "/channels/caller-2/variable")[0]
+        assert var.params == {"variable": "CALLROUTER_RESULT", "value": "BUSY"}
+        assert fake.requests_to("POST", "/channels/caller-2/continue")
+
+
+async def test_an_originate_without_answer_is_hung_up_and_a_refused_one_is_not(fake):
+    fake.model.channels["caller-3"] = make_channel("caller-3")
+    fake.set_response("POST", "/channels", 500, {"error": "Allocation failed"}, times=1)
+    async with AriClient(fake.base_url, fake.user, PW, fake.app, request_timeout=0.2) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-3"), plan("PJSIP/a"))
+        await asyncio.wait_for(driver.run(), 3)
+        assert driver.flow.result.value == "NOANSWER"
+        assert not [r for r in fake.requests if r.method == "DELETE" and "cr-leg" in r.path]
+        fake.set_response("POST", "/channels", 200, make_channel("x"), delay=0.5, times=1)
+        driver = CallDriver(ari, Channel(id="caller-3"), plan("PJSIP/a"))
+        await asyncio.wait_for(driver.run(), 3)
+        leg = next(iter(driver.flow.legs))
+        assert fake.requests_to("DELETE", f"/channels/{leg}")
