@@ -7,23 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.api import TokenSigner, create_api
 from callrouter.directory.store import import_document, load_snapshot, read_revision
 from callrouter.logins.service import LoginService
-from tests.unit.test_directory_store import audit_entries, document, engine  # noqa: F401
-from tests.unit.test_login_service import Live
+from tests.unit.conftest import Live
+from tests.unit.test_directory_store import audit_entries, document
 
 ADMIN_TOKEN = "admin-token-0123456789"
-
-
-@pytest.fixture
-async def live(engine: AsyncEngine) -> Live:  # noqa: F811
-    await import_document(engine, document(), prune=False, actor="test")
-    live = Live(engine)
-    live.snapshot = await load_snapshot(engine)
-    return live
 
 
 @pytest.fixture

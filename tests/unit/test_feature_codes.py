@@ -12,8 +12,8 @@ from callrouter.directory.store import import_document, load_snapshot, read_revi
 from callrouter.logins.feature_codes import ALL_PROMPTS, FeatureCodes
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginService
-from tests.unit.test_directory_store import document, engine  # noqa: F401
-from tests.unit.test_login_service import Live
+from tests.unit.conftest import Live
+from tests.unit.test_directory_store import document
 
 DESK = "PJSIP/hotdesk1-desk-0000002a"  # a phone of workplace hotdesk-1
 OFFICE = "PJSIP/office1-desk-0000002b"
@@ -59,7 +59,7 @@ class ScriptedSession:
 
 
 @pytest.fixture
-async def features(engine: AsyncEngine) -> FeatureCodes:  # noqa: F811
+async def features(engine: AsyncEngine) -> FeatureCodes:
     await import_document(engine, document(logins={}), prune=False, actor="test")
     live = Live(engine)
     live.snapshot = await load_snapshot(engine)

@@ -8,39 +8,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory import schema as s
-from callrouter.directory.store import import_document, load_snapshot, read_revision, set_login
+from callrouter.directory.store import load_snapshot, read_revision, set_login
 from callrouter.logins.lockout import PinLockout
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
-from callrouter.routing.directory import DirectorySnapshot
 from callrouter.rules.model import RingRules
-from tests.unit.test_directory_store import (  # noqa: F401 (fixtures)
-    audit_entries,
-    document,
-    engine,
-    rows,
-)
-
-
-class Live:
-    """The router's snapshot, reloaded when the service reports a change."""
-
-    def __init__(self, database: AsyncEngine) -> None:
-        self.engine = database
-        self.snapshot = DirectorySnapshot()
-        self.changes = 0
-
-    async def refresh(self) -> None:
-        self.changes += 1
-        self.snapshot = await load_snapshot(self.engine)
-
-
-@pytest.fixture
-async def live(engine: AsyncEngine) -> Live:  # noqa: F811
-    await import_document(engine, document(), prune=False, actor="test")
-    live = Live(engine)
-    live.snapshot = await load_snapshot(engine)
-    return live
+from tests.unit.conftest import Live
+from tests.unit.test_directory_store import audit_entries, rows
 
 
 def service(live: Live, **kwargs: object) -> LoginService:
@@ -115,7 +89,7 @@ async def test_login_moves_the_user_and_refreshes_at_once(live: Live) -> None:
     assert live.changes == 1
 
 
-async def test_role_refusal_changes_nothing(live: Live, engine: AsyncEngine) -> None:  # noqa: F811
+async def test_role_refusal_changes_nothing(live: Live, engine: AsyncEngine) -> None:
     before = (await read_revision(engine), await audit_entries(engine))
     with pytest.raises(LoginDenied) as caught:
         await service(live).login("202", "office-1", actor="admin", source="test")
@@ -125,7 +99,7 @@ async def test_role_refusal_changes_nothing(live: Live, engine: AsyncEngine) -> 
     assert live.changes == 0
 
 
-async def test_occupied_workplace_displace_or_refuse(live: Live, engine: AsyncEngine) -> None:  # noqa: F811
+async def test_occupied_workplace_displace_or_refuse(live: Live, engine: AsyncEngine) -> None:
     with pytest.raises(LoginDenied) as caught:
         await service(live, policy="refuse").login("203", "office-1", actor="203",
                                                    source="test")
@@ -150,7 +124,7 @@ async def test_unknown_workplace_and_user(live: Live) -> None:
     assert caught.value.reason is Refusal.UNKNOWN_USER
 
 
-async def test_logout_of_a_workplace(live: Live, engine: AsyncEngine) -> None:  # noqa: F811
+async def test_logout_of_a_workplace(live: Live, engine: AsyncEngine) -> None:
     change = await service(live).logout_workplace("office-1", actor="phone", source="p")
     assert change is not None and change.extension == "201"
     assert await logins(engine) == {}
@@ -159,7 +133,7 @@ async def test_logout_of_a_workplace(live: Live, engine: AsyncEngine) -> None:  
 
 
 async def test_automatic_logout_ends_only_logins_from_before_the_cutoff(
-    live: Live, engine: AsyncEngine  # noqa: F811
+    live: Live, engine: AsyncEngine
 ) -> None:
     await service(live).logout("201", actor="t", source="t")  # the import's login: now
     live.changes = 0

@@ -10,28 +10,17 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.api import TokenSigner, create_api
 from callrouter.api.server import ApiServer
-from callrouter.directory.store import import_document, load_snapshot
 from callrouter.logins.service import LoginService
 from callrouter.presence.live import Listener, PresenceService
 from callrouter.presence.model import ClientStatus, DeviceState
 from callrouter.presence.tracker import PresenceTracker
-from tests.unit.test_directory_store import document, engine  # noqa: F401
-from tests.unit.test_login_service import Live
+from tests.unit.conftest import Live
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ANNA_PIN, BORIS_PIN = "4711", "0815"  # from test_directory_store.document()
-
-
-@pytest.fixture
-async def live(engine: AsyncEngine) -> Live:  # noqa: F811
-    await import_document(engine, document(), prune=False, actor="test")
-    live = Live(engine)
-    live.snapshot = await load_snapshot(engine)
-    return live
 
 
 @pytest.fixture
