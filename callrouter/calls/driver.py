@@ -95,6 +95,8 @@ class CallDriver:
         self.plan = plan
         self.clock = clock
         self.call_id = caller.id
+        # Every line about this call carries its id as a field too (JSON logs).
+        self.log = logging.LoggerAdapter(log, {"call_id": caller.id})
         self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
         self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
         self.bridge_id: str | None = None
@@ -131,7 +133,7 @@ class CallDriver:
                         await self._execute(self._on_vanished(event.channel_ids))
                     else:
                         await self._execute(self._on_event(event))
-            log.info("call %s: finished, %s", self.call_id, self.flow.result)
+            self.log.info("call %s: finished, %s", self.call_id, self.flow.result)
         finally:
             await self._clean_up()
             for channel_id in ids:
@@ -146,11 +148,11 @@ class CallDriver:
         if not self._announce:
             return
         self._announce = False
-        log.info("call %s: %s (%s) -> %d leg(s), status %s", self.call_id,
+        self.log.info("call %s: %s (%s) -> %d leg(s), status %s", self.call_id,
                  self.plan.extension, self.plan.user or "?", len(self.plan.legs),
                  self.plan.status.value)
         for warning in self.plan.warnings:
-            log.warning("call %s: %s", self.call_id, warning)
+            self.log.warning("call %s: %s", self.call_id, warning)
 
     def channel_ids(self) -> set[str]:
         """The channels this call owns in Asterisk."""
@@ -180,20 +182,20 @@ class CallDriver:
             return  # connected calls are left to finish
         stops = [c for c in self.flow.caller_gone() if isinstance(c, StopLeg)]
         await self._execute(stops)
-        log.info("call %s: handed back to the dialplan fallback", self.call_id)
+        self.log.info("call %s: handed back to the dialplan fallback", self.call_id)
         try:
             await self.ari.continue_in_dialplan(
                 self.caller.id, FALLBACK_CONTEXT, self.plan.extension, label=FALLBACK_LABEL
             )
         except AriError as exc:
-            log.warning("call %s: hand-back failed: %s", self.call_id, exc)
+            self.log.warning("call %s: hand-back failed: %s", self.call_id, exc)
 
     # --- events -------------------------------------------------------------------
 
     def _on_event(self, event: AriEvent) -> list[Command]:
         channel = event.channel
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s",
+            self.log.debug("call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s",
                       self.call_id, event.type, channel.id if channel else None,
                       event.peer.id if event.peer else None, event.dialstatus, event.cause)
         if event.type == "Dial" and event.peer is not None and event.peer.id in self.flow.legs:
@@ -202,7 +204,7 @@ class CallDriver:
             return []
         if channel.id == self.caller.id:
             if event.type in _CALLER_GONE:
-                log.info("call %s: caller hung up (%s)", self.call_id, event.type)
+                self.log.info("call %s: caller hung up (%s)", self.call_id, event.type)
                 return self.flow.caller_gone()
             return []
         if channel.id not in self.flow.legs:
@@ -292,20 +294,20 @@ class CallDriver:
                 originator=self.caller.id,
             )
         except AriHttpError as exc:  # refused: there is no such channel
-            log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
+            self.log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
                         command.endpoint, exc)
             self._gone.add(command.leg_id)
             return False
         except AriError as exc:
             # No answer: Asterisk may have dialled all the same. Hang it up by its id
             # (404 if it never existed), so no phone is left ringing.
-            log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
+            self.log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
                         command.endpoint, exc)
             self._hung_up.add(command.leg_id)
             await self._quietly(self.ari.hangup(command.leg_id))
             return False
         self._announce_start()
-        log.info("call %s: ringing %s (leg %s, t=%.3f)", self.call_id, command.endpoint,
+        self.log.info("call %s: ringing %s (leg %s, t=%.3f)", self.call_id, command.endpoint,
                  command.leg_id, self.now())
         return True
 
@@ -315,7 +317,7 @@ class CallDriver:
             await asyncio.wait([task])  # never hang up before the originate went out
         if leg_id in self._gone or leg_id in self._hung_up:
             return
-        log.info("call %s: stopping leg %s", self.call_id, leg_id)
+        self.log.info("call %s: stopping leg %s", self.call_id, leg_id)
         self._hung_up.add(leg_id)
         await self._quietly(self.ari.hangup(leg_id))
 
@@ -333,23 +335,23 @@ class CallDriver:
                 self.ari.set_variable(self.caller.id, "CALLROUTER_ANSWERED_BY", command.endpoint),
             )
         except AriError as exc:
-            log.warning("call %s: could not connect %s: %s", self.call_id, command.endpoint, exc)
+            self.log.warning("call %s: could not connect %s: %s", self.call_id, command.endpoint, exc)
             await self._execute(self.flow.caller_gone())
             await self._quietly(self.ari.hangup(self.caller.id))
             return
-        log.info("call %s: connected with %s", self.call_id, command.endpoint)
+        self.log.info("call %s: connected with %s", self.call_id, command.endpoint)
         await self._execute(self.flow.connected())
 
     async def _continue(self, command: ContinueInDialplan) -> None:
         result = command.result.value
-        log.info("call %s: no connection, %s -> %s", self.call_id, result, RESULT_CONTEXT)
+        self.log.info("call %s: no connection, %s -> %s", self.call_id, result, RESULT_CONTEXT)
         try:
             await self.ari.set_variable(self.caller.id, "CALLROUTER_RESULT", result)
             await self.ari.continue_in_dialplan(
                 self.caller.id, RESULT_CONTEXT, self.plan.extension, 1
             )
         except AriError as exc:
-            log.warning("call %s: could not continue in the dialplan: %s", self.call_id, exc)
+            self.log.warning("call %s: could not continue in the dialplan: %s", self.call_id, exc)
 
     async def _clean_up(self) -> None:
         """Leave nothing behind: every leg hung up, the bridge destroyed."""
@@ -370,4 +372,4 @@ class CallDriver:
         try:
             await request
         except AriError as exc:
-            log.debug("call %s: %s", self.call_id, exc)
+            self.log.debug("call %s: %s", self.call_id, exc)

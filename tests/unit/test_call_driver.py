@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from callrouter.ari import AriClient
 from callrouter.ari.events import Channel
 from callrouter.calls.driver import LEG_APP_ARG, CallDriver
+from callrouter.logs import JsonFormatter
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 from tests.fakes import FakeAri, make_channel, make_event
 
@@ -33,7 +36,10 @@ async def wait_for(cond, timeout=3.0):
             await asyncio.sleep(0.005)
 
 
-async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridged(fake):
+async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridged(
+    fake, caplog
+):
+    caplog.set_level(logging.INFO, logger="callrouter.calls.driver")
     fake.model.channels["caller-1"] = make_channel("caller-1", caller_number="555")
     async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
         await ari.wait_connected(3)
@@ -65,6 +71,10 @@ async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridge
         await asyncio.wait_for(task, 3)
         assert fake.requests_to("DELETE", "/channels/caller-1")
         assert not fake.model.bridges
+    # Every line about the call carries its id as a field, for JSON logs.
+    records = [r for r in caplog.records if r.name == "callrouter.calls.driver"]
+    assert records and all(getattr(r, "call_id", None) == "caller-1" for r in records)
+    assert json.loads(JsonFormatter().format(records[0]))["call_id"] == "caller-1"
 
 
 async def test_busy_everywhere_continues_with_busy(fake):
