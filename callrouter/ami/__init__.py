@@ -7,7 +7,6 @@ from callrouter.ami.client import (
     AmiConnectionLost,
     AmiLoginError,
     AmiTimeout,
-    backoff_delay,
 )
 from callrouter.ami.protocol import (
     AmiEncodeError,
@@ -38,7 +37,6 @@ __all__ = [
     "AmiTimeout",
     "EventListCollector",
     "MessageKind",
-    "backoff_delay",
     "encode_action",
     "encode_message",
     "mask_secrets",

@@ -43,6 +43,7 @@ from callrouter.ami.protocol import (
     encode_action,
     mask_secrets,
 )
+from callrouter.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,6 @@ class AmiTimeout(AmiError, TimeoutError):
         super().__init__(
             f"no answer to AMI action {action} (ActionID {action_id}) within {timeout:g} s"
         )
-
-
-def backoff_delay(
-    failures: int,
-    *,
-    initial: float,
-    maximum: float,
-    jitter: float,
-    rand: Callable[[], float],
-) -> float:
-    """Delay before the next connection attempt after ``failures`` failed ones.
-
-    ``initial * 2**failures``, capped at ``maximum``, times a random factor in
-    ``[1 - jitter, 1 + jitter]`` (``rand() == 0.5`` gives no jitter), capped again.
-    """
-    base = min(maximum, initial * 2.0 ** min(failures, 64))
-    return max(0.0, min(maximum, base * (1.0 + jitter * (2.0 * rand() - 1.0))))
 
 
 class _Pending:
@@ -214,7 +198,6 @@ class AmiClient:
         ping_interval: float | None = 30.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        backoff_jitter: float = 0.1,
         server_filter: bool = True,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = _random.random,
@@ -239,7 +222,6 @@ class AmiClient:
         self._ping_interval = ping_interval
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._backoff_jitter = backoff_jitter
         self._server_filter = server_filter
         self._sleep = sleep
         self._rand = rand
@@ -489,13 +471,8 @@ class AmiClient:
                 if self._closed:
                     return
                 log.warning("AMI %s: connection lost (%s)", self.peer, conn.lost_reason)
-            delay = backoff_delay(
-                failures,
-                initial=self._backoff_initial,
-                maximum=self._backoff_max,
-                jitter=self._backoff_jitter,
-                rand=self._rand,
-            )
+            delay = backoff_delay(failures, base=self._backoff_initial, cap=self._backoff_max,
+                                  rand=self._rand())
             failures += 1
             log.info("AMI %s: reconnecting in %.2f s", self.peer, delay)
             await self._sleep(delay)

@@ -6,7 +6,6 @@ from callrouter.ari.client import (
     EventHandler,
     EventSink,
     HangupReason,
-    backoff_delay,
     new_id,
 )
 from callrouter.ari.errors import (
@@ -43,7 +42,6 @@ __all__ = [
     "EventHandler",
     "EventSink",
     "HangupReason",
-    "backoff_delay",
     "channel_ids",
     "new_id",
     "parse_event",

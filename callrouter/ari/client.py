@@ -54,6 +54,7 @@ from callrouter.ari.errors import (
     AriProtocolError,
 )
 from callrouter.ari.events import AriEvent, Bridge, Channel, parse_event, routing_ids
+from callrouter.backoff import backoff_delay
 
 __all__ = [
     "AriClient",
@@ -100,23 +101,11 @@ HangupReason = Literal[
 _REDACTED = "<redacted>"
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _WARM_INTERVAL = 5.0  # seconds between checks of the idle REST connections
-_MAX_EXPONENT = 32  # 2**32 * base is far beyond any cap; keeps the float finite
 
 
 def new_id(prefix: str = "cr") -> str:
     """A short random id for a channel or bridge the router creates, e.g. ``cr-1f0c…``."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rand: float) -> float:
-    """Delay before reconnect attempt ``attempt`` (0 for the first after a loss).
-
-    Exponential back-off with "equal jitter": the ceiling doubles from ``base`` up to
-    ``cap`` and the delay is drawn from ``[ceiling / 2, ceiling]`` with ``rand`` in
-    ``[0, 1)``, so clients that lost Asterisk together do not return in step.
-    """
-    ceiling = min(cap, base * 2.0 ** min(attempt, _MAX_EXPONENT))
-    return ceiling / 2 + ceiling / 2 * rand
 
 
 class _RedactingAdapter(logging.LoggerAdapter[logging.Logger]):

@@ -335,7 +335,8 @@ class CallDriver:
                 self.ari.set_variable(self.caller.id, "CALLROUTER_ANSWERED_BY", command.endpoint),
             )
         except AriError as exc:
-            self.log.warning("call %s: could not connect %s: %s", self.call_id, command.endpoint, exc)
+            self.log.warning("call %s: could not connect %s: %s", self.call_id,
+                             command.endpoint, exc)
             await self._execute(self.flow.caller_gone())
             await self._quietly(self.ari.hangup(self.caller.id))
             return
