@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from callrouter.astdb import FallbackPublisher
 from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
-from callrouter.directory.store import load_snapshot, read_revision
+from callrouter.directory.store import load_logins, load_snapshot, read_revisions
 from callrouter.logins.feature_codes import FeatureCodes
 from callrouter.logins.service import LoginService
 from callrouter.logs import register_secret, setup_logging
@@ -65,7 +66,8 @@ class LiveDirectory:
         self.rules = RingRules()
         self._rules_mtime: float | None = None
         self._refreshing = asyncio.Lock()  # the poll loop and login changes both refresh
-        self.listeners: list[Callable[[], None]] = []
+        # Called after every change with the extensions it concerns (None: anyone).
+        self.listeners: list[Callable[[frozenset[str] | None], None]] = []
 
     async def load(self) -> None:
         """The first load: errors here stop the daemon."""
@@ -83,6 +85,7 @@ class LiveDirectory:
 
     async def _refresh(self, force: bool) -> bool:
         changed = False
+        concerned: frozenset[str] | None = None  # None: everyone
         mtime = self._mtime()
         if force or mtime != self._rules_mtime:
             self._rules_mtime = mtime
@@ -96,14 +99,30 @@ class LiveDirectory:
             else:
                 log.info("rules reloaded from %s", self.rules_path)
                 changed = True
-        revision = await read_revision(self.engine)
-        if force or revision != self.snapshot.revision:
+        rules_changed = changed
+        revision, content_revision = await read_revisions(self.engine)
+        old = self.snapshot
+        if not force and content_revision == old.content_revision and revision != old.revision:
+            # Only logins changed: read just those (a full reload of 100,000 users
+            # would hold up calls for most of a second).
+            logins, revision, content_revision = await load_logins(self.engine)
+            if content_revision == old.content_revision:
+                self.snapshot = replace(old, logins=logins, revision=revision)
+                log.info("logins reloaded at revision %d", revision)
+                concerned = frozenset(ext for ext in logins.keys() | old.logins.keys()
+                                      if logins.get(ext) != old.logins.get(ext))
+                changed = True
+        if force or self.snapshot.revision != revision or \
+                self.snapshot.content_revision != content_revision:
             self.snapshot = await load_snapshot(self.engine)
             log.info("directory reloaded at revision %d", self.snapshot.revision)
+            concerned = None
             changed = True
         if changed:
+            if rules_changed:
+                concerned = None
             for listener in self.listeners:
-                listener()
+                listener(concerned)
         return changed
 
     def _mtime(self) -> float | None:
@@ -289,14 +308,15 @@ class Router:
         except Exception as exc:  # AMI went again: the next connect resyncs
             log.warning("presence resync failed: %s", exc)
 
-    def _directory_changed(self) -> None:
-        self.presence.set_snapshot(self.live.snapshot)
-        entries = fallback_entries(self.live.snapshot, self.live.rules)
-        self._spawn(self._publish(entries))
+    def _directory_changed(self, concerned: frozenset[str] | None) -> None:
+        """Only the users a change concerns are worked out again (None: everyone)."""
+        self.presence.set_snapshot(self.live.snapshot, concerned)
+        entries = fallback_entries(self.live.snapshot, self.live.rules, concerned)
+        self._spawn(self._publish(entries, concerned))
 
-    async def _publish(self, entries: Any) -> None:
+    async def _publish(self, entries: Any, concerned: frozenset[str] | None) -> None:
         try:
-            await self.fallback.publish(entries)
+            await self.fallback.publish(entries, concerned)
         except Exception as exc:  # AMI down: the next resync catches up
             log.warning("AstDB fallback not updated: %s", exc)
 

@@ -8,7 +8,7 @@ restarted or someone may have edited it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from callrouter.ami import AmiError
 from callrouter.ami.client import AmiClient
@@ -27,13 +27,19 @@ class FallbackPublisher:
         self.published = await self._read_back()
         await self.publish(wanted)
 
-    async def publish(self, wanted: Mapping[str, FallbackEntry]) -> None:
-        """Write only what changed since the last publish."""
+    async def publish(self, wanted: Mapping[str, FallbackEntry],
+                      only: Iterable[str] | None = None) -> None:
+        """Write only what changed since the last publish.
+
+        ``wanted`` is every entry, or with ``only`` the entries of those extensions
+        (the others are left as they are).
+        """
         if self.published is None:
             return  # not connected yet; resync() follows the connection
         published = self.published
         changed = [ext for ext, entry in wanted.items() if published.get(ext) != entry]
-        removed = [ext for ext in published if ext not in wanted]
+        scope = published if only is None else [ext for ext in only if ext in published]
+        removed = [ext for ext in scope if ext not in wanted]
         for extension in changed:
             entry = wanted[extension]
             await self.ami.db_put(DIAL_FAMILY, extension, entry.dial)

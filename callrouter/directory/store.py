@@ -181,11 +181,41 @@ async def _delete_ids(conn: AsyncConnection, table: Table, ids: Sequence[int]) -
         await conn.execute(delete(table).where(table.c.id.in_(chunk)))
 
 
-async def bump_revision(conn: AsyncConnection) -> int:
-    """Count one change of the directory, inside the caller's write transaction."""
+async def bump_revision(conn: AsyncConnection, *, content: bool = True) -> int:
+    """Count one change of the directory, inside the caller's write transaction.
+
+    ``content=False`` for changes to the logins alone.
+    """
     rev = s.directory_revision
-    await conn.execute(update(rev).where(rev.c.id == 1).values(revision=rev.c.revision + 1))
+    values: dict[str, Any] = {"revision": rev.c.revision + 1}
+    if content:
+        values["content_revision"] = rev.c.revision + 1
+    await conn.execute(update(rev).where(rev.c.id == 1).values(**values))
     return await _revision(conn)
+
+
+async def _revisions(conn: AsyncConnection) -> tuple[int, int]:
+    rev = s.directory_revision
+    row = (await conn.execute(
+        select(rev.c.revision, rev.c.content_revision).where(rev.c.id == 1))).one()
+    return int(row.revision), int(row.content_revision)
+
+
+async def read_revisions(engine: AsyncEngine) -> tuple[int, int]:
+    """(revision, content_revision): what a router polls to know what to reload."""
+    async with engine.connect() as conn:
+        return await _revisions(conn)
+
+
+async def load_logins(engine: AsyncEngine) -> tuple[dict[str, str], int, int]:
+    """Only the logins (extension -> workplace id), with the revisions they belong to."""
+    lg, u, w = s.logins, s.users, s.workplaces
+    async with begin_read(engine) as conn:
+        revision, content_revision = await _revisions(conn)
+        rows = (await conn.execute(
+            select(u.c.extension, w.c.slug).join_from(lg, u, lg.c.user_id == u.c.id)
+            .join(w, lg.c.workplace_id == w.c.id))).all()
+    return {str(e): sys.intern(str(slug)) for e, slug in rows}, revision, content_revision
 
 
 async def _revision(conn: AsyncConnection) -> int:
@@ -917,7 +947,7 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
     intern = sys.intern
     r, rw, w, u, p, lg = s.roles, s.role_workplaces, s.workplaces, s.users, s.phones, s.logins
     async with begin_read(engine) as conn:
-        revision = await _revision(conn)
+        revision, content_revision = await _revisions(conn)
         role_rows = (await conn.execute(select(r.c.id, r.c.name, r.c.restricted))).all()
         role_workplace_rows = (await conn.execute(select(rw.c.role_id, rw.c.workplace_id))).all()
         workplace_rows = (await conn.execute(select(w.c.id, w.c.slug, w.c.name, w.c.code))).all()
@@ -981,6 +1011,7 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
         logins=logins,
         unassigned_phones=tuple(sorted(unassigned)),
         revision=revision,
+        content_revision=content_revision,
     )
 
 
@@ -1086,7 +1117,7 @@ async def set_login(
             )
             entries.append(_Audit("login", extension, old, workplace_id))
             await _write_audit(conn, entries, at=at, actor=actor, source=source)
-            revision = await bump_revision(conn)
+            revision = await bump_revision(conn, content=False)
     except IntegrityError as error:  # cannot happen while writers are serialised
         raise DirectoryError(_integrity_problem(error)) from error
     return LoginChange(extension, old, workplace_id, displaced, revision)
@@ -1111,7 +1142,7 @@ async def clear_login(
         await conn.execute(delete(lg).where(lg.c.user_id == user_id))
         await _write_audit(conn, [_Audit("logout", extension, old, None)],
                            at=at, actor=actor, source=source)
-        revision = await bump_revision(conn)
+        revision = await bump_revision(conn, content=False)
     return LoginChange(extension, old, None, None, revision)
 
 
@@ -1142,7 +1173,7 @@ async def clear_workplace(
         await conn.execute(delete(lg).where(lg.c.user_id == occupant.id))
         await _write_audit(conn, [_Audit("logout", occupant.extension, workplace_id, None)],
                            at=at, actor=actor, source=source)
-        revision = await bump_revision(conn)
+        revision = await bump_revision(conn, content=False)
     return LoginChange(occupant.extension, workplace_id, None, None, revision)
 
 
@@ -1186,7 +1217,7 @@ async def expire_logins(
         if not entries:
             return []
         await _write_audit(conn, entries, at=at, actor=actor, source=source)
-        revision = await bump_revision(conn)
+        revision = await bump_revision(conn, content=False)
     for entry in entries:
         changes.append(LoginChange(entry.extension or "", entry.old_workplace, None, None,
                                    revision))

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from callrouter.ami import AmiClient, AmiError
@@ -26,7 +26,9 @@ from callrouter.routing.directory import DirectorySnapshot
 
 log = logging.getLogger(__name__)
 
-AMI_EVENTS = frozenset({"DeviceStateChange", "ContactStatus"})
+# FullyBooted: AMI takes logins while Asterisk still loads its modules (the device
+# state list and custom states among them), so the resync is done again then.
+AMI_EVENTS = frozenset({"DeviceStateChange", "ContactStatus", "FullyBooted"})
 # ContactStatus values that mean a contact cannot be reached now.
 _CONTACT_DOWN = frozenset({"unreachable", "removed"})
 CUSTOM_DEVICE_PREFIX = "Custom:user-"
@@ -70,6 +72,11 @@ class PresenceService:
 
     def _on_ami_event(self, event: AmiMessage) -> None:
         received = time.perf_counter()
+        if event.event == "FullyBooted":
+            task = asyncio.ensure_future(self._resync_quietly())
+            self._tasks.append(task)
+            task.add_done_callback(self._forget)
+            return
         if event.event == "ContactStatus":
             self._on_contact_status(event)
             return
@@ -101,6 +108,20 @@ class PresenceService:
             # Back: free until a device state event says more.
             self._changed(self.tracker.set_device(endpoint, DeviceState.NOT_INUSE))
 
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _resync_quietly(self) -> None:
+        assert self.ami is not None
+        try:
+            # FullyBooted can arrive right after the login, before the client
+            # reports itself connected.
+            await self.ami.wait_connected(10)
+            await self.resync()
+        except Exception as exc:  # the next (re)connect tries again
+            log.warning("presence resync failed: %s", exc)
+
     async def resync(self) -> None:
         """Rebuild every device state from Asterisk's own lists, then publish everyone.
 
@@ -123,8 +144,9 @@ class PresenceService:
         self._changed(list(self.tracker.users().values()), notify=False)
         self._notify(changed)
 
-    def set_snapshot(self, snapshot: DirectorySnapshot) -> None:
-        self._changed(self.tracker.set_snapshot(snapshot))
+    def set_snapshot(self, snapshot: DirectorySnapshot,
+                     only: Iterable[str] | None = None) -> None:
+        self._changed(self.tracker.set_snapshot(snapshot, only))
 
     def set_client(self, extension: str, client_id: str,
                    status: ClientStatus) -> UserPresence | None:

@@ -112,8 +112,15 @@ class PresenceTracker:
         return min((c.expires for clients in self._clients.values() for c in clients.values()),
                    default=None)
 
-    def set_snapshot(self, snapshot: DirectorySnapshot) -> list[UserPresence]:
-        """A new directory: owners of phones (a login moves a workplace's phones)."""
+    def set_snapshot(self, snapshot: DirectorySnapshot,
+                     only: Iterable[str] | None = None) -> list[UserPresence]:
+        """A new directory: owners of phones (a login moves a workplace's phones).
+
+        With ``only``, just those users changed (a login): their phones are looked
+        up again and the rest of the index is left as it is.
+        """
+        if only is not None:
+            return self._update_users(snapshot, only)
         phones: dict[str, tuple[str, ...]] = {}
         for user in snapshot.users.values():
             workplace = snapshot.workplace_of(user.extension)
@@ -130,6 +137,34 @@ class PresenceTracker:
         for extension in gone:
             del self._users[extension]
             self._clients.pop(extension, None)
+        return self._recompute(touched)
+
+    def _update_users(self, snapshot: DirectorySnapshot,
+                      extensions: Iterable[str]) -> list[UserPresence]:
+        touched = []
+        for extension in extensions:
+            old = self._phones.get(extension, ())
+            user = snapshot.users.get(extension)
+            if user is None:
+                new: tuple[str, ...] = ()
+                self._phones.pop(extension, None)
+                self._users.pop(extension, None)
+                self._clients.pop(extension, None)
+            else:
+                workplace = snapshot.workplace_of(extension)
+                new = user.phones + (workplace.phones if workplace else ())
+                self._phones[extension] = new
+            if new == old:
+                continue
+            for endpoint in set(old) - set(new):
+                owners = tuple(e for e in self._owners.get(endpoint, ()) if e != extension)
+                if owners:
+                    self._owners[endpoint] = owners
+                else:
+                    self._owners.pop(endpoint, None)
+            for endpoint in set(new) - set(old):
+                self._owners[endpoint] = (*self._owners.get(endpoint, ()), extension)
+            touched.append(extension)
         return self._recompute(touched)
 
     # --- merging ------------------------------------------------------------------

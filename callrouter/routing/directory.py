@@ -54,6 +54,7 @@ class DirectorySnapshot:
     logins: Mapping[str, str] = field(default_factory=dict)  # extension -> workplace id
     unassigned_phones: tuple[str, ...] = ()
     revision: int = 0  # the directory's change counter when this snapshot was read
+    content_revision: int = 0  # the last change to anything but the logins
 
     def workplace_of(self, extension: str) -> Workplace | None:
         """The workplace the user is logged in to now, if any."""

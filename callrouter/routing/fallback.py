@@ -9,6 +9,7 @@ AstDB in step with them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from callrouter.routing.directory import DirectorySnapshot
@@ -27,12 +28,14 @@ class FallbackEntry:
 
 
 def fallback_entries(
-    snapshot: DirectorySnapshot, rules: RingRules
+    snapshot: DirectorySnapshot, rules: RingRules, only: Iterable[str] | None = None
 ) -> dict[str, FallbackEntry]:
-    """For every user with a phone: all their phones at once (direct and current
-    workplace), for as long as their ring plan would ring."""
+    """For every user with a phone (or those in ``only``): all their phones at once
+    (direct and current workplace), for as long as their ring plan would ring."""
     entries: dict[str, FallbackEntry] = {}
-    for extension, user in snapshot.users.items():
+    users = snapshot.users.items() if only is None else (
+        (ext, snapshot.users[ext]) for ext in only if ext in snapshot.users)
+    for extension, user in users:
         phones = list(user.phones)
         workplace = snapshot.workplace_of(extension)
         if workplace is not None:

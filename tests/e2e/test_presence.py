@@ -194,7 +194,8 @@ async def test_presence_is_resynced_after_asterisk_restarts(
     # The call dies with Asterisk; no event will ever say the phone is free again.
     # Asterisk also restores Custom:user-505 (INUSE) from its AstDB at start.
     await asyncio.to_thread(asterisk.restart)
-    await until(lambda: any("presence resync" in r.getMessage() for r in caplog.records),
+    await until(lambda: any(r.getMessage().startswith("presence resync:")
+                            for r in caplog.records),
                 "the presence resync after AMI reconnects", timeout=30)
     assert not tracker.user("505").phone.on_call  # type: ignore[union-attr]
     await until_published(running, "505", "NOT_INUSE")

@@ -45,18 +45,39 @@ async def test_live_directory_follows_changes_and_refuses_bad_rules(
                               prune=False, actor="test")
         live = LiveDirectory(engine, rules)
         await live.load()
-        calls: list[int] = []
-        live.listeners.append(lambda: calls.append(1))
+        calls: list[frozenset[str] | None] = []
+        live.listeners.append(calls.append)
         assert not await live.refresh()
 
-        # A login made elsewhere (CLI, another router) arrives with the next refresh.
+        # A login made elsewhere (CLI, another router) arrives with the next refresh;
+        # only the logins are read again, and the listeners learn whom it concerns.
+        users_before = live.snapshot.users
         extension = next(e for e in live.snapshot.users if e not in live.snapshot.logins)
         free = next(w for w in live.snapshot.workplaces
                     if w not in live.snapshot.logins.values())
         await set_login(engine, extension, free, actor="test", source="test")
         assert await live.refresh()
         assert live.snapshot.logins[extension] == free
-        assert calls == [1]
+        assert live.snapshot.users is users_before  # not reloaded
+        assert calls == [frozenset({extension})]
+
+        # Moving someone out concerns both.
+        other = next(e for e in live.snapshot.users
+                     if e not in live.snapshot.logins and e != extension
+                     and live.snapshot.users[e].role != "intern")
+        await set_login(engine, other, free, actor="test", source="test")
+        await live.refresh()
+        assert calls[-1] == frozenset({extension, other})
+
+        # An import changes the content: a full reload, concerning everyone.
+        document = load_document(EXAMPLES / "directory.yaml")
+        changed = document.model_copy(update={"users": [
+            u.model_copy(update={"name": "Renamed"}) if u.extension == "210" else u
+            for u in document.users]})
+        await import_document(engine, changed, prune=False, actor="test")
+        assert await live.refresh()
+        assert live.snapshot.users["210"].name == "Renamed"
+        assert calls[-1] is None
 
         # A broken rules file is refused; the previous rules keep serving.
         before = live.rules

@@ -137,7 +137,7 @@ async def test_upgrade_creates_the_schema(url: str) -> None:
     names = await _run(url, lambda conn: set(inspect(conn).get_table_names()))
     assert names == TABLES
     revision = await _run(url, lambda c: c.execute(text("SELECT * FROM directory_revision")).all())
-    assert revision == [(1, 0)]
+    assert revision == [(1, 0, 0)]  # id, revision, content_revision
 
 
 async def test_upgrade_of_a_current_database_changes_nothing(url: str) -> None:
@@ -170,6 +170,18 @@ async def test_downgrade_to_nothing_and_up_again(url: str) -> None:
     names = await _run(url, lambda conn: set(inspect(conn).get_table_names()))
     assert names == {"alembic_version"}
     assert await upgrade(url) == (None, head_revision())
+
+
+async def test_0002_starts_content_revision_at_the_current_revision(url: str) -> None:
+    def to_0001(conn: Connection) -> None:
+        command.upgrade(alembic_config(conn), "0001")
+
+    await _run(url, to_0001)
+    await _run(url, lambda c: c.execute(text("UPDATE directory_revision SET revision = 7")))
+    assert await upgrade(url) == ("0001", head_revision())
+    rows = await _run(url, lambda c: c.execute(
+        text("SELECT revision, content_revision FROM directory_revision")).all())
+    assert rows == [(7, 7)]  # a router at revision 7 need not reload everything
 
 
 async def test_upgrade_into_a_missing_directory_says_so(tmp_path: Path) -> None:

@@ -393,3 +393,38 @@ def test_reported_changes_replay_to_a_fresh_trackers_state(ops: list[tuple[Any, 
         for client_id, status in statuses.items():
             fresh.set_client(extension, client_id, status)
     assert dict(fresh.users()) == dict(tracker.users())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["201", "202", "203"]),
+                          st.sampled_from([None, "office-1", "office-2"])), max_size=8),
+       st.lists(st.tuples(st.sampled_from(["PJSIP/anna-desk", "PJSIP/office1-desk",
+                                           "PJSIP/office2-desk", "PJSIP/boris-desk"]),
+                          st.sampled_from([D.INUSE, D.UNAVAILABLE, D.NOT_INUSE])),
+                max_size=6))
+def test_updating_only_the_users_a_login_concerns_equals_a_rebuild(
+    moves: list[tuple[str, str | None]], devices: list[tuple[str, DeviceState]]
+) -> None:
+    """What the router does on a login (only those users) leaves the same state as
+    working everything out from scratch."""
+    incremental = PresenceTracker(snapshot())
+    logins: dict[str, str] = {}
+    for endpoint, state in devices:
+        incremental.set_device(endpoint, state)
+    for extension, workplace in moves:
+        before = dict(logins)
+        for other in [e for e, w in logins.items() if w == workplace]:
+            del logins[other]  # one user per workplace: the occupant moves out
+        if workplace is None:
+            logins.pop(extension, None)
+        else:
+            logins[extension] = workplace
+        concerned = {e for e in before.keys() | logins.keys() if before.get(e) != logins.get(e)}
+        incremental.set_snapshot(replace(snapshot(), logins=dict(logins)), concerned)
+    rebuilt = PresenceTracker(replace(snapshot(), logins=dict(logins)))
+    for endpoint, state in devices:
+        rebuilt.set_device(endpoint, state)
+    assert dict(incremental.users()) == dict(rebuilt.users())
+    for endpoint in ("PJSIP/office1-desk", "PJSIP/office2-desk"):
+        rebuilt_changed = extensions(rebuilt.set_device(endpoint, D.RINGING))
+        assert extensions(incremental.set_device(endpoint, D.RINGING)) == rebuilt_changed
