@@ -76,6 +76,12 @@ def parse_login_code(dialed: str, prefix: str) -> LoginCode | None:
     return LoginCode(match.group(1), match.group(2) or None)
 
 
+def shown_code(dialed: str) -> str:
+    """The dialled code for logs: whatever follows a ``#`` may be a PIN."""
+    head, hash_mark, _pin = dialed[:MAX_DIALED].partition("#")
+    return head + ("#***" if hash_mark else "")
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureOutcome:
     """One feature-code call, as it ended (kept for operators and tests)."""
@@ -134,7 +140,7 @@ class FeatureCodes:
         code = parse_login_code(dialed, self.prefix)
         if code is None:
             log.warning("feature code from %s: %r is not a valid code", call.channel,
-                        dialed[:MAX_DIALED])
+                        shown_code(dialed))
             await call.refuse(Refusal.BAD_INPUT)
             return
         call.action = "login" if code.extension else "logout"

@@ -148,3 +148,12 @@ async def test_a_missing_sound_does_not_stop_the_call(features: FeatureCodes) ->
     assert session.played == ["goodbye"] and session.hangups == 1
     assert features.outcomes[-1].failed_prompts == ("agent-loginok",)
     assert features.service.snapshot.logins == {"201": "hotdesk-1"}
+
+
+async def test_a_pin_in_a_bad_code_never_reaches_the_log(
+    features: FeatureCodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    await run(features, ScriptedSession(DESK, "*44201#4711x"))
+    assert features.outcomes[-1].refusal is Refusal.BAD_INPUT
+    assert "4711" not in caplog.text
+    assert "*44201#***" in caplog.text
