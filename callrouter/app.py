@@ -36,6 +36,7 @@ from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.store import load_logins, load_snapshot, read_revisions
 from callrouter.logins.feature_codes import FeatureCodes
+from callrouter.logins.lockout import DatabaseLockout
 from callrouter.logins.service import LoginService
 from callrouter.logs import register_secret, setup_logging
 from callrouter.presence.live import AMI_EVENTS, PresenceService
@@ -160,6 +161,7 @@ class Router:
         self.fallback = FallbackPublisher(self.ami)
         self.logins = LoginService(
             live.engine, lambda: live.snapshot, policy=settings.occupied_workplace,
+            lockout=DatabaseLockout(live.engine),  # shared by all routers of the directory
             on_change=live.refresh,  # this router sees its own changes at once
         )
         self.feature_codes = FeatureCodes(self.logins, settings.login_prefix)

@@ -193,6 +193,20 @@ class AuditRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class PinFailureRow(Base):
+    """One wrong PIN, by lockout key ("user:201", "source:phone PJSIP/desk-1").
+
+    Kept in the database so that every router sharing the directory counts the
+    same tries; rows older than the lockout window are deleted as new ones come.
+    """
+
+    __tablename__ = "pin_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class DirectoryRevisionRow(Base):
     """The directory's change counter: exactly one row, bumped by every change.
 
@@ -220,3 +234,4 @@ phones: Table = metadata.tables["phones"]
 logins: Table = metadata.tables["logins"]
 audit: Table = metadata.tables["audit"]
 directory_revision: Table = metadata.tables["directory_revision"]
+pin_failures: Table = metadata.tables["pin_failures"]

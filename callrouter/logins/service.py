@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callrouter.directory import store
 from callrouter.directory.pins import hash_pin, verify_pin
 from callrouter.logins.autologout import logout_cutoffs
-from callrouter.logins.lockout import PinLockout, source_key, user_key
+from callrouter.logins.lockout import Lockout, MemoryLockout, source_key, user_key
 from callrouter.logins.policy import OccupiedPolicy, Refusal
 from callrouter.routing.directory import DirectorySnapshot, User
 from callrouter.rules.model import RingRules
@@ -50,13 +50,13 @@ class LoginService:
         snapshot: Callable[[], DirectorySnapshot],
         *,
         policy: OccupiedPolicy = "displace",
-        lockout: PinLockout | None = None,
+        lockout: Lockout | None = None,
         on_change: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.engine = engine
         self._snapshot = snapshot
         self.policy = policy
-        self.lockout = lockout or PinLockout()
+        self.lockout: Lockout = lockout or MemoryLockout()
         self._on_change = on_change
 
     @property
@@ -69,7 +69,7 @@ class LoginService:
         """The user, if ``pin`` is theirs; else ``LoginDenied`` (BAD_CREDENTIALS or
         LOCKED), the same for unknown extensions as for wrong PINs."""
         keys = (user_key(extension), source_key(source))
-        wait = self.lockout.retry_after(*keys)
+        wait = await self.lockout.retry_after(*keys)
         if wait is not None:
             log.warning("PIN check for %s from %s refused: locked for %.0f s",
                         extension, source, wait)
@@ -83,10 +83,10 @@ class LoginService:
             verify_pin, pin if well_formed else "0", stored or _DECOY_HASH
         )
         if user is None or stored is None or not well_formed or not matches:
-            self.lockout.failed(*keys)
+            await self.lockout.failed(*keys)
             log.warning("wrong extension or PIN for %s from %s", extension, source)
             raise LoginDenied(Refusal.BAD_CREDENTIALS, "wrong extension or PIN")
-        self.lockout.succeeded(user_key(extension))
+        await self.lockout.succeeded(user_key(extension))
         return user
 
     # --- changes --------------------------------------------------------------------

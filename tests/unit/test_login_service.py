@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory import schema as s
+from callrouter.directory.database import create_engine
 from callrouter.directory.store import load_snapshot, read_revision, set_login
-from callrouter.logins.lockout import PinLockout
+from callrouter.logins.lockout import DatabaseLockout
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
 from callrouter.rules.model import RingRules
@@ -60,7 +61,7 @@ async def test_five_wrong_pins_lock_even_the_right_pin_out(live: Live) -> None:
 
 
 async def test_unknown_extensions_lock_like_known_ones(live: Live) -> None:
-    logins_service = service(live, lockout=PinLockout())
+    logins_service = service(live, lockout=DatabaseLockout(live.engine))
     for _ in range(5):
         with pytest.raises(LoginDenied):
             await logins_service.check_pin("999", "0000", source=f"src {_}")
@@ -153,3 +154,41 @@ async def test_automatic_logout_ends_only_logins_from_before_the_cutoff(
     # Sweeping again changes nothing.
     assert await service(live).expire(rules, UTC, now=now) == []
     assert live.changes == 1
+
+
+async def test_routers_sharing_a_directory_share_the_lockout(live: Live) -> None:
+    """Two routers (two engines on one database): tries at one count at the other."""
+    other_engine = create_engine(live.engine.url.render_as_string(hide_password=False))
+    try:
+        here = service(live, lockout=DatabaseLockout(live.engine))
+        there = LoginService(other_engine, lambda: live.snapshot,
+                             lockout=DatabaseLockout(other_engine))
+        for attempt in range(5):
+            router = here if attempt % 2 else there
+            with pytest.raises(LoginDenied):
+                await router.check_pin("201", "0000", source=f"api 10.0.0.{attempt}")
+        for router in (here, there):
+            with pytest.raises(LoginDenied) as caught:
+                await router.check_pin("201", "4711", source="api 10.0.0.99")
+            assert caught.value.reason is Refusal.LOCKED
+    finally:
+        await other_engine.dispose()
+
+
+async def test_database_lockout_window_and_clearing(live: Live) -> None:
+    now = [datetime(2026, 11, 28, 12, 0, tzinfo=UTC)]
+    lockout = DatabaseLockout(live.engine, clock=lambda: now[0])
+    for _ in range(5):
+        await lockout.failed("user:201", "source:x")
+        now[0] += timedelta(minutes=1)
+    wait = await lockout.retry_after("user:201")
+    assert wait == pytest.approx(15 * 60 - 5 * 60)  # the first try leaves the window then
+    assert await lockout.retry_after("user:202") is None
+    await lockout.succeeded("user:201")
+    assert await lockout.retry_after("user:201") is None
+    assert await lockout.retry_after("source:x") is not None  # the source still counts
+    now[0] += timedelta(minutes=11)
+    assert await lockout.retry_after("source:x") is None
+    await lockout.failed("user:203")  # rows that left the window are deleted meanwhile
+    assert await rows(live.engine, s.pin_failures, "key") == [("source:x",)] * 3 + [
+        ("user:203",)]

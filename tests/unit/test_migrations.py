@@ -36,7 +36,7 @@ from callrouter.directory.database import (
 from callrouter.directory.schema import metadata
 
 TABLES = {
-    "alembic_version", "audit", "directory_revision", "logins", "phones",
+    "alembic_version", "audit", "directory_revision", "logins", "phones", "pin_failures",
     "role_workplaces", "roles", "users", "workplaces",
 }
 
