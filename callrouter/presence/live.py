@@ -88,8 +88,8 @@ class PresenceService:
         self._changed(self.tracker.set_device(device, DeviceState.parse(event.get("State") or "")))
         latencies = self.update_latencies
         latencies.append(time.perf_counter() - received)
-        if len(latencies) > 100_000:
-            del latencies[:50_000]
+        if len(latencies) > 10_000:
+            del latencies[:5_000]
 
     def _on_contact_status(self, event: AmiMessage) -> None:
         name, uri = event.get("EndpointName"), event.get("URI")
