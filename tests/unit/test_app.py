@@ -111,3 +111,9 @@ def test_settings_file_then_environment(tmp_path: Path, monkeypatch: pytest.Monk
 def test_registered_secrets_are_masked() -> None:
     register_secret("hunter2-xyz")
     assert mask("login with hunter2-xyz failed") == "login with *** failed"
+
+
+def test_the_example_settings_file_is_valid() -> None:
+    settings = load_settings(EXAMPLES / "callrouter.yaml")
+    assert settings.api_host == settings.agi_host == "127.0.0.1"  # loopback by default
+    assert settings.login_prefix == "*44"
