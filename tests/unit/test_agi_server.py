@@ -142,6 +142,24 @@ async def connect(server: AgiServer, fakes: list[FakeAsterisk]) -> FakeAsterisk:
     return fake
 
 
+StartCall = Callable[..., Awaitable[tuple[Outcome, FakeAsterisk]]]
+
+
+@pytest.fixture
+def start_call(make_server: MakeServer, fakes: list[FakeAsterisk]) -> StartCall:
+    """``await start_call(body)``: a server running ``body`` as script ``login``, and
+    a fake Asterisk that has connected and sent its environment."""
+
+    async def start(body: Any, **options: Any) -> tuple[Outcome, FakeAsterisk]:
+        outcome = Outcome()
+        server = await make_server({"login": outcome.handler(body)}, **options)
+        fake = await connect(server, fakes)
+        await fake.send_env()
+        return outcome, fake
+
+    return start
+
+
 # -- a call -----------------------------------------------------------------------
 
 
@@ -195,16 +213,12 @@ async def test_a_handler_drives_the_call_and_the_connection_is_closed_after_it(
 
 
 async def test_get_data_with_no_digit_before_the_timeout(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         seen["digits"] = await session.get_data("beep", 2000, 1)
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect("GET DATA beep 2000 1", "200 result= (timeout)")
     await outcome.wait()
     assert outcome.values["digits"] == ("", True)
@@ -238,18 +252,14 @@ async def test_get_data_waits_longer_than_read_timeout_for_its_reply(
 
 
 async def test_hangup_notification_before_the_reply_is_noted_and_the_reply_still_read(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         seen["before"] = session.hung_up
         seen["value"] = await session.get_variable("X")
         seen["after"] = session.hung_up
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect("GET VARIABLE X", "HANGUP", "200 result=1 (still here)")
     await outcome.wait()
     assert outcome.values == {"before": False, "value": "still here", "after": True}
@@ -257,17 +267,13 @@ async def test_hangup_notification_before_the_reply_is_noted_and_the_reply_still
 
 
 async def test_511_is_a_hangup_and_the_server_sends_nothing_more(
-    make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
+    start_call: StartCall, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="callrouter.agi")
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.stream_file("beep")
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect(
         'STREAM FILE beep ""',
         "HANGUP",
@@ -282,16 +288,12 @@ async def test_511_is_a_hangup_and_the_server_sends_nothing_more(
 
 
 async def test_get_data_result_minus_one_is_a_hangup(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.get_data("beep", 1000, 4)
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect("GET DATA beep 1000 4", "200 result=-1")
     await outcome.wait()
     assert isinstance(outcome.error, AgiHangup)
@@ -299,16 +301,12 @@ async def test_get_data_result_minus_one_is_a_hangup(
 
 
 async def test_end_of_stream_while_waiting_for_a_reply_is_a_hangup(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.answer()
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     assert await fake.read_command() == "ANSWER"
     await fake.send(b"200 res")  # a partial line, then the end of the stream
     fake.writer.write_eof()
@@ -319,16 +317,12 @@ async def test_end_of_stream_while_waiting_for_a_reply_is_a_hangup(
 
 
 async def test_stream_file_failure_is_a_failed_command_and_the_call_is_hung_up(
-    make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
+    start_call: StartCall, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.stream_file("no-such-file")
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect('STREAM FILE no-such-file ""', "200 result=-1 endpos=0")
     await fake.expect("HANGUP", "200 result=1")
     await fake.wait_closed()
@@ -340,10 +334,8 @@ async def test_stream_file_failure_is_a_failed_command_and_the_call_is_hung_up(
 
 
 async def test_usage_reply_is_read_whole_and_refused(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         try:
             await session.set_variable("X", "1")
@@ -351,9 +343,7 @@ async def test_usage_reply_is_read_whole_and_refused(
             seen["failed"] = exc
         seen["next"] = await session.get_variable("X")  # still in step
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect(
         "SET VARIABLE X 1",
         "520-Invalid command syntax.  Proper usage follows:",
@@ -371,17 +361,13 @@ async def test_usage_reply_is_read_whole_and_refused(
 
 
 async def test_unknown_command_is_a_failed_command(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         seen["raw"] = await session.command("FROB", "x")
         await session.verbose("x")
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect("FROB x", "510 Invalid or unknown command")
     await fake.expect("VERBOSE x 1", "510 Invalid or unknown command")
     await fake.expect("HANGUP", "200 result=1")
@@ -392,10 +378,8 @@ async def test_unknown_command_is_a_failed_command(
 
 
 async def test_a_reply_that_does_not_come_times_out_and_the_session_is_then_unusable(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         with pytest.raises(AgiTimeout, match=r"ANSWER: no reply within 0\.2 s"):
             await session.answer()
@@ -403,9 +387,7 @@ async def test_a_reply_that_does_not_come_times_out_and_the_session_is_then_unus
             await session.verbose("late")
         raise RuntimeError("give up")
 
-    server = await make_server({"login": outcome.handler(body)}, read_timeout=SHORT)
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body, read_timeout=SHORT)
     assert await fake.read_command() == "ANSWER"
     await outcome.wait()
     # The HANGUP is sent without waiting for its reply: replies are out of step.
@@ -415,16 +397,12 @@ async def test_a_reply_that_does_not_come_times_out_and_the_session_is_then_unus
 
 
 async def test_a_garbled_reply_is_a_protocol_error(
-    make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
+    start_call: StartCall, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.answer()
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    _outcome, fake = await start_call(body)
     await fake.expect("ANSWER", "hello there")
     assert await fake.read_command() == "HANGUP"
     await fake.wait_closed()
@@ -432,18 +410,14 @@ async def test_a_garbled_reply_is_a_protocol_error(
 
 
 async def test_command_words_with_line_breaks_are_refused_before_sending(
-    make_server: MakeServer, fakes: list[FakeAsterisk]
+    start_call: StartCall
 ) -> None:
-    outcome = Outcome()
-
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match="CR, LF or NUL"):
             await session.set_variable("X", "1\nHANGUP")
         await session.verbose("fine")
 
-    server = await make_server({"login": outcome.handler(body)})
-    fake = await connect(server, fakes)
-    await fake.send_env()
+    outcome, fake = await start_call(body)
     await fake.expect("VERBOSE fine 1", "200 result=1")
     await fake.wait_closed()
     assert outcome.error is None
