@@ -131,9 +131,15 @@ def instrument(router: Router, trace: RouterTrace) -> None:
 # --- one call ---------------------------------------------------------------------
 
 
-async def place_call(kind: Kind, caller: SimulatedPhone, callees: tuple[SimulatedPhone,
-                     SimulatedPhone], extension: str, port: int, trace: RouterTrace,
-                     router_idle: Callable[[], Awaitable[None]]) -> CallSample:
+async def place_call(
+    kind: Kind,
+    caller: SimulatedPhone,
+    callees: tuple[SimulatedPhone, SimulatedPhone],
+    extension: str,
+    port: int,
+    trace: RouterTrace,
+    router_idle: Callable[[], Awaitable[None]],
+) -> CallSample:
     for phone in (caller, *callees):
         phone.clear_events()
     trace.reset()
@@ -150,8 +156,12 @@ async def place_call(kind: Kind, caller: SimulatedPhone, callees: tuple[Simulate
     cpu = time.process_time() - cpu_start
     sample = CallSample(kind, first - t0, second - first, cpu)
     if kind == "router":
-        stamps = {"stasis": trace.stasis, "originate_sent": trace.originate_sent,
-                  "originate_done": trace.originate_done, "invite": first}
+        stamps = {
+            "stasis": trace.stasis,
+            "originate_sent": trace.originate_sent,
+            "originate_done": trace.originate_done,
+            "invite": first,
+        }
         sample.marks = {k: v - t0 for k, v in stamps.items() if v is not None}
         sample.requests = trace.requests
     return sample
@@ -160,8 +170,7 @@ async def place_call(kind: Kind, caller: SimulatedPhone, callees: tuple[Simulate
 # --- the run ----------------------------------------------------------------------
 
 
-async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int,
-                    warmup: int) -> Results:
+async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int, warmup: int) -> Results:
     results = Results()
     trace = RouterTrace()
     async with PhoneBank() as bank:
@@ -178,8 +187,10 @@ async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int,
         for i, (a, b) in enumerate(pairs):
             extension = str(FIRST_EXTENSION + i)
             asterisk.db_put("native", extension, f"PJSIP/{a.name}&PJSIP/{b.name}")
-            lines.append(f'- {{extension: "{extension}", name: User {i}, '
-                         f'phones: [PJSIP/{a.name}, PJSIP/{b.name}]}}')
+            lines.append(
+                f'- {{extension: "{extension}", name: User {i}, '
+                f"phones: [PJSIP/{a.name}, PJSIP/{b.name}]}}"
+            )
         lines.append('- {extension: "4999", name: Caller, phones: [PJSIP/bench-caller]}')
         directory_yaml = "users:\n" + textwrap.indent("\n".join(lines), "  ") + "\n"
         with tempfile.TemporaryDirectory(prefix="callrouter-bench-") as tmp:
@@ -187,8 +198,9 @@ async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int,
             rules_file = Path(tmp) / "rules.yaml"
             directory_file.write_text(directory_yaml)
             rules_file.write_text("defaults: {timeout: 20}\n")
-            async with running_router(asterisk, Path(tmp), directory_file, rules_file,
-                                      actor="benchmark") as running:
+            async with running_router(
+                asterisk, Path(tmp), directory_file, rules_file, actor="benchmark"
+            ) as running:
                 router = running.router
                 instrument(router, trace)
 
@@ -206,8 +218,9 @@ async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int,
                     extension = str(FIRST_EXTENSION + i)
                     order = kinds if n % 2 == 0 else kinds[::-1]  # alternate who goes first
                     for kind in order:
-                        sample = await place_call(kind, caller, pairs[i], extension,
-                                                  asterisk.sip_port, trace, router_idle)
+                        sample = await place_call(
+                            kind, caller, pairs[i], extension, asterisk.sip_port, trace, router_idle
+                        )
                         if n >= warmup:
                             results.samples.append(sample)
                         await asyncio.sleep(0.01)  # let Asterisk finish tearing down
@@ -235,20 +248,32 @@ def report(results: Results) -> None:
 
     print(f"calls: {len(routed)} routed, {len(native)} native (sequential, interleaved)")
     print("latency = caller INVITE sent -> first INVITE at a callee phone")
-    print(f"  router: median {ms(r_med)}, p90 {ms(percentile(r, 90))}, p99 {ms(r_p99)}, "
-          f"max {ms(max(r))}")
-    print(f"  native: median {ms(n_med)}, p90 {ms(percentile(n, 90))}, p99 {ms(n_p99)}, "
-          f"max {ms(max(n))}")
-    print(f"median router {ms(r_med)}, native {ms(n_med)}, ratio {ratio:.2f} "
-          f"(goal ≤ {RATIO_GOAL}) {verdict(ratio <= RATIO_GOAL)}")
-    print(f"p99 added latency {ms(added)} (goal ≤ {ADDED_P99_GOAL_MS:g} ms) "
-          f"{verdict(added * 1000 <= ADDED_P99_GOAL_MS)}   "
-          f"[p99(router) - median(native)]")
-    print(f"  for comparison: p99(router) - p99(native) = {ms(r_p99 - n_p99)}, "
-          f"median(router) - median(native) = {ms(r_med - n_med)}")
-    print(f"spread between the two callee INVITEs (median): router "
-          f"{ms(statistics.median(s.spread for s in routed))}, native "
-          f"{ms(statistics.median(s.spread for s in native))}")
+    print(
+        f"  router: median {ms(r_med)}, p90 {ms(percentile(r, 90))}, p99 {ms(r_p99)}, "
+        f"max {ms(max(r))}"
+    )
+    print(
+        f"  native: median {ms(n_med)}, p90 {ms(percentile(n, 90))}, p99 {ms(n_p99)}, "
+        f"max {ms(max(n))}"
+    )
+    print(
+        f"median router {ms(r_med)}, native {ms(n_med)}, ratio {ratio:.2f} "
+        f"(goal ≤ {RATIO_GOAL}) {verdict(ratio <= RATIO_GOAL)}"
+    )
+    print(
+        f"p99 added latency {ms(added)} (goal ≤ {ADDED_P99_GOAL_MS:g} ms) "
+        f"{verdict(added * 1000 <= ADDED_P99_GOAL_MS)}   "
+        f"[p99(router) - median(native)]"
+    )
+    print(
+        f"  for comparison: p99(router) - p99(native) = {ms(r_p99 - n_p99)}, "
+        f"median(router) - median(native) = {ms(r_med - n_med)}"
+    )
+    print(
+        f"spread between the two callee INVITEs (median): router "
+        f"{ms(statistics.median(s.spread for s in routed))}, native "
+        f"{ms(statistics.median(s.spread for s in native))}"
+    )
 
     steps = [
         ("caller INVITE sent -> StasisStart handled by the router", None, "stasis"),
@@ -258,26 +283,35 @@ def report(results: Results) -> None:
     ]
     traced = [s.marks for s in routed if len(s.marks) == 4]
     if traced:
-        print(f"where a routed call's time goes (medians over {len(traced)} calls; "
-              "the first leg's requests):")
+        print(
+            f"where a routed call's time goes (medians over {len(traced)} calls; "
+            "the first leg's requests):"
+        )
         for label, start, end in steps:
             values = [m[end] - (m[start] if start else 0.0) for m in traced]
             print(f"  {label:<58} {ms(statistics.median(values))}")
-        print("  slowest routed calls (ms after the caller's INVITE: StasisStart, "
-              "POST /channels sent, INVITE, POST /channels returned):")
+        print(
+            "  slowest routed calls (ms after the caller's INVITE: StasisStart, "
+            "POST /channels sent, INVITE, POST /channels returned):"
+        )
         for sample in sorted(routed, key=lambda s: s.latency, reverse=True)[:3]:
             m = sample.marks
-            stamps = ", ".join(f"{m[k] * 1000:.1f}" for k in (
-                "stasis", "originate_sent", "invite", "originate_done") if k in m)
+            stamps = ", ".join(
+                f"{m[k] * 1000:.1f}"
+                for k in ("stasis", "originate_sent", "invite", "originate_done")
+                if k in m
+            )
             print(f"    {ms(sample.latency)}: {stamps}")
         odd = sum(1 for s in routed if s.requests != 2)
         print(f"  calls with other than one POST /channels per phone: {odd} of {len(routed)}")
 
     r_cpu = sum(s.cpu for s in routed) / len(routed)
     n_cpu = sum(s.cpu for s in native) / len(native)
-    print(f"router CPU per routed call: {ms(r_cpu - n_cpu)}   [benchmark process CPU per "
-          f"router call ({ms(r_cpu)}) minus per native call ({ms(n_cpu)}): the process "
-          f"also runs the phones, the same for both kinds]")
+    print(
+        f"router CPU per routed call: {ms(r_cpu - n_cpu)}   [benchmark process CPU per "
+        f"router call ({ms(r_cpu)}) minus per native call ({ms(n_cpu)}): the process "
+        f"also runs the phones, the same for both kinds]"
+    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -294,17 +328,21 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=200, help="calls of each kind")
-    parser.add_argument("--users", type=int, default=5,
-                        help="users (two ringing phones each) the calls rotate over")
-    parser.add_argument("--warmup", type=int, default=5,
-                        help="call pairs placed first and not counted")
-    parser.add_argument("--log-level", default="WARNING",
-                        help="log level for the router and the phones")
+    parser.add_argument(
+        "--users", type=int, default=5, help="users (two ringing phones each) the calls rotate over"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="call pairs placed first and not counted"
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="log level for the router and the phones"
+    )
     args = parser.parse_args(argv)
     if args.calls < 1 or args.users < 1 or args.warmup < 0:
         parser.error("--calls and --users must be ≥ 1, --warmup ≥ 0")
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(main_async(args))
     return 0
 

@@ -51,9 +51,12 @@ def directory(users: int = 10_000, workplaces: int = 1_000) -> DirectorySnapshot
         extension = str(10_000 + i)
         phones = tuple(f"PJSIP/u{i}-{k}" for k in range(rng.randint(1, 3)))
         people[extension] = User(extension, f"User {i}", phones=phones)
-    desks = {f"desk-{j}": Workplace(f"desk-{j}", f"Desk {j}", str(900_000 + j),
-                                    (f"PJSIP/desk{j}-a", f"PJSIP/desk{j}-b"))
-             for j in range(workplaces)}
+    desks = {
+        f"desk-{j}": Workplace(
+            f"desk-{j}", f"Desk {j}", str(900_000 + j), (f"PJSIP/desk{j}-a", f"PJSIP/desk{j}-b")
+        )
+        for j in range(workplaces)
+    }
     logins = {str(10_000 + j * 7): f"desk-{j}" for j in range(workplaces)}
     return DirectorySnapshot(users=people, workplaces=desks, logins=logins)
 
@@ -68,11 +71,15 @@ def resident_mb() -> float:
 
 async def run(seconds: float, rate: int) -> int:
     snapshot = directory()
-    endpoints = sorted({p for u in snapshot.users.values() for p in u.phones}
-                       | {p for w in snapshot.workplaces.values() for p in w.phones})
+    endpoints = sorted(
+        {p for u in snapshot.users.values() for p in u.phones}
+        | {p for w in snapshot.workplaces.values() for p in w.phones}
+    )
     fake = FakeAmi()
-    for action, item, done in (("DeviceStateList", "DeviceStateChange", "DeviceStateListComplete"),
-                               ("PJSIPShowEndpoints", "EndpointList", "EndpointListComplete")):
+    for action, item, done in (
+        ("DeviceStateList", "DeviceStateChange", "DeviceStateListComplete"),
+        ("PJSIPShowEndpoints", "EndpointList", "EndpointListComplete"),
+    ):
         fake.set_handler(action, lambda a, i=item, d=done: event_list(a, i, [], d))
     await fake.start()
     tracker = PresenceTracker(snapshot)
@@ -80,8 +87,15 @@ async def run(seconds: float, rate: int) -> int:
     async def on_connected() -> None:  # as the Router does after every (re)connect
         await presence.resync()
 
-    ami = AmiClient(fake.host, fake.port, fake.username, fake.secret, events=AMI_EVENTS,
-                    on_connected=on_connected, ping_interval=None)
+    ami = AmiClient(
+        fake.host,
+        fake.port,
+        fake.username,
+        fake.secret,
+        events=AMI_EVENTS,
+        on_connected=on_connected,
+        ping_interval=None,
+    )
     presence = PresenceService(tracker, ami)
     presence.start()
 
@@ -116,8 +130,12 @@ async def run(seconds: float, rate: int) -> int:
             for _ in range(batch):
                 total += 1
                 sent[total] = time.perf_counter()
-                await fake.push_event("DeviceStateChange", Device=rng.choice(endpoints),
-                                      State=rng.choice(STATES), Seq=str(total))
+                await fake.push_event(
+                    "DeviceStateChange",
+                    Device=rng.choice(endpoints),
+                    State=rng.choice(STATES),
+                    Seq=str(total),
+                )
             if total % rate < batch:  # the fake's own log of actions, not the router's
                 setvars += sum(1 for a in fake.received if a.action == "Setvar")
                 fake.received.clear()
@@ -143,30 +161,44 @@ async def run(seconds: float, rate: int) -> int:
     latencies.sort()
     ms = [x * 1000 for x in latencies]
     p99 = ms[int(len(ms) * 0.99) - 1] if ms else float("inf")
-    print(f"directory: {len(snapshot.users):,} users, {len(endpoints):,} phones, "
-          f"{len(snapshot.logins):,} logged in at workplaces")
-    print(f"events: {total:,} sent in {wall:.1f} s ({total / wall:,.0f}/s, asked {rate:,}/s); "
-          f"{len(latencies):,} applied, {len(sent):,} lost, {stale} seen stale")
-    print(f"event -> updated state: median {statistics.median(ms):.2f} ms, "
-          f"p99 {p99:.2f} ms, max {ms[-1]:.2f} ms")
+    print(
+        f"directory: {len(snapshot.users):,} users, {len(endpoints):,} phones, "
+        f"{len(snapshot.logins):,} logged in at workplaces"
+    )
+    print(
+        f"events: {total:,} sent in {wall:.1f} s ({total / wall:,.0f}/s, asked {rate:,}/s); "
+        f"{len(latencies):,} applied, {len(sent):,} lost, {stale} seen stale"
+    )
+    print(
+        f"event -> updated state: median {statistics.median(ms):.2f} ms, "
+        f"p99 {p99:.2f} ms, max {ms[-1]:.2f} ms"
+    )
     ok_latency = p99 <= P99_GOAL_MS and not sent and not stale and total / wall >= 0.95 * rate
-    print(f"p99 {p99:.2f} ms (goal ≤ {P99_GOAL_MS:g} ms, every event applied at "
-          f"≥ 95 % of the asked rate) {'ok' if ok_latency else 'MISSED'}")
+    print(
+        f"p99 {p99:.2f} ms (goal ≤ {P99_GOAL_MS:g} ms, every event applied at "
+        f"≥ 95 % of the asked rate) {'ok' if ok_latency else 'MISSED'}"
+    )
     flood = setvars - 2 * len(snapshot.users)  # the resync first publishes everyone
-    print(f"publications: {setvars:,} Setvar actions, two per user update: "
-          f"{len(snapshot.users):,} users at the resync, then {flood / 2 / total:.2f} "
-          "updates per event (only when a user's merged state changed, coalesced)")
-    print(f"CPU: {cpu / total * 1000 * 1000:.1f} ms per 1,000 events "
-          "(the process also runs the fake AMI)")
+    print(
+        f"publications: {setvars:,} Setvar actions, two per user update: "
+        f"{len(snapshot.users):,} users at the resync, then {flood / 2 / total:.2f} "
+        "updates per event (only when a user's merged state changed, coalesced)"
+    )
+    print(
+        f"CPU: {cpu / total * 1000 * 1000:.1f} ms per 1,000 events "
+        "(the process also runs the fake AMI)"
+    )
     if rss_at_10 is None or objects_at_10 is None:
         print("memory: run for more than 10 s to compare")
         return 0 if ok_latency else 1
     rss_growth = rss_end - rss_at_10
     ok_memory = rss_growth <= MEMORY_GROWTH_GOAL_MB
-    print(f"memory from 10 s to the end: resident {rss_at_10:.1f} -> {rss_end:.1f} MB "
-          f"({rss_growth:+.1f} MB; goal: no growth, ≤ {MEMORY_GROWTH_GOAL_MB:g} MB) "
-          f"{'ok' if ok_memory else 'MISSED'}; Python objects {objects_at_10:,} -> "
-          f"{objects_end:,}")
+    print(
+        f"memory from 10 s to the end: resident {rss_at_10:.1f} -> {rss_end:.1f} MB "
+        f"({rss_growth:+.1f} MB; goal: no growth, ≤ {MEMORY_GROWTH_GOAL_MB:g} MB) "
+        f"{'ok' if ok_memory else 'MISSED'}; Python objects {objects_at_10:,} -> "
+        f"{objects_end:,}"
+    )
     return 0 if ok_latency and ok_memory else 1
 
 

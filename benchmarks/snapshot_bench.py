@@ -85,51 +85,76 @@ async def build_large_directory(
     now = datetime.now(UTC)
     try:
         async with begin_write(engine) as conn:
-            await conn.execute(insert(s.roles), [
-                {"id": 1, "name": "staff", "restricted": False},
-                {"id": 2, "name": "intern", "restricted": True},
-                {"id": 3, "name": "visitor", "restricted": True},
-            ])
-            await conn.execute(insert(s.workplaces), [
-                {"id": j + 1, "slug": f"desk-{j + 1}", "name": f"Desk {j + 1}",
-                 "code": str(900_000 + j)}
-                for j in range(workplaces)
-            ])
-            await conn.execute(insert(s.role_workplaces), [
-                {"role_id": 2, "workplace_id": j + 1} for j in range(min(100, workplaces))
-            ])
+            await conn.execute(
+                insert(s.roles),
+                [
+                    {"id": 1, "name": "staff", "restricted": False},
+                    {"id": 2, "name": "intern", "restricted": True},
+                    {"id": 3, "name": "visitor", "restricted": True},
+                ],
+            )
+            await conn.execute(
+                insert(s.workplaces),
+                [
+                    {
+                        "id": j + 1,
+                        "slug": f"desk-{j + 1}",
+                        "name": f"Desk {j + 1}",
+                        "code": str(900_000 + j),
+                    }
+                    for j in range(workplaces)
+                ],
+            )
+            await conn.execute(
+                insert(s.role_workplaces),
+                [{"role_id": 2, "workplace_id": j + 1} for j in range(min(100, workplaces))],
+            )
             role_ids = [1] * 8 + [2, None]
-            await conn.execute(insert(s.users), [
-                {"id": i + 1, "extension": str(100_000 + i), "name": f"User {i + 1}",
-                 "role_id": role_ids[i % len(role_ids)], "pin_hash": pin_hash}
-                for i in range(users)
-            ])
+            await conn.execute(
+                insert(s.users),
+                [
+                    {
+                        "id": i + 1,
+                        "extension": str(100_000 + i),
+                        "name": f"User {i + 1}",
+                        "role_id": role_ids[i % len(role_ids)],
+                        "pin_hash": pin_hash,
+                    }
+                    for i in range(users)
+                ],
+            )
             kinds = ["desk", "soft", "dect", "mobile"]
             phone_rows: list[dict[str, Any]] = [
-                {"endpoint": f"PJSIP/u{i + 1}-{kinds[k % 4]}{k // 4 or ''}",
-                 "user_id": i + 1, "workplace_id": None}
-                for i in range(users) for k in range(phones_per_user)
+                {
+                    "endpoint": f"PJSIP/u{i + 1}-{kinds[k % 4]}{k // 4 or ''}",
+                    "user_id": i + 1,
+                    "workplace_id": None,
+                }
+                for i in range(users)
+                for k in range(phones_per_user)
             ]
             phone_rows += [
-                {"endpoint": f"PJSIP/desk{j + 1}-{k + 1}", "user_id": None,
-                 "workplace_id": j + 1}
-                for j in range(workplaces) for k in range(phones_per_workplace)
+                {"endpoint": f"PJSIP/desk{j + 1}-{k + 1}", "user_id": None, "workplace_id": j + 1}
+                for j in range(workplaces)
+                for k in range(phones_per_workplace)
             ]
             await conn.execute(insert(s.phones), phone_rows)
             logins = min(round(users * logged_in_share), workplaces)
             who = rng.sample(range(users), logins)
             where = rng.sample(range(workplaces), logins)
-            await conn.execute(insert(s.logins), [
-                {"user_id": i + 1, "workplace_id": j + 1, "since": now, "source": "benchmark"}
-                for i, j in zip(who, where, strict=True)
-            ])
+            await conn.execute(
+                insert(s.logins),
+                [
+                    {"user_id": i + 1, "workplace_id": j + 1, "since": now, "source": "benchmark"}
+                    for i, j in zip(who, where, strict=True)
+                ],
+            )
             await conn.execute(
                 update(s.directory_revision).values(revision=s.directory_revision.c.revision + 1)
             )
     finally:
         await engine.dispose()
-    return BuildStats(users, workplaces, len(phone_rows), logins,
-                      time.perf_counter() - started)
+    return BuildStats(users, workplaces, len(phone_rows), logins, time.perf_counter() - started)
 
 
 # --- measuring the snapshot ----------------------------------------------------------
@@ -216,11 +241,18 @@ def _build_in_child(url: str, users: int) -> BuildStats:
     """Build in a separate process, so that this one's memory shows only the snapshot."""
     result = subprocess.run(
         [sys.executable, __file__, "--build-only", url, "--users", str(users)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     values = dict(line.split("=", 1) for line in result.stdout.split())
-    return BuildStats(int(values["users"]), int(values["workplaces"]), int(values["phones"]),
-                      int(values["logins"]), float(values["seconds"]))
+    return BuildStats(
+        int(values["users"]),
+        int(values["workplaces"]),
+        int(values["phones"]),
+        int(values["logins"]),
+        float(values["seconds"]),
+    )
 
 
 RESOLVE_P99_GOAL_US = 50.0
@@ -232,23 +264,29 @@ def benchmark_rules(snapshot: DirectorySnapshot) -> RingRules:
     users: dict[str, Any] = {}
     for i, (extension, user) in enumerate(snapshot.users.items()):
         if i % 3 == 0 and user.phones:
-            users[extension] = {"followme": [
-                {"ring": list(user.phones), "timeout": 15},
-                {"ring": ["workplace"], "delay": 5},
-                {"ring": [f"+49170{int(extension):07d}"], "delay": 15, "timeout": 20},
-            ]}
+            users[extension] = {
+                "followme": [
+                    {"ring": list(user.phones), "timeout": 15},
+                    {"ring": ["workplace"], "delay": 5},
+                    {"ring": [f"+49170{int(extension):07d}"], "delay": 15, "timeout": 20},
+                ]
+            }
     workplaces: dict[str, Any] = {}
     for workplace_id, workplace in snapshot.workplaces.items():
         if len(workplace.phones) >= 2:
-            workplaces[workplace_id] = {"ring": [
-                {"ring": list(workplace.phones[:1]), "timeout": 10},
-                {"ring": list(workplace.phones[1:]), "delay": 10, "timeout": 15},
-            ]}
-    return RingRules.model_validate({
-        "defaults": {"timeout": 20, "external_endpoint": "PJSIP/{number}@trunk"},
-        "users": users,
-        "workplaces": workplaces,
-    })
+            workplaces[workplace_id] = {
+                "ring": [
+                    {"ring": list(workplace.phones[:1]), "timeout": 10},
+                    {"ring": list(workplace.phones[1:]), "delay": 10, "timeout": 15},
+                ]
+            }
+    return RingRules.model_validate(
+        {
+            "defaults": {"timeout": 20, "external_endpoint": "PJSIP/{number}@trunk"},
+            "users": users,
+            "workplaces": workplaces,
+        }
+    )
 
 
 def resolver_figures(snapshot: DirectorySnapshot, calls: int = 100_000) -> list[Figure]:
@@ -300,8 +338,11 @@ async def login_figures(url: str, snapshot: DirectorySnapshot) -> list[Figure]:
             await set_login(engine, extension, workplace, actor="bench", source="bench")
             started = time.perf_counter()
             logins, revision, _ = await load_logins(engine)
-            concerned = frozenset(e for e in logins.keys() | current.logins.keys()
-                                  if logins.get(e) != current.logins.get(e))
+            concerned = frozenset(
+                e
+                for e in logins.keys() | current.logins.keys()
+                if logins.get(e) != current.logins.get(e)
+            )
             current = replace(current, logins=logins, revision=revision)
             tracker.set_snapshot(current, concerned)
             fallback_entries(current, rules, concerned)
@@ -309,10 +350,19 @@ async def login_figures(url: str, snapshot: DirectorySnapshot) -> list[Figure]:
     finally:
         await engine.dispose()
     times.sort()
-    return [Figure("a login, as another router sees it (median of 20)",
-                   times[len(times) // 2] * 1000, "ms", 1000.0),
-            Figure("  full presence index rebuild (what it would be without the fast path)",
-                   _timed(lambda: PresenceTracker(snapshot)) * 1000, "ms")]
+    return [
+        Figure(
+            "a login, as another router sees it (median of 20)",
+            times[len(times) // 2] * 1000,
+            "ms",
+            1000.0,
+        ),
+        Figure(
+            "  full presence index rebuild (what it would be without the fast path)",
+            _timed(lambda: PresenceTracker(snapshot)) * 1000,
+            "ms",
+        ),
+    ]
 
 
 def _timed(fn: Any) -> float:
@@ -330,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.build_only:
         stats = asyncio.run(build_large_directory(args.build_only, users=args.users))
-        print(f"users={stats.users} workplaces={stats.workplaces} phones={stats.phones} "
-              f"logins={stats.logins} seconds={stats.seconds:.3f}")
+        print(
+            f"users={stats.users} workplaces={stats.workplaces} phones={stats.phones} "
+            f"logins={stats.logins} seconds={stats.seconds:.3f}"
+        )
         return 0
 
     with tempfile.TemporaryDirectory(prefix="callrouter-bench-") as tmp:
@@ -339,15 +391,21 @@ def main(argv: list[str] | None = None) -> int:
         url = f"sqlite:///{path}"
         if not path.exists():
             stats = _build_in_child(url, args.users)
-            print(f"built {url}: {stats.users:,} users, {stats.phones:,} phones, "
-                  f"{stats.workplaces:,} workplaces, {stats.logins:,} logged in "
-                  f"in {stats.seconds:.1f} s")
+            print(
+                f"built {url}: {stats.users:,} users, {stats.phones:,} phones, "
+                f"{stats.workplaces:,} workplaces, {stats.logins:,} logged in "
+                f"in {stats.seconds:.1f} s"
+            )
             if stats.logins < round(stats.users * 0.3):
-                print(f"  (30% of the users asked for, but {stats.workplaces:,} workplaces "
-                      "hold one user each)")
+                print(
+                    f"  (30% of the users asked for, but {stats.workplaces:,} workplaces "
+                    "hold one user each)"
+                )
         figures, snapshot = asyncio.run(measure_snapshot(url))
-        print(f"snapshot: {len(snapshot.users):,} users, {len(snapshot.workplaces):,} "
-              f"workplaces, {len(snapshot.logins):,} logins, revision {snapshot.revision}")
+        print(
+            f"snapshot: {len(snapshot.users):,} users, {len(snapshot.workplaces):,} "
+            f"workplaces, {len(snapshot.logins):,} logins, revision {snapshot.revision}"
+        )
 
         figures += resolver_figures(snapshot)
         figures += asyncio.run(login_figures(url, snapshot))

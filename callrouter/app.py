@@ -51,6 +51,7 @@ from callrouter.yamlfile import YamlFileError
 
 log = logging.getLogger(__name__)
 
+
 class LiveDirectory:
     """The snapshot and the rules every new call is routed by, kept current.
 
@@ -75,9 +76,13 @@ class LiveDirectory:
         self.rules = load_rules(self.rules_path)
         self._rules_mtime = self._mtime()
         self.snapshot = await load_snapshot(self.engine)
-        log.info("directory revision %d: %d users, %d workplaces; rules from %s",
-                 self.snapshot.revision, len(self.snapshot.users),
-                 len(self.snapshot.workplaces), self.rules_path)
+        log.info(
+            "directory revision %d: %d users, %d workplaces; rules from %s",
+            self.snapshot.revision,
+            len(self.snapshot.users),
+            len(self.snapshot.workplaces),
+            self.rules_path,
+        )
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload what changed; True if anything did."""
@@ -95,8 +100,11 @@ class LiveDirectory:
             except YamlFileError as exc:
                 log.error("rules refused, the previous rules stay in force:\n%s", exc)
             except OSError as exc:
-                log.error("rules file %s unreadable (%s), the previous rules stay in force",
-                          self.rules_path, exc.strerror)
+                log.error(
+                    "rules file %s unreadable (%s), the previous rules stay in force",
+                    self.rules_path,
+                    exc.strerror,
+                )
             else:
                 log.info("rules reloaded from %s", self.rules_path)
                 changed = True
@@ -110,11 +118,17 @@ class LiveDirectory:
             if content_revision == old.content_revision:
                 self.snapshot = replace(old, logins=logins, revision=revision)
                 log.info("logins reloaded at revision %d", revision)
-                concerned = frozenset(ext for ext in logins.keys() | old.logins.keys()
-                                      if logins.get(ext) != old.logins.get(ext))
+                concerned = frozenset(
+                    ext
+                    for ext in logins.keys() | old.logins.keys()
+                    if logins.get(ext) != old.logins.get(ext)
+                )
                 changed = True
-        if force or self.snapshot.revision != revision or \
-                self.snapshot.content_revision != content_revision:
+        if (
+            force
+            or self.snapshot.revision != revision
+            or self.snapshot.content_revision != content_revision
+        ):
             self.snapshot = await load_snapshot(self.engine)
             log.info("directory reloaded at revision %d", self.snapshot.revision)
             concerned = None
@@ -160,24 +174,32 @@ class Router:
         )
         self.fallback = FallbackPublisher(self.ami)
         self.logins = LoginService(
-            live.engine, lambda: live.snapshot, policy=settings.occupied_workplace,
+            live.engine,
+            lambda: live.snapshot,
+            policy=settings.occupied_workplace,
             lockout=DatabaseLockout(live.engine),  # shared by all routers of the directory
             on_change=live.refresh,  # this router sees its own changes at once
         )
         self.feature_codes = FeatureCodes(self.logins, settings.login_prefix)
         self.agi_server: AgiServer | None = None
         if settings.agi_enabled:
-            self.agi_server = AgiServer(self.feature_codes.handlers, host=settings.agi_host,
-                                        port=settings.agi_port)
+            self.agi_server = AgiServer(
+                self.feature_codes.handlers, host=settings.agi_host, port=settings.agi_port
+            )
         self.api_server: ApiServer | None = None
         if settings.api_enabled:
             secret = settings.api_token_secret
-            signer = TokenSigner(None if secret is None else secret.get_secret_value().encode(),
-                                 ttl=settings.api_token_ttl)
+            signer = TokenSigner(
+                None if secret is None else secret.get_secret_value().encode(),
+                ttl=settings.api_token_ttl,
+            )
             admin = settings.api_admin_token
-            api = create_api(self.logins, signer,
-                             None if admin is None else admin.get_secret_value(),
-                             presence=self.presence)
+            api = create_api(
+                self.logins,
+                signer,
+                None if admin is None else admin.get_secret_value(),
+                presence=self.presence,
+            )
             self.api_server = ApiServer(api, settings.api_host, settings.api_port)
         self._sweeper: asyncio.Future[None] | None = None
         self.calls: dict[str, CallDriver] = {}  # by caller channel id
@@ -244,8 +266,9 @@ class Router:
             return
         live = self.live
         caller = caller_endpoint(channel.name)
-        plan = resolve_plan(live.snapshot, live.rules, extension, caller,
-                            presence=self.presence.tracker)
+        plan = resolve_plan(
+            live.snapshot, live.rules, extension, caller, presence=self.presence.tracker
+        )
         driver = CallDriver(self.ari, channel, plan)
         self.calls[channel.id] = driver
         task = self._spawn(driver.run())
@@ -365,8 +388,12 @@ async def run_router(
 
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level, settings.log_format)
-    for secret in (settings.ari_password, settings.ami_secret, settings.api_admin_token,
-                   settings.api_token_secret):
+    for secret in (
+        settings.ari_password,
+        settings.ami_secret,
+        settings.api_admin_token,
+        settings.api_token_secret,
+    ):
         if secret is not None:
             register_secret(secret.get_secret_value())
 

@@ -27,8 +27,9 @@ class FallbackPublisher:
         self.published = await self._read_back()
         await self.publish(wanted)
 
-    async def publish(self, wanted: Mapping[str, FallbackEntry],
-                      only: Iterable[str] | None = None) -> None:
+    async def publish(
+        self, wanted: Mapping[str, FallbackEntry], only: Iterable[str] | None = None
+    ) -> None:
         """Write only what changed since the last publish.
 
         ``wanted`` is every entry, or with ``only`` the entries of those extensions
@@ -50,8 +51,12 @@ class FallbackPublisher:
             await self.ami.db_del(TIMEOUT_FAMILY, extension)
             del published[extension]
         if changed or removed:
-            log.info("AstDB fallback: %d entr%s written, %d removed", len(changed),
-                     "y" if len(changed) == 1 else "ies", len(removed))
+            log.info(
+                "AstDB fallback: %d entr%s written, %d removed",
+                len(changed),
+                "y" if len(changed) == 1 else "ies",
+                len(removed),
+            )
 
     async def _read_back(self) -> dict[str, FallbackEntry]:
         dials = await self._tree(DIAL_FAMILY)
@@ -77,5 +82,5 @@ class FallbackPublisher:
         for message in messages:
             key, value = message.get("Key"), message.get("Val")
             if key and key.startswith(prefix) and value is not None:
-                tree[key[len(prefix):]] = value
+                tree[key[len(prefix) :]] = value
         return tree

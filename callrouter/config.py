@@ -123,15 +123,15 @@ class Settings(BaseSettings):
 
     def require_secrets(self) -> None:
         missing = [
-            env for name, env in (
+            env
+            for name, env in (
                 ("ari_password", "CALLROUTER_ARI_PASSWORD"),
                 ("ami_secret", "CALLROUTER_AMI_SECRET"),
-            ) if getattr(self, name) is None
+            )
+            if getattr(self, name) is None
         ]
         if missing:
-            raise ValueError(
-                f"{' and '.join(missing)} not set (or the matching *_FILE variable)"
-            )
+            raise ValueError(f"{' and '.join(missing)} not set (or the matching *_FILE variable)")
 
     @classmethod
     def settings_customise_sources(
@@ -154,7 +154,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not config_file.is_file():
             raise ValueError(f"config file {config_file} does not exist")
         settings_cls = type(
-            "FileSettings", (Settings,),
+            "FileSettings",
+            (Settings,),
             {"model_config": {**Settings.model_config, "yaml_file": config_file}},
         )
     return settings_cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -258,9 +258,15 @@ class _Builder:
         if self._visits > _ALIAS_EXPANSION_FACTOR * len(self._distinct) + _ALIAS_EXPANSION_SLACK:
             raise YamlFileError.from_located(
                 self.file,
-                [*self.errors,
-                 Located(self.file, mark.line, mark.column,
-                         "aliases (*name) expand to too much data; write the values out")],
+                [
+                    *self.errors,
+                    Located(
+                        self.file,
+                        mark.line,
+                        mark.column,
+                        "aliases (*name) expand to too much data; write the values out",
+                    ),
+                ],
             )
         if isinstance(node, ScalarNode):
             self.positions.scalars[path] = node.value
@@ -293,8 +299,9 @@ class _Builder:
         for key_node, value_node in node.value:
             key_mark = _mark(key_node)
             if not isinstance(key_node, ScalarNode):
-                self.error(key_mark, path, "a key must be a plain name or number, "
-                                           "not a list or a mapping")
+                self.error(
+                    key_mark, path, "a key must be a plain name or number, not a list or a mapping"
+                )
                 continue
             if key_node.tag == _MERGE_TAG:
                 self.error(key_mark, path, "merge keys (<<) are not supported: write the keys out")
@@ -303,9 +310,12 @@ class _Builder:
             key_path = (*path, key)
             if key in first_seen:
                 first = first_seen[key]
-                self.error(key_mark, key_path,
-                           f"duplicate key: already given at line {first.line}, column "
-                           f"{first.column}; YAML would silently keep only the last")
+                self.error(
+                    key_mark,
+                    key_path,
+                    f"duplicate key: already given at line {first.line}, column "
+                    f"{first.column}; YAML would silently keep only the last",
+                )
                 continue
             first_seen[key] = key_mark
             self.positions.keys[key_path] = key_mark
@@ -429,9 +439,11 @@ def _message(
         secret = any(isinstance(p, str) and p in _SECRET_FIELDS for p in found)
         raw = positions.scalars.get(found)
         if raw is not None and not secret and isinstance(value, int | float | bool):
-            return (f"expected text, but YAML reads {raw} as a "
-                    f"{'true/false value' if isinstance(value, bool) else 'number'}: "
-                    f'write it in quotes, "{raw}"')
+            return (
+                f"expected text, but YAML reads {raw} as a "
+                f"{'true/false value' if isinstance(value, bool) else 'number'}: "
+                f'write it in quotes, "{raw}"'
+            )
         return f"expected text, got {_describe(value)}"
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
@@ -593,4 +605,3 @@ def _existing(data: Any, path: Path) -> Path:
         node = node[part]
         found = (*found, part)
     return found
-

@@ -25,9 +25,7 @@ from callrouter.directory.schema import UTCDateTime, metadata
 config = context.config
 
 
-def _render_item(
-    type_: str, obj: Any, autogen_context: AutogenContext
-) -> str | Literal[False]:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     # Keep generated scripts free of imports from the application: UTCDateTime is
     # stored as a plain timezone-aware timestamp.
     if type_ == "type" and isinstance(obj, UTCDateTime):

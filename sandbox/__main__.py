@@ -67,14 +67,20 @@ def parse_phone(spec: str) -> tuple[str, Behaviour]:
 
 def connection_info(sandbox: AsteriskSandbox) -> dict[str, object]:
     return {
-        "ari_url": sandbox.ari_url, "ari_events_url": sandbox.ari_events_url,
-        "ari_user": sandbox.ari_user, "ari_password": sandbox.ari_password,
-        "ami_host": sandbox.ami_host, "ami_port": sandbox.ami_port,
-        "ami_user": sandbox.ami_user, "ami_secret": sandbox.ami_secret,
-        "sip_host": "127.0.0.1", "sip_port": sandbox.sip_port,
-        "http_url": sandbox.http_url, "phones": sandbox.phones,
+        "ari_url": sandbox.ari_url,
+        "ari_events_url": sandbox.ari_events_url,
+        "ari_user": sandbox.ari_user,
+        "ari_password": sandbox.ari_password,
+        "ami_host": sandbox.ami_host,
+        "ami_port": sandbox.ami_port,
+        "ami_user": sandbox.ami_user,
+        "ami_secret": sandbox.ami_secret,
+        "sip_host": "127.0.0.1",
+        "sip_port": sandbox.sip_port,
+        "http_url": sandbox.http_url,
+        "phones": sandbox.phones,
         "cli": f"chroot {sandbox.root} asterisk -C {sandbox.run_dir_in_chroot}"
-               f"/etc/asterisk.conf -r",
+        f"/etc/asterisk.conf -r",
         "pid": os.getpid(),
     }
 
@@ -84,14 +90,21 @@ def print_event(phone: SimulatedPhone, event: PhoneEvent) -> None:
         return
     arrow = "<-" if event.direction == "in" else "->"
     what = event.kind if event.message.is_request else f"{event.kind} ({event.method})"
-    print(f"{time.strftime('%H:%M:%S')} {phone.name:>12} {arrow} {what:<16} "
-          f"{event.call_id}", flush=True)
+    print(
+        f"{time.strftime('%H:%M:%S')} {phone.name:>12} {arrow} {what:<16} {event.call_id}",
+        flush=True,
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
     root = ensure_rootfs(Path(args.root))
-    sandbox = AsteriskSandbox(root, http_port=args.http_port, ami_port=args.ami_port,
-                              sip_port=args.sip_port, verbose=args.verbose)
+    sandbox = AsteriskSandbox(
+        root,
+        http_port=args.http_port,
+        ami_port=args.ami_port,
+        sip_port=args.sip_port,
+        verbose=args.verbose,
+    )
     await sandbox.start_async()
     info_file = Path(args.info_file)
     try:
@@ -123,8 +136,11 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--root", default=str(DEFAULT_ROOTFS), help="the chroot's folder")
     parser.add_argument("-v", "--debug", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,16 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--ami-port", type=int, help="AMI port (default: random)")
     run_parser.add_argument("--sip-port", type=int, help="SIP UDP port (default: random)")
     run_parser.add_argument("--verbose", type=int, default=3, help="Asterisk verbosity")
-    run_parser.add_argument("--phone", action="append", default=[],
-                            metavar="NAME[:ring|answer=SECONDS|busy|silent|reject=CODE]",
-                            help="a simulated phone, also a PJSIP endpoint (repeatable)")
-    run_parser.add_argument("--info-file", default=str(REPO / ".cache" / "sandbox.json"),
-                            help="where to write the connection details (JSON)")
+    run_parser.add_argument(
+        "--phone",
+        action="append",
+        default=[],
+        metavar="NAME[:ring|answer=SECONDS|busy|silent|reject=CODE]",
+        help="a simulated phone, also a PJSIP endpoint (repeatable)",
+    )
+    run_parser.add_argument(
+        "--info-file",
+        default=str(REPO / ".cache" / "sandbox.json"),
+        help="where to write the connection details (JSON)",
+    )
     clean = commands.add_parser("clean", help="remove run folders of dead sandboxes")
     clean.add_argument("--rootfs", action="store_true", help="also delete the whole chroot")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "build":

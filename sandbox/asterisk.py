@@ -73,16 +73,22 @@ class SandboxError(RuntimeError):
 # ---------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], *, what: str, env: Mapping[str, str] | None = None,
-         timeout: float = 1800) -> None:
+def _run(
+    cmd: list[str], *, what: str, env: Mapping[str, str] | None = None, timeout: float = 1800
+) -> None:
     """Run a set-up command; on failure raise with its output's tail."""
     log.info("sandbox: %s: %s", what, " ".join(cmd))
     full_env = dict(os.environ)
     full_env.update(env or {})
     try:
         proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=full_env, timeout=timeout, check=False,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise SandboxUnavailable(f"{what}: {cmd[0]} not found ({exc})") from exc
@@ -90,9 +96,7 @@ def _run(cmd: list[str], *, what: str, env: Mapping[str, str] | None = None,
         raise SandboxUnavailable(f"{what}: timed out after {timeout:.0f} s") from exc
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-25:])
-        raise SandboxUnavailable(
-            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}"
-        )
+        raise SandboxUnavailable(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -154,8 +158,11 @@ def _ensure_debootstrap() -> str:
         raise SandboxUnavailable("debootstrap is not installed and there is no apt-get to get it")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update"], what="apt-get update on the host", env=env)
-    _run(["apt-get", "install", "-y", "--no-install-recommends", "debootstrap"],
-         what="install debootstrap on the host", env=env)
+    _run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "debootstrap"],
+        what="install debootstrap on the host",
+        env=env,
+    )
     found = shutil.which("debootstrap") or (
         "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None
     )
@@ -192,26 +199,42 @@ def ensure_rootfs(cache_dir: Path = DEFAULT_ROOTFS) -> Path:
         tmp = cache_dir.with_name(cache_dir.name + ".tmp")
         remove_tree(tmp)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        _run([debootstrap, "--variant=minbase", DEBIAN_SUITE, str(tmp)],
-             what=f"debootstrap Debian {DEBIAN_SUITE}")
+        _run(
+            [debootstrap, "--variant=minbase", DEBIAN_SUITE, str(tmp)],
+            what=f"debootstrap Debian {DEBIAN_SUITE}",
+        )
         _prepare_tree(tmp)
         env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
         with _mounted_proc(tmp):
-            _run(["chroot", str(tmp), "apt-get", "update"],
-                 what="apt-get update in the chroot", env=env)
-            _run(["chroot", str(tmp), "apt-get", "install", "-y", "--no-install-recommends",
-                  *ASTERISK_PACKAGES],
-                 what="install Asterisk in the chroot", env=env)
+            _run(
+                ["chroot", str(tmp), "apt-get", "update"],
+                what="apt-get update in the chroot",
+                env=env,
+            )
+            _run(
+                [
+                    "chroot",
+                    str(tmp),
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "--no-install-recommends",
+                    *ASTERISK_PACKAGES,
+                ],
+                what="install Asterisk in the chroot",
+                env=env,
+            )
             _run(["chroot", str(tmp), "apt-get", "clean"], what="apt-get clean", env=env)
         _run(["chroot", str(tmp), "asterisk", "-V"], what="check the Asterisk binary")
         (tmp / ROOTFS_MARKER).write_text(
-            f"built {time.strftime('%Y-%m-%dT%H:%M:%S')} "
-            f"in {time.monotonic() - started:.0f} s\n", encoding="utf-8"
+            f"built {time.strftime('%Y-%m-%dT%H:%M:%S')} in {time.monotonic() - started:.0f} s\n",
+            encoding="utf-8",
         )
         remove_tree(cache_dir)  # a half-built tree from an older layout
         tmp.rename(cache_dir)
-        log.info("sandbox: Asterisk chroot ready at %s in %.0f s",
-                 cache_dir, time.monotonic() - started)
+        log.info(
+            "sandbox: Asterisk chroot ready at %s in %.0f s", cache_dir, time.monotonic() - started
+        )
         return cache_dir
 
 
@@ -280,14 +303,14 @@ def set_option(text: str, section: str, key: str, value: str) -> str:
     for index, line in enumerate(lines):
         stripped = line.strip()
         if stripped.startswith("["):
-            current = stripped[1:stripped.index("]")] if "]" in stripped else None
+            current = stripped[1 : stripped.index("]")] if "]" in stripped else None
             continue
         if current != section or stripped.startswith(";") or "=" not in stripped:
             continue
         name = stripped.partition("=")[0]
         name = name.strip()
         if name == key:
-            arrow = stripped[len(name):].lstrip().startswith("=>")
+            arrow = stripped[len(name) :].lstrip().startswith("=>")
             lines[index] = f"{key} {'=>' if arrow else '='} {value}\n"
             return "".join(lines)
     raise SandboxError(f"template has no '{key}' in [{section}]; cannot set it to {value!r}")
@@ -437,9 +460,19 @@ class AsteriskSandbox:
         started = time.monotonic()
         try:
             self._process = subprocess.Popen(
-                ["chroot", str(self.root), "asterisk", "-C", self._conf_in_chroot,
-                 "-f", "-U", "root"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    "chroot",
+                    str(self.root),
+                    "asterisk",
+                    "-C",
+                    self._conf_in_chroot,
+                    "-f",
+                    "-U",
+                    "root",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         finally:
@@ -468,8 +501,12 @@ class AsteriskSandbox:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     async def start_async(self) -> None:
@@ -485,8 +522,12 @@ class AsteriskSandbox:
         await self.start_async()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop_async()
 
     # -- control ----------------------------------------------------------------------
@@ -497,10 +538,12 @@ class AsteriskSandbox:
             raise SandboxError(f"{self!r} is not running; cannot run {command!r}")
         try:
             proc = subprocess.run(
-                ["chroot", str(self.root), "asterisk", "-C", self._conf_in_chroot,
-                 "-rx", command],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                timeout=timeout, check=False,
+                ["chroot", str(self.root), "asterisk", "-C", self._conf_in_chroot, "-rx", command],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise SandboxError(f"CLI {command!r} timed out after {timeout} s") from exc
@@ -523,13 +566,18 @@ class AsteriskSandbox:
     def db_get(self, family: str, key: str) -> str | None:
         out = self.cli(f"database get {family} {key}").strip()
         prefix = "Value: "
-        return out[len(prefix):] if out.startswith(prefix) else None
+        return out[len(prefix) :] if out.startswith(prefix) else None
 
     def db_del(self, family: str, key: str) -> None:
         self.cli(f"database del {family} {key}")
 
-    def add_phones(self, phones: Mapping[str, int] | Iterable[tuple[str, int]],
-                   *, qualify: bool = False, timeout: float = 10.0) -> None:
+    def add_phones(
+        self,
+        phones: Mapping[str, int] | Iterable[tuple[str, int]],
+        *,
+        qualify: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
         """Add (or move) PJSIP endpoints ``NAME`` with contact ``sip:NAME@127.0.0.1:PORT``.
 
         Phones calling in are identified by their From user (``endpoint_identifier_order
@@ -555,8 +603,13 @@ class AsteriskSandbox:
             self._phones.pop(name, None)
         self._reload_phones(set(), timeout=timeout)
 
-    async def add_phones_async(self, phones: Mapping[str, int] | Iterable[tuple[str, int]],
-                               *, qualify: bool = False, timeout: float = 10.0) -> None:
+    async def add_phones_async(
+        self,
+        phones: Mapping[str, int] | Iterable[tuple[str, int]],
+        *,
+        qualify: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
         await asyncio.to_thread(self.add_phones, phones, qualify=qualify, timeout=timeout)
 
     @property
@@ -620,18 +673,25 @@ class AsteriskSandbox:
         etc = self.etc_dir
         inside = self.run_dir_in_chroot
         for template in sorted(CONFIG_TEMPLATE_DIR.glob("*.conf")):
-            (etc / template.name).write_text(template.read_text(encoding="utf-8"),
-                                             encoding="utf-8")
+            (etc / template.name).write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
         shutil.copyfile(DIALPLAN_DIR / "callrouter.conf", etc / "callrouter.conf")
 
         def edit(name: str, section: str, key: str, value: str) -> None:
             path = etc / name
-            path.write_text(set_option(path.read_text(encoding="utf-8"), section, key, value),
-                            encoding="utf-8")
+            path.write_text(
+                set_option(path.read_text(encoding="utf-8"), section, key, value), encoding="utf-8"
+            )
 
-        for key, sub in (("astetcdir", "etc"), ("astvarlibdir", "lib"), ("astdbdir", "lib"),
-                         ("astkeydir", "lib"), ("astspooldir", "spool"), ("astrundir", "run"),
-                         ("astlogdir", "log"), ("astcachedir", "cache")):
+        for key, sub in (
+            ("astetcdir", "etc"),
+            ("astvarlibdir", "lib"),
+            ("astdbdir", "lib"),
+            ("astkeydir", "lib"),
+            ("astspooldir", "spool"),
+            ("astrundir", "run"),
+            ("astlogdir", "log"),
+            ("astcachedir", "cache"),
+        ):
             edit("asterisk.conf", "directories", key, f"{inside}/{sub}")
         edit("asterisk.conf", "options", "verbose", str(self.verbose))
         edit("http.conf", "general", "bindport", str(self.ports.http))

@@ -42,22 +42,61 @@ CallState = Literal["calling", "early", "confirmed", "ended", "failed"]
 # Messages: pure parsing and building
 # ---------------------------------------------------------------------------------------
 
-_COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
-            "l": "content-length", "c": "content-type", "k": "supported", "s": "subject",
-            "e": "content-encoding"}
-_CANONICAL = {name.lower(): name for name in (
-    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Content-Type",
-    "Max-Forwards", "Record-Route", "Route", "User-Agent", "Server", "Allow", "Supported",
-    "Subject", "Content-Encoding", "Accept",
-)}
+_COMPACT = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "s": "subject",
+    "e": "content-encoding",
+}
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Content-Length",
+        "Content-Type",
+        "Max-Forwards",
+        "Record-Route",
+        "Route",
+        "User-Agent",
+        "Server",
+        "Allow",
+        "Supported",
+        "Subject",
+        "Content-Encoding",
+        "Accept",
+    )
+}
 
 REASONS = {
-    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK",
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
-    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
-    500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
-    600: "Busy Everywhere", 603: "Decline",
+    100: "Trying",
+    180: "Ringing",
+    183: "Session Progress",
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    600: "Busy Everywhere",
+    603: "Decline",
 }
 
 
@@ -235,9 +274,16 @@ def uri_user(uri: str) -> str:
     return rest.split("@", 1)[0] if "@" in rest else ""
 
 
-def build_response(request: SipMessage, status: int, reason: str | None = None, *,
-                   to_tag: str | None = None, headers: Iterable[tuple[str, str]] = (),
-                   body: bytes = b"", content_type: str = "application/sdp") -> SipMessage:
+def build_response(
+    request: SipMessage,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str = "application/sdp",
+) -> SipMessage:
     """A response to ``request`` (RFC 3261 8.2.6): Vias, From, Call-ID, CSeq copied."""
     out: list[tuple[str, str]] = [("Via", v) for v in request.headers_named("Via")]
     if 100 < status < 300:
@@ -329,8 +375,14 @@ class PhoneEvent:
 class Call:
     """One call of a phone, incoming (Asterisk rang it) or outgoing (it dialled)."""
 
-    def __init__(self, phone: SimulatedPhone, direction: Literal["incoming", "outgoing"],
-                 invite: SipMessage, peer: Address, local_tag: str) -> None:
+    def __init__(
+        self,
+        phone: SimulatedPhone,
+        direction: Literal["incoming", "outgoing"],
+        invite: SipMessage,
+        peer: Address,
+        local_tag: str,
+    ) -> None:
         self.phone = phone
         self.direction = direction
         self.invite = invite
@@ -373,29 +425,37 @@ class Call:
             return f"{base};tag={self.remote_tag}"
         return base
 
-    def _request(self, method: str, *, body: bytes = b"", content_type: str = "",
-                 cseq: int | None = None) -> SipMessage:
+    def _request(
+        self, method: str, *, body: bytes = b"", content_type: str = "", cseq: int | None = None
+    ) -> SipMessage:
         """A request in this dialog (``cseq`` given: reuse it, as an ACK does)."""
         if cseq is None:
             self.local_cseq += 1
             cseq = self.local_cseq
         headers = [
-            ("Via", f"SIP/2.0/UDP {self.phone.host}:{self.phone.port};branch={_new_branch()}"
-                    ";rport"),
-            ("Max-Forwards", "70"), ("From", self.local_header), ("To", self.remote_header),
-            ("Call-ID", self.call_id), ("CSeq", f"{cseq} {method}"),
+            (
+                "Via",
+                f"SIP/2.0/UDP {self.phone.host}:{self.phone.port};branch={_new_branch()};rport",
+            ),
+            ("Max-Forwards", "70"),
+            ("From", self.local_header),
+            ("To", self.remote_header),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{cseq} {method}"),
             ("User-Agent", self.phone.user_agent),
         ]
         if content_type:
             headers.append(("Content-Type", content_type))
-        return SipMessage(f"{method} {self.remote_target or self.invite.uri} SIP/2.0",
-                          headers, body)
+        return SipMessage(
+            f"{method} {self.remote_target or self.invite.uri} SIP/2.0", headers, body
+        )
 
     # -- waiting ----------------------------------------------------------------------
 
     async def wait_state(self, *states: CallState, timeout: float = 5.0) -> CallState:
-        await self.phone._wait_until(lambda: self.state in states, timeout,
-                                     f"{self!r} to reach {states}")
+        await self.phone._wait_until(
+            lambda: self.state in states, timeout, f"{self!r} to reach {states}"
+        )
         return self.state
 
     async def wait_answered(self, timeout: float = 10.0) -> None:
@@ -409,17 +469,24 @@ class Call:
 
     # -- incoming: answering ----------------------------------------------------------
 
-    def _respond(self, status: int, reason: str | None = None, *, sdp: bool = False,
-                 to: SipMessage | None = None) -> SipMessage:
+    def _respond(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        sdp: bool = False,
+        to: SipMessage | None = None,
+    ) -> SipMessage:
         request = to or self.invite
         headers = [("Server", self.phone.user_agent)]
         if request is self.invite and 100 < status < 300:
-            headers.append(("Contact", f"<sip:{self.phone.name}@{self.phone.host}:"
-                                       f"{self.phone.port}>"))
-        body = build_sdp(self.phone.name, self.phone.rtp_port, self.phone.session) if sdp \
-            else b""
-        response = build_response(request, status, reason, to_tag=self.local_tag,
-                                  headers=headers, body=body)
+            headers.append(
+                ("Contact", f"<sip:{self.phone.name}@{self.phone.host}:{self.phone.port}>")
+            )
+        body = build_sdp(self.phone.name, self.phone.rtp_port, self.phone.session) if sdp else b""
+        response = build_response(
+            request, status, reason, to_tag=self.local_tag, headers=headers, body=body
+        )
         if request is self.invite:
             self._last_response = response
         self.phone._send(response, self.peer)
@@ -512,16 +579,24 @@ class Call:
                 self._spawn(self.hangup())
             return
         # A final failure: ACK it in the INVITE's transaction (same branch).
-        ack = SipMessage(f"ACK {self.invite.uri} SIP/2.0", [
-            ("Via", self.invite.require("Via")), ("Max-Forwards", "70"),
-            ("From", self.invite.require("From")), ("To", response.require("To")),
-            ("Call-ID", self.call_id), ("CSeq", f"{self.invite.cseq[0]} ACK"),
-        ])
+        ack = SipMessage(
+            f"ACK {self.invite.uri} SIP/2.0",
+            [
+                ("Via", self.invite.require("Via")),
+                ("Max-Forwards", "70"),
+                ("From", self.invite.require("From")),
+                ("To", response.require("To")),
+                ("Call-ID", self.call_id),
+                ("CSeq", f"{self.invite.cseq[0]} ACK"),
+            ],
+        )
         self.phone._send(ack, self.peer, retransmission=self.status != 0)
         if self.status == 0:
             self.status, self.reason = status, response.reason
-            self._end("ended" if self._cancelling else "failed",
-                      by="local" if self._cancelling else "remote")
+            self._end(
+                "ended" if self._cancelling else "failed",
+                by="local" if self._cancelling else "remote",
+            )
 
     # -- ending -----------------------------------------------------------------------
 
@@ -545,17 +620,22 @@ class Call:
                     await self._got_response.wait()
         if self.state in ("ended", "failed", "confirmed"):
             return  # it ended meanwhile, or the 200's handler sends BYE
-        cancel = SipMessage(f"CANCEL {self.invite.uri} SIP/2.0", [
-            ("Via", self.invite.require("Via")), ("Max-Forwards", "70"),
-            ("From", self.invite.require("From")), ("To", self.invite.require("To")),
-            ("Call-ID", self.call_id), ("CSeq", f"{self.invite.cseq[0]} CANCEL"),
-            ("User-Agent", self.phone.user_agent),
-        ])
+        cancel = SipMessage(
+            f"CANCEL {self.invite.uri} SIP/2.0",
+            [
+                ("Via", self.invite.require("Via")),
+                ("Max-Forwards", "70"),
+                ("From", self.invite.require("From")),
+                ("To", self.invite.require("To")),
+                ("Call-ID", self.call_id),
+                ("CSeq", f"{self.invite.cseq[0]} CANCEL"),
+                ("User-Agent", self.phone.user_agent),
+            ],
+        )
         await self.phone._transaction(cancel, self.peer, timeout=timeout)
         await self.wait_state("ended", "failed", "confirmed", timeout=timeout)
 
-    async def send_dtmf(self, digits: str, *, duration_ms: int = 250,
-                        timeout: float = 5.0) -> None:
+    async def send_dtmf(self, digits: str, *, duration_ms: int = 250, timeout: float = 5.0) -> None:
         """Send digits as SIP INFO ``application/dtmf-relay`` (endpoint dtmf_mode=info)."""
         if self.state != "confirmed":
             raise RuntimeError(f"{self!r}: DTMF needs an answered call")
@@ -612,8 +692,14 @@ class _Discard(asyncio.DatagramProtocol):
 class SimulatedPhone:
     """A SIP phone on ``host:port`` (UDP); ``port=0`` lets the OS pick one."""
 
-    def __init__(self, name: str, *, host: str = "127.0.0.1", port: int = 0,
-                 behaviour: Behaviour | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        behaviour: Behaviour | None = None,
+    ) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -637,7 +723,8 @@ class SimulatedPhone:
     async def start(self) -> SimulatedPhone:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _SipProtocol(self), local_addr=(self.host, self.port))
+            lambda: _SipProtocol(self), local_addr=(self.host, self.port)
+        )
         self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
         rtp, _ = await loop.create_datagram_endpoint(_Discard, local_addr=(self.host, 0))
@@ -692,39 +779,65 @@ class SimulatedPhone:
 
     # -- events -----------------------------------------------------------------------
 
-    def matching(self, kind: str, *, call_id: str | None = None, direction: Direction = "in",
-                 method: str | None = None,
-                 retransmissions: bool = False) -> list[PhoneEvent]:
+    def matching(
+        self,
+        kind: str,
+        *,
+        call_id: str | None = None,
+        direction: Direction = "in",
+        method: str | None = None,
+        retransmissions: bool = False,
+    ) -> list[PhoneEvent]:
         """Recorded events of ``kind`` (``INVITE``, ``CANCEL``, ``"200"``...)."""
-        return [e for e in self.events
-                if e.kind == kind and e.direction == direction
-                and (call_id is None or e.call_id == call_id)
-                and (method is None or e.method == method)
-                and (retransmissions or not e.retransmission)]
+        return [
+            e
+            for e in self.events
+            if e.kind == kind
+            and e.direction == direction
+            and (call_id is None or e.call_id == call_id)
+            and (method is None or e.method == method)
+            and (retransmissions or not e.retransmission)
+        ]
 
-    async def wait_for(self, kind: str, timeout: float = 5.0, *, call_id: str | None = None,
-                       direction: Direction = "in", method: str | None = None,
-                       n: int = 1, retransmissions: bool = False) -> PhoneEvent:
+    async def wait_for(
+        self,
+        kind: str,
+        timeout: float = 5.0,
+        *,
+        call_id: str | None = None,
+        direction: Direction = "in",
+        method: str | None = None,
+        n: int = 1,
+        retransmissions: bool = False,
+    ) -> PhoneEvent:
         """Wait until the ``n``-th event of ``kind`` and return it (retransmitted
         messages count only with ``retransmissions=True``)."""
+
         def found() -> list[PhoneEvent]:
-            return self.matching(kind, call_id=call_id, direction=direction, method=method,
-                                 retransmissions=retransmissions)
+            return self.matching(
+                kind,
+                call_id=call_id,
+                direction=direction,
+                method=method,
+                retransmissions=retransmissions,
+            )
+
         await self._wait_until(lambda: len(found()) >= n, timeout, f"{direction} {kind} #{n}")
         return found()[n - 1]
 
     async def wait_for_call(self, timeout: float = 5.0, n: int = 1) -> Call:
         """The ``n``-th incoming call, once its INVITE arrived."""
+
         def incoming() -> list[Call]:
             return [c for c in self.calls.values() if c.direction == "incoming"]
+
         await self._wait_until(lambda: len(incoming()) >= n, timeout, f"incoming call #{n}")
         return incoming()[n - 1]
 
     def clear_events(self) -> None:
         """Forget recorded events and finished calls (between test steps)."""
         self.events.clear()
-        for call_id in [c for c, call in self.calls.items() if call.state in ("ended",
-                                                                                "failed")]:
+        for call_id in [c for c, call in self.calls.items() if call.state in ("ended", "failed")]:
             del self.calls[call_id]
 
     @property
@@ -744,15 +857,22 @@ class SimulatedPhone:
         call_id = f"{secrets.token_hex(10)}@{self.host}"
         tag = _new_tag()
         uri = f"sip:{extension}@{host}:{port}"
-        invite = SipMessage(f"INVITE {uri} SIP/2.0", [
-            ("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch={_new_branch()};rport"),
-            ("Max-Forwards", "70"),
-            ("From", f"<sip:{self.name}@{self.host}>;tag={tag}"),
-            ("To", f"<{uri}>"), ("Call-ID", call_id), ("CSeq", "1 INVITE"),
-            ("Contact", f"<sip:{self.name}@{self.host}:{self.port}>"),
-            ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"),
-            ("User-Agent", self.user_agent), ("Content-Type", "application/sdp"),
-        ], build_sdp(self.name, self.rtp_port, self.session, self.host))
+        invite = SipMessage(
+            f"INVITE {uri} SIP/2.0",
+            [
+                ("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch={_new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:{self.name}@{self.host}>;tag={tag}"),
+                ("To", f"<{uri}>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:{self.name}@{self.host}:{self.port}>"),
+                ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"),
+                ("User-Agent", self.user_agent),
+                ("Content-Type", "application/sdp"),
+            ],
+            build_sdp(self.name, self.rtp_port, self.session, self.host),
+        )
         call = Call(self, "outgoing", invite, (host, port), tag)
         self.calls[call_id] = call
         call._spawn(call._send_invite())
@@ -780,10 +900,18 @@ class SimulatedPhone:
 
     # -- internals --------------------------------------------------------------------
 
-    def _record(self, direction: Direction, message: SipMessage,
-                retransmission: bool = False) -> None:
-        event = PhoneEvent(time.monotonic(), direction, message.kind, message.method,
-                           message.call_id, message, retransmission)
+    def _record(
+        self, direction: Direction, message: SipMessage, retransmission: bool = False
+    ) -> None:
+        event = PhoneEvent(
+            time.monotonic(),
+            direction,
+            message.kind,
+            message.method,
+            message.call_id,
+            message,
+            retransmission,
+        )
         self.events.append(event)
         if self.on_event is not None:
             try:
@@ -798,8 +926,7 @@ class SimulatedPhone:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait_until(self, predicate: Callable[[], bool], timeout: float,
-                          what: str) -> None:
+    async def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -808,10 +935,16 @@ class SimulatedPhone:
                     self._waiters.append(waiter)
                     await waiter
         except TimeoutError:
-            seen = ", ".join(f"{e.direction}:{e.kind}" + ("(re)" if e.retransmission else "")
-                             for e in self.events[-30:]) or "nothing"
-            raise PhoneTimeout(f"{self.name}: no {what} within {timeout} s; "
-                               f"events: {seen}") from None
+            seen = (
+                ", ".join(
+                    f"{e.direction}:{e.kind}" + ("(re)" if e.retransmission else "")
+                    for e in self.events[-30:]
+                )
+                or "nothing"
+            )
+            raise PhoneTimeout(
+                f"{self.name}: no {what} within {timeout} s; events: {seen}"
+            ) from None
 
     def _send(self, message: SipMessage, addr: Address, retransmission: bool = False) -> None:
         if self._transport is None:
@@ -819,8 +952,9 @@ class SimulatedPhone:
         self._transport.sendto(message.to_bytes(), addr)
         self._record("out", message, retransmission)
 
-    async def _transaction(self, request: SipMessage, addr: Address,
-                           timeout: float = TRANSACTION_TIMEOUT) -> SipMessage:
+    async def _transaction(
+        self, request: SipMessage, addr: Address, timeout: float = TRANSACTION_TIMEOUT
+    ) -> SipMessage:
         """Send a non-INVITE request, retransmitting until a final response."""
         future: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
         branch = request.branch
@@ -836,8 +970,9 @@ class SimulatedPhone:
                     self._send(request, addr, retransmission=True)
                     interval = min(interval * 2, T2)
         except TimeoutError:
-            raise PhoneTimeout(f"{self.name}: no response to {request.method} "
-                               f"within {timeout} s") from None
+            raise PhoneTimeout(
+                f"{self.name}: no response to {request.method} within {timeout} s"
+            ) from None
         finally:
             self._client_transactions.pop(branch, None)
 
@@ -854,14 +989,17 @@ class SimulatedPhone:
             else:
                 self._on_response(message)
         except Exception:  # one bad message must not stop the phone
-            log.exception("%s: failed to handle %r from %s", self.name,
-                          message.start_line, addr)
+            log.exception("%s: failed to handle %r from %s", self.name, message.start_line, addr)
 
     def _on_response(self, response: SipMessage) -> None:
         call = self.calls.get(response.call_id)
-        retransmission = (response.method == "INVITE" and call is not None
-                          and response.status >= 200 and call.status != 0
-                          and call.direction == "outgoing")
+        retransmission = (
+            response.method == "INVITE"
+            and call is not None
+            and response.status >= 200
+            and call.status != 0
+            and call.direction == "outgoing"
+        )
         self._record("in", response, retransmission)
         future = self._client_transactions.get(response.branch)
         if future is not None and response.status >= 200 and not future.done():
@@ -881,16 +1019,23 @@ class SimulatedPhone:
             self._record("in", request)
             self._on_new_invite(request, addr)
             return
-        self._record("in", request, retransmission=method == "ACK" and call is not None
-                     and call._acked)
+        self._record(
+            "in", request, retransmission=method == "ACK" and call is not None and call._acked
+        )
         if method == "ACK":
             if call is not None:
                 call._acked = True
             return
         if method == "OPTIONS":
-            self._reply(request, addr, 200, headers=[
-                ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"),
-                ("Accept", "application/sdp")])
+            self._reply(
+                request,
+                addr,
+                200,
+                headers=[
+                    ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"),
+                    ("Accept", "application/sdp"),
+                ],
+            )
             return
         if call is None:
             self._reply(request, addr, 481)
@@ -911,10 +1056,19 @@ class SimulatedPhone:
         else:
             call._respond(501, to=request)
 
-    def _reply(self, request: SipMessage, addr: Address, status: int,
-               headers: Iterable[tuple[str, str]] = ()) -> None:
-        self._send(build_response(request, status, to_tag=_new_tag(),
-                                  headers=[("Server", self.user_agent), *headers]), addr)
+    def _reply(
+        self,
+        request: SipMessage,
+        addr: Address,
+        status: int,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self._send(
+            build_response(
+                request, status, to_tag=_new_tag(), headers=[("Server", self.user_agent), *headers]
+            ),
+            addr,
+        )
 
     def _on_new_invite(self, invite: SipMessage, addr: Address) -> None:
         call = Call(self, "incoming", invite, addr, _new_tag())
@@ -936,7 +1090,8 @@ class SimulatedPhone:
                     call.answer_now()
                 else:
                     call._answer_timer = asyncio.get_running_loop().call_later(
-                        after, lambda: call.answer_now() if call.pending else None)
+                        after, lambda: call.answer_now() if call.pending else None
+                    )
             case Busy():
                 call.reject_now(486)
             case Reject(code=code, reason=reason):
@@ -955,17 +1110,18 @@ class PhoneBank:
         self.host = host
         self._phones: dict[str, SimulatedPhone] = {}
 
-    async def add(self, name: str, *, port: int = 0,
-                  behaviour: Behaviour | None = None) -> SimulatedPhone:
+    async def add(
+        self, name: str, *, port: int = 0, behaviour: Behaviour | None = None
+    ) -> SimulatedPhone:
         if name in self._phones:
             raise ValueError(f"phone {name!r} exists already")
-        phone = await SimulatedPhone(name, host=self.host, port=port,
-                                     behaviour=behaviour).start()
+        phone = await SimulatedPhone(name, host=self.host, port=port, behaviour=behaviour).start()
         self._phones[name] = phone
         return phone
 
-    async def add_many(self, names: Iterable[str], *,
-                       behaviour: Behaviour | None = None) -> list[SimulatedPhone]:
+    async def add_many(
+        self, names: Iterable[str], *, behaviour: Behaviour | None = None
+    ) -> list[SimulatedPhone]:
         return [await self.add(name, behaviour=behaviour) for name in names]
 
     def __getitem__(self, name: str) -> SimulatedPhone:

@@ -42,21 +42,30 @@ async def load_directory(url: str, directory_file: Path, *, actor: str) -> None:
         await engine.dispose()
 
 
-def sandbox_settings(asterisk: AsteriskSandbox, db: str, rules: Path,
-                     *, poll_interval: float = 0.5) -> Settings:
+def sandbox_settings(
+    asterisk: AsteriskSandbox, db: str, rules: Path, *, poll_interval: float = 0.5
+) -> Settings:
     return Settings(
-        db=db, rules=rules, ari_url=asterisk.http_url,
-        ari_user=asterisk.ari_user, ari_password=asterisk.ari_password,
-        ami_host=asterisk.ami_host, ami_port=asterisk.ami_port,
-        ami_user=asterisk.ami_user, ami_secret=asterisk.ami_secret,
-        directory_poll_interval=poll_interval, shutdown_grace=2,
+        db=db,
+        rules=rules,
+        ari_url=asterisk.http_url,
+        ari_user=asterisk.ari_user,
+        ari_password=asterisk.ari_password,
+        ami_host=asterisk.ami_host,
+        ami_port=asterisk.ami_port,
+        ami_user=asterisk.ami_user,
+        ami_secret=asterisk.ami_secret,
+        directory_poll_interval=poll_interval,
+        shutdown_grace=2,
         # Free ports, so that several routers (tests, demo) never collide.
-        agi_port=0, api_port=0,
+        agi_port=0,
+        api_port=0,
     )
 
 
-async def start_router(settings: Settings, *, asterisk: AsteriskSandbox | None = None,
-                       timeout: float = 20) -> RunningRouter:
+async def start_router(
+    settings: Settings, *, asterisk: AsteriskSandbox | None = None, timeout: float = 20
+) -> RunningRouter:
     """Start ``run_router`` as a task; return once ARI and AMI are connected.
 
     With ``asterisk``, its dialplan's feature codes are pointed at this router's
@@ -64,12 +73,10 @@ async def start_router(settings: Settings, *, asterisk: AsteriskSandbox | None =
     """
     stop, reload = asyncio.Event(), asyncio.Event()
     started: asyncio.Future[Router] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(
-        run_router(settings, stop, reload, on_started=started.set_result))
+    task = asyncio.ensure_future(run_router(settings, stop, reload, on_started=started.set_result))
     try:
         waiting: set[asyncio.Future[object]] = {task, started}  # type: ignore[arg-type]
-        done, _ = await asyncio.wait(waiting, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if started not in done:
             if task.done():
                 task.result()  # raises what stopped it
@@ -78,8 +85,9 @@ async def start_router(settings: Settings, *, asterisk: AsteriskSandbox | None =
         await router.ari.wait_connected(10)
         await router.ami.wait_connected(10)
         if asterisk is not None and router.agi_server is not None:
-            await asterisk.cli_async(f"dialplan set global CALLROUTER_AGI "
-                                     f"agi://127.0.0.1:{router.agi_server.port}")
+            await asterisk.cli_async(
+                f"dialplan set global CALLROUTER_AGI agi://127.0.0.1:{router.agi_server.port}"
+            )
     except BaseException:
         stop.set()
         started.cancel()
@@ -90,15 +98,21 @@ async def start_router(settings: Settings, *, asterisk: AsteriskSandbox | None =
 
 
 @contextlib.asynccontextmanager
-async def running_router(asterisk: AsteriskSandbox, workdir: Path, directory_file: Path,
-                         rules_file: Path, *, actor: str,
-                         poll_interval: float = 0.5) -> AsyncIterator[RunningRouter]:
+async def running_router(
+    asterisk: AsteriskSandbox,
+    workdir: Path,
+    directory_file: Path,
+    rules_file: Path,
+    *,
+    actor: str,
+    poll_interval: float = 0.5,
+) -> AsyncIterator[RunningRouter]:
     """A router on a fresh SQLite directory in ``workdir``, stopped on exit."""
     url = f"sqlite:///{workdir}/callrouter.db"
     await load_directory(url, directory_file, actor=actor)
     running = await start_router(
-        sandbox_settings(asterisk, url, rules_file, poll_interval=poll_interval),
-        asterisk=asterisk)
+        sandbox_settings(asterisk, url, rules_file, poll_interval=poll_interval), asterisk=asterisk
+    )
     try:
         yield running
     finally:

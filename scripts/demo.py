@@ -72,8 +72,7 @@ class Scenario:
     before: Callable[[RunningRouter, PhoneBank, int], Awaitable[str]] | None = None
 
 
-async def emma_logs_in_at_hotdesk_2(running: RunningRouter, bank: PhoneBank,
-                                    sip_port: int) -> str:
+async def emma_logs_in_at_hotdesk_2(running: RunningRouter, bank: PhoneBank, sip_port: int) -> str:
     """Emma dials *44 + 205 + # + PIN on hot desk 2's phone ("#" travels as %23)."""
     desk = next(p for p in bank if p.name == "hotdesk2-desk")
     desk.behaviour = Ring()
@@ -81,9 +80,11 @@ async def emma_logs_in_at_hotdesk_2(running: RunningRouter, bank: PhoneBank,
     await call.wait_answered(timeout=10)
     await call.wait_ended(timeout=30)  # the router says "agent logged in" and hangs up
     outcome = running.router.feature_codes.outcomes[-1]
-    return (f"hotdesk2-desk dialled *44205#****: {outcome.action} "
-            f"{'ok' if outcome.ok else outcome.refusal}, heard {', '.join(outcome.prompts)}; "
-            f"Emma is now at {running.router.live.snapshot.logins.get('205')}")
+    return (
+        f"hotdesk2-desk dialled *44205#****: {outcome.action} "
+        f"{'ok' if outcome.ok else outcome.refusal}, heard {', '.join(outcome.prompts)}; "
+        f"Emma is now at {running.router.live.snapshot.logins.get('205')}"
+    )
 
 
 async def emma_sets_dnd(running: RunningRouter, bank: PhoneBank, sip_port: int) -> str:
@@ -91,41 +92,67 @@ async def emma_sets_dnd(running: RunningRouter, bank: PhoneBank, sip_port: int) 
     assert running.router.api_server is not None
     base = f"http://127.0.0.1:{running.router.api_server.port}"
     async with httpx.AsyncClient(base_url=base) as api:
-        token = (await api.post("/api/v1/session",
-                                json={"extension": "205", "pin": "9090"})).json()["token"]
-        reply = await api.put("/api/v1/presence/client",
-                              headers={"Authorization": f"Bearer {token}"},
-                              json={"client_id": "emma-laptop", "status": "dnd"})
+        token = (
+            await api.post("/api/v1/session", json={"extension": "205", "pin": "9090"})
+        ).json()["token"]
+        reply = await api.put(
+            "/api/v1/presence/client",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"client_id": "emma-laptop", "status": "dnd"},
+        )
     state = reply.json()
-    return (f"PUT /api/v1/presence/client {{status: dnd}} -> client {state['client']}, "
-            f"BLF Custom:user-205 shows {state['device_state']}")
+    return (
+        f"PUT /api/v1/presence/client {{status: dnd}} -> client {state['client']}, "
+        f"BLF Custom:user-205 shows {state['device_state']}"
+    )
 
 
 def scenarios(scale: float) -> list[Scenario]:
     s = scale
     return [
-        Scenario("(a) direct phones only: Reception, both phones ring, the DECT answers "
-                 "after ~1 s", "210",
-                 {"reception-dect": Answer(after=1.0)}),
-        Scenario("(b) FollowMe with delays: David, desk phone first, then the DECT "
-                 f"handset at {10 * s:g} s (answers ~2 s later)", "204",
-                 {"david-dect": Answer(after=2.0 * min(1.0, s * 2))}),
-        Scenario("(c) mixed operation: Anna, logged in at office-1: her own phones "
-                 f"at once, office-1's desk phone from {5 * s:g} s (answers ~2 s later)",
-                 "201",
-                 {"office1-desk": Answer(after=2.0 * min(1.0, s * 2))},
-                 note="her mobile (+4917012345678 via PJSIP/{number}@trunk) would start at "
-                      f"{15 * s:g} s; the sandbox has no trunk, so that leg could not "
-                      "reach anything anyway"),
-        Scenario("(d) nobody answers: Clara's only phone rings for the default "
-                 f"{20 * s:g} s -> NOANSWER", "203"),
-        Scenario("(e) every phone busy: Greta's softphone says 486 -> BUSY", "207",
-                 {"greta-soft": Busy()}),
-        Scenario("(f) hot desking: Emma logs in at hot desk 2 from its phone (feature "
-                 "code), then a call to her rings there and she answers", "205",
-                 {"hotdesk2-desk": Answer(after=1.0)}, before=emma_logs_in_at_hotdesk_2),
-        Scenario("(g) presence: Emma sets do-not-disturb in her client app -> DND at once, "
-                 "no phone rings", "205", before=emma_sets_dnd),
+        Scenario(
+            "(a) direct phones only: Reception, both phones ring, the DECT answers after ~1 s",
+            "210",
+            {"reception-dect": Answer(after=1.0)},
+        ),
+        Scenario(
+            "(b) FollowMe with delays: David, desk phone first, then the DECT "
+            f"handset at {10 * s:g} s (answers ~2 s later)",
+            "204",
+            {"david-dect": Answer(after=2.0 * min(1.0, s * 2))},
+        ),
+        Scenario(
+            "(c) mixed operation: Anna, logged in at office-1: her own phones "
+            f"at once, office-1's desk phone from {5 * s:g} s (answers ~2 s later)",
+            "201",
+            {"office1-desk": Answer(after=2.0 * min(1.0, s * 2))},
+            note="her mobile (+4917012345678 via PJSIP/{number}@trunk) would start at "
+            f"{15 * s:g} s; the sandbox has no trunk, so that leg could not "
+            "reach anything anyway",
+        ),
+        Scenario(
+            "(d) nobody answers: Clara's only phone rings for the default "
+            f"{20 * s:g} s -> NOANSWER",
+            "203",
+        ),
+        Scenario(
+            "(e) every phone busy: Greta's softphone says 486 -> BUSY",
+            "207",
+            {"greta-soft": Busy()},
+        ),
+        Scenario(
+            "(f) hot desking: Emma logs in at hot desk 2 from its phone (feature "
+            "code), then a call to her rings there and she answers",
+            "205",
+            {"hotdesk2-desk": Answer(after=1.0)},
+            before=emma_logs_in_at_hotdesk_2,
+        ),
+        Scenario(
+            "(g) presence: Emma sets do-not-disturb in her client app -> DND at once, "
+            "no phone rings",
+            "205",
+            before=emma_sets_dnd,
+        ),
     ]
 
 
@@ -183,8 +210,9 @@ class Collect(logging.Handler):
 # --- printing ---------------------------------------------------------------------------
 
 
-def timeline(t0: float, caller: SimulatedPhone, bank: PhoneBank,
-             warnings: list[tuple[float, str]]) -> list[str]:
+def timeline(
+    t0: float, caller: SimulatedPhone, bank: PhoneBank, warnings: list[tuple[float, str]]
+) -> list[str]:
     rows: list[tuple[float, str]] = []
     for phone in bank:
         for e in phone.events:
@@ -207,8 +235,11 @@ def timeline(t0: float, caller: SimulatedPhone, bank: PhoneBank,
                 rows.append((e.time, f"{who:<16} got {e.kind}"))
             elif e.direction == "out" and e.method == "INVITE" and e.kind == "200":
                 rows.append((e.time, f"{who:<16} answers (200 OK)"))
-            elif e.direction == "out" and e.method == "INVITE" and e.message.status in (
-                    486, 600, 603):
+            elif (
+                e.direction == "out"
+                and e.method == "INVITE"
+                and e.message.status in (486, 600, 603)
+            ):
                 rows.append((e.time, f"{who:<16} says {e.message.start_line[8:]}"))
     rows += [(t, f"router warning: {msg}") for t, msg in warnings if t >= t0]
     return [f"  {t - t0:7.3f} s  {text}" for t, text in sorted(rows)]
@@ -217,8 +248,14 @@ def timeline(t0: float, caller: SimulatedPhone, bank: PhoneBank,
 # --- the demo -------------------------------------------------------------------------
 
 
-async def place_call(sc: Scenario, caller: SimulatedPhone, bank: PhoneBank,
-                     sip_port: int, limit: float, collect: Collect) -> None:
+async def place_call(
+    sc: Scenario,
+    caller: SimulatedPhone,
+    bank: PhoneBank,
+    sip_port: int,
+    limit: float,
+    collect: Collect,
+) -> None:
     for phone in bank:
         if phone is not caller:
             phone.behaviour = sc.behaviours.get(phone.name, Ring())
@@ -234,11 +271,16 @@ async def place_call(sc: Scenario, caller: SimulatedPhone, bank: PhoneBank,
         with contextlib.suppress(Exception):
             await call.hangup()
     else:
-        answered_by = [p.name for p in bank if p is not caller and any(
-            e.direction == "out" and e.method == "INVITE" and e.kind == "200"
-            and e.time >= t0 for e in p.events)]
-        outcome = (f"answered by {', '.join(answered_by) or '?'} after "
-                   f"{call.answered_at - t0:.2f} s")  # type: ignore[operator]
+        answered_by = [
+            p.name
+            for p in bank
+            if p is not caller
+            and any(
+                e.direction == "out" and e.method == "INVITE" and e.kind == "200" and e.time >= t0
+                for e in p.events
+            )
+        ]
+        outcome = f"answered by {', '.join(answered_by) or '?'} after {call.answered_at - t0:.2f} s"  # type: ignore[operator]
         await asyncio.sleep(sc.hold)
         await call.hangup()
     await asyncio.sleep(0.7)  # let the last CANCELs and BYEs arrive
@@ -249,8 +291,7 @@ async def place_call(sc: Scenario, caller: SimulatedPhone, bank: PhoneBank,
         print(f"  note: {sc.note}")
 
 
-async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
-               scale: float) -> None:
+async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path, scale: float) -> None:
     url = f"sqlite:///{workdir}/callrouter.db"
     await load_directory(url, DIRECTORY, actor="demo")
 
@@ -262,11 +303,12 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
             await bank.add(name, behaviour=Ring())
         caller = await bank.add(CALLER)
         await asterisk.add_phones_async(bank.contacts())
-        print(f"phones: {len(names)} from {DIRECTORY.relative_to(REPO)} "
-              f"({', '.join(names)}) + {CALLER}")
+        print(
+            f"phones: {len(names)} from {DIRECTORY.relative_to(REPO)} "
+            f"({', '.join(names)}) + {CALLER}"
+        )
 
-        running = await start_router(sandbox_settings(asterisk, url, rules_path),
-                                     asterisk=asterisk)
+        running = await start_router(sandbox_settings(asterisk, url, rules_path), asterisk=asterisk)
         try:
             print(f"router: connected to the sandbox Asterisk (ARI {asterisk.http_url})\n")
 
@@ -277,8 +319,13 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
                     print(f"  first: {await sc.before(running, bank, asterisk.sip_port)}")
                 # What the router would do now: its snapshot, its rules, live presence.
                 live = running.router.live
-                plan = resolve_plan(live.snapshot, live.rules, sc.extension,
-                                    f"PJSIP/{CALLER}", presence=running.router.presence.tracker)
+                plan = resolve_plan(
+                    live.snapshot,
+                    live.rules,
+                    sc.extension,
+                    f"PJSIP/{CALLER}",
+                    presence=running.router.presence.tracker,
+                )
                 print(f"  $ callrouter plan {sc.extension} --caller PJSIP/{CALLER}")
                 print("    " + format_plan(plan).rstrip("\n").replace("\n", "\n    "))
                 stop_at = plan.stop if plan.legs else 0
@@ -292,8 +339,9 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
     print("phones closed")
 
 
-async def main_async(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
-                     scale: float) -> None:
+async def main_async(
+    asterisk: AsteriskSandbox, rules_path: Path, workdir: Path, scale: float
+) -> None:
     # Ctrl-C cancels the demo, whose finally blocks then stop the router and the phones.
     me = asyncio.current_task()
     assert me is not None
@@ -308,15 +356,18 @@ async def main_async(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fast", action="store_true",
-                        help="use a copy of the example rules with every time x 0.25")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="use a copy of the example rules with every time x 0.25"
+    )
     parser.add_argument("--verbose", action="store_true", help="show the router's log")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.CRITICAL,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     scale = 0.25 if args.fast else 1.0
 
     print("booting the sandbox Asterisk ...", flush=True)
@@ -330,20 +381,28 @@ def main() -> int:
         return 130
     status = 0
     try:
-        print(f"sandbox Asterisk up in {asterisk.started_in:.1f} s "
-              f"(SIP 127.0.0.1:{asterisk.sip_port})")
+        print(
+            f"sandbox Asterisk up in {asterisk.started_in:.1f} s "
+            f"(SIP 127.0.0.1:{asterisk.sip_port})"
+        )
         with tempfile.TemporaryDirectory(prefix="callrouter-demo-") as tmp:
             workdir = Path(tmp)
             rules_path = RULES
             if scale != 1.0:
                 rules_path = scaled_rules(RULES, workdir / "rules.yaml", scale)
-                print(f"NOTE: --fast: using a copy of {RULES.relative_to(REPO)} with every "
-                      f"delay and timeout x {scale:g}")
+                print(
+                    f"NOTE: --fast: using a copy of {RULES.relative_to(REPO)} with every "
+                    f"delay and timeout x {scale:g}"
+                )
             else:
-                print(f"rules: {RULES.relative_to(REPO)} as they are (the demo takes ~50 s; "
-                      "--fast scales the times down)")
-            print("NOTE: external numbers ring PJSIP/{number}@trunk; the sandbox has no "
-                  "trunk, so those legs reach nothing.")
+                print(
+                    f"rules: {RULES.relative_to(REPO)} as they are (the demo takes ~50 s; "
+                    "--fast scales the times down)"
+                )
+            print(
+                "NOTE: external numbers ring PJSIP/{number}@trunk; the sandbox has no "
+                "trunk, so those legs reach nothing."
+            )
             try:
                 asyncio.run(main_async(asterisk, rules_path, workdir, scale))
             except (KeyboardInterrupt, asyncio.CancelledError):

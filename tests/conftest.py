@@ -30,8 +30,10 @@ _SQLITE_ID = re.compile(r"\bsqlite\b")
 def postgres_required() -> bool:
     """True in CI or with CALLROUTER_REQUIRE_E2E=1 (the same rule as the e2e tests)."""
     ci = os.environ.get("CI", "")
-    return ci.lower() not in ("", "0", "false", "no") or \
-        os.environ.get("CALLROUTER_REQUIRE_E2E") == "1"
+    return (
+        ci.lower() not in ("", "0", "false", "no")
+        or os.environ.get("CALLROUTER_REQUIRE_E2E") == "1"
+    )
 
 
 def _backend_parametrised(item: pytest.Item) -> bool:

@@ -471,8 +471,9 @@ class AmiClient:
                 if self._closed:
                     return
                 log.warning("AMI %s: connection lost (%s)", self.peer, conn.lost_reason)
-            delay = backoff_delay(failures, base=self._backoff_initial, cap=self._backoff_max,
-                                  rand=self._rand())
+            delay = backoff_delay(
+                failures, base=self._backoff_initial, cap=self._backoff_max, rand=self._rand()
+            )
             failures += 1
             log.info("AMI %s: reconnecting in %.2f s", self.peer, delay)
             await self._sleep(delay)

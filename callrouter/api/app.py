@@ -143,8 +143,9 @@ def _principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None:
-        raise HTTPException(401, "a bearer token is required",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
     token = credentials.credentials
     admin_token: str | None = request.app.state.admin_token
     if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
@@ -158,8 +159,7 @@ def _principal(
 
     extension = signer.verify(token, pin_hash_of)
     if extension is None:
-        raise HTTPException(401, "invalid or expired token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
     return Principal(extension)
 
 
@@ -171,8 +171,9 @@ KEEPALIVE_SECONDS = 15.0
 STREAM_QUEUE = 10_000
 
 
-async def _event_stream(live: PresenceService, view: Callable[[UserPresence], BaseModel],
-                        request: Request) -> AsyncIterator[str]:
+async def _event_stream(
+    live: PresenceService, view: Callable[[UserPresence], BaseModel], request: Request
+) -> AsyncIterator[str]:
     queue: asyncio.Queue[UserPresence] = asyncio.Queue(STREAM_QUEUE)
     cut_off = False
 
@@ -202,8 +203,12 @@ async def _event_stream(live: PresenceService, view: Callable[[UserPresence], Ba
             live.listeners.remove(listener)
 
 
-def create_api(service: LoginService, signer: TokenSigner, admin_token: str | None = None,
-               presence: PresenceService | None = None) -> FastAPI:
+def create_api(
+    service: LoginService,
+    signer: TokenSigner,
+    admin_token: str | None = None,
+    presence: PresenceService | None = None,
+) -> FastAPI:
     api = FastAPI(
         title="callrouter",
         summary="Workplace logins (hot desking) for client apps and admins.",
@@ -234,13 +239,17 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
             headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return JSONResponse(
             {"detail": str(exc), "reason": exc.reason.value},
-            status_code=_STATUS.get(exc.reason, 400), headers=headers,
+            status_code=_STATUS.get(exc.reason, 400),
+            headers=headers,
         )
 
     @api.exception_handler(DatabaseError)
     async def _database(request: Request, exc: DatabaseError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "reason": "database"}, status_code=503,
-                            headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"detail": str(exc), "reason": "database"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @api.get("/api/v1/health")
     async def health() -> dict[str, object]:
@@ -252,8 +261,12 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
         user = await service.check_pin(body.extension, body.pin, source=source_of(request))
         assert user.pin_hash is not None  # check_pin only accepts users with a PIN
         token, expires = signer.issue(user.extension, user.pin_hash)
-        return SessionResponse(token=token, extension=user.extension, name=user.name,
-                               expires_at=datetime.fromtimestamp(expires, UTC))
+        return SessionResponse(
+            token=token,
+            extension=user.extension,
+            name=user.name,
+            expires_at=datetime.fromtimestamp(expires, UTC),
+        )
 
     @api.get("/api/v1/me")
     async def me(who: Auth) -> Me:
@@ -263,8 +276,9 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
         user = snapshot.users.get(who.extension)
         if user is None:
             raise HTTPException(401, "invalid or expired token")
-        return Me(extension=user.extension, name=user.name,
-                  workplace=snapshot.logins.get(user.extension))
+        return Me(
+            extension=user.extension, name=user.name, workplace=snapshot.logins.get(user.extension)
+        )
 
     @api.get("/api/v1/workplaces")
     async def workplaces(who: Auth) -> list[WorkplaceView]:
@@ -280,24 +294,39 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
                 continue
             occupant_ext = occupants.get(workplace.id)
             occupant_user = None if occupant_ext is None else snapshot.users.get(occupant_ext)
-            views.append(WorkplaceView(
-                id=workplace.id, name=workplace.name, code=workplace.code, allowed=allowed,
-                occupant=None if occupant_user is None else Occupant(
-                    extension=occupant_user.extension, name=occupant_user.name),
-            ))
+            views.append(
+                WorkplaceView(
+                    id=workplace.id,
+                    name=workplace.name,
+                    code=workplace.code,
+                    allowed=allowed,
+                    occupant=None
+                    if occupant_user is None
+                    else Occupant(extension=occupant_user.extension, name=occupant_user.name),
+                )
+            )
         return views
 
     def state(change: LoginChange) -> LoginState:
-        return LoginState(extension=change.extension, workplace=change.new_workplace,
-                          previous_workplace=change.old_workplace, displaced=change.displaced)
+        return LoginState(
+            extension=change.extension,
+            workplace=change.new_workplace,
+            previous_workplace=change.old_workplace,
+            displaced=change.displaced,
+        )
 
-    @api.post("/api/v1/login", responses={
-        403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}})
+    @api.post(
+        "/api/v1/login",
+        responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
+    )
     async def login(body: LoginRequest, who: Auth, request: Request) -> LoginState:
         """Log in at a workplace (leaving the previous one)."""
         extension = subject(who, body.extension)
-        return state(await service.login(extension, body.workplace, actor=who.actor,
-                                         source=source_of(request)))
+        return state(
+            await service.login(
+                extension, body.workplace, actor=who.actor, source=source_of(request)
+            )
+        )
 
     def need_presence() -> PresenceService:
         if presence is None:
@@ -307,10 +336,15 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
     def view(state: UserPresence) -> PresenceView:
         user = service.snapshot.users.get(state.extension)
         return PresenceView(
-            extension=state.extension, name=user.name if user else "",
-            phone=PhoneStatusView(available=state.phone.available,
-                                  on_call=state.phone.on_call, ringing=state.phone.ringing),
-            client=state.client, device_state=state.device_state.value,
+            extension=state.extension,
+            name=user.name if user else "",
+            phone=PhoneStatusView(
+                available=state.phone.available,
+                on_call=state.phone.on_call,
+                ringing=state.phone.ringing,
+            ),
+            client=state.client,
+            device_state=state.device_state.value,
         )
 
     @api.get("/api/v1/presence")
@@ -324,9 +358,11 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
         """Server-Sent Events: ``snapshot`` (everyone, once), then one ``presence``
         event per change; a comment line every 15 s keeps proxies from timing out."""
         live = need_presence()
-        return StreamingResponse(_event_stream(live, view, request),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _event_stream(live, view, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     @api.get("/api/v1/presence/{extension}", responses={404: {"model": Problem}})
     async def one(extension: str, who: Auth) -> PresenceView:
@@ -351,15 +387,15 @@ def create_api(service: LoginService, signer: TokenSigner, admin_token: str | No
         """Admin: every device state the router knows (what routing sees)."""
         if who.extension is not None:
             raise HTTPException(403, "for the admin only")
-        return {endpoint: state.value
-                for endpoint, state in sorted(need_presence().tracker.devices().items())}
+        return {
+            endpoint: state.value
+            for endpoint, state in sorted(need_presence().tracker.devices().items())
+        }
 
     @api.post("/api/v1/logout", responses={404: {"model": Problem}})
-    async def logout(who: Auth, request: Request,
-                     body: LogoutRequest | None = None) -> LoginState:
+    async def logout(who: Auth, request: Request, body: LogoutRequest | None = None) -> LoginState:
         """Log out of the current workplace (nothing happens if not logged in)."""
         extension = subject(who, None if body is None else body.extension)
-        return state(await service.logout(extension, actor=who.actor,
-                                          source=source_of(request)))
+        return state(await service.logout(extension, actor=who.actor, source=source_of(request)))
 
     return api

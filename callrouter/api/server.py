@@ -26,9 +26,14 @@ class ApiServer:
         self.host = host
         self.requested_port = port
         # Event streams never end by themselves: give them a second on shutdown.
-        self._config = uvicorn.Config(api, log_config=None, access_log=False,
-                                      lifespan="off", server_header=False,
-                                      timeout_graceful_shutdown=1)
+        self._config = uvicorn.Config(
+            api,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=1,
+        )
         self._server = _EmbeddedServer(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
@@ -47,8 +52,10 @@ class ApiServer:
             sock.bind((self.host, self.requested_port))
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"HTTP API cannot listen on "
-                                     f"{self.host}:{self.requested_port}: {exc.strerror}") from None
+            raise OSError(
+                exc.errno,
+                f"HTTP API cannot listen on {self.host}:{self.requested_port}: {exc.strerror}",
+            ) from None
         sock.listen(128)
         sock.setblocking(False)
         self._socket = sock

@@ -20,8 +20,13 @@ _TOKEN = re.compile(rf"{_PREFIX}\.([0-9]{{1,20}})\.([0-9]{{1,12}})\.([A-Za-z0-9_
 
 
 class TokenSigner:
-    def __init__(self, key: bytes | None = None, *, ttl: float = 12 * 3600,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        key: bytes | None = None,
+        *,
+        ttl: float = 12 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._key = key if key is not None else secrets.token_bytes(32)
         self.ttl = ttl
         self._clock = clock
@@ -43,9 +48,11 @@ class TokenSigner:
         pin_hash = pin_hash_of(extension)
         if pin_hash is None:
             return None
-        return extension if hmac.compare_digest(
-            match.group(3), self._mac(extension, expires, pin_hash)
-        ) else None
+        return (
+            extension
+            if hmac.compare_digest(match.group(3), self._mac(extension, expires, pin_hash))
+            else None
+        )
 
     def _mac(self, extension: str, expires: int, pin_hash: str) -> str:
         message = f"{extension}.{expires}.{pin_hash}".encode()

@@ -241,7 +241,8 @@ class AriClient:
         if self._warm_connections > 0:
             self._warming = asyncio.get_running_loop().create_task(
                 self._http.keep_warm(self._warm_connections, _WARM_INTERVAL),
-                name=f"ari-http-{self.app}")
+                name=f"ari-http-{self.app}",
+            )
 
     async def close(self) -> None:
         """Stop the reader, close the websocket and the HTTP client. Idempotent."""
@@ -330,8 +331,12 @@ class AriClient:
             response = await self._http.request(method, target, body)
         except TimeoutError:
             raise AriConnectionError(method, path, "timed out") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                _BadResponse) as exc:
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            _BadResponse,
+        ) as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise AriConnectionError(method, path, reason) from exc
         status, reason_phrase, content = response
@@ -732,9 +737,18 @@ class _HttpPool:
     out closes its connection, so a late answer can never be read as another's.
     """
 
-    def __init__(self, *, host: str, port: int, tls: bool, host_header: str,
-                 auth_header: str, connect_timeout: float, request_timeout: float,
-                 max_connections: int) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        tls: bool,
+        host_header: str,
+        auth_header: str,
+        connect_timeout: float,
+        request_timeout: float,
+        max_connections: int,
+    ) -> None:
         self._host = host
         self._port = port
         self._ssl = ssl.create_default_context() if tls else None
@@ -791,8 +805,13 @@ class _HttpPool:
         if body is None:
             data = head + b"Content-Length: 0\r\n\r\n"
         else:
-            data = (head + b"Content-Type: application/json\r\nContent-Length: "
-                    + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
+            data = (
+                head
+                + b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode("ascii")
+                + b"\r\n\r\n"
+                + body
+            )
         async with self._slots, asyncio.timeout(self._request_timeout):
             conn = self._take()
             if conn is not None:
@@ -814,7 +833,9 @@ class _HttpPool:
     async def _connect(self) -> _Conn:
         async with asyncio.timeout(self._connect_timeout):
             reader, writer = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ssl,
+                self._host,
+                self._port,
+                ssl=self._ssl,
                 server_hostname=self._host if self._ssl else None,
             )
         self._open += 1
@@ -850,8 +871,10 @@ class _HttpPool:
                 close = True
         except BaseException as exc:
             self._drop(conn)
-            if not fresh and not got_bytes and isinstance(
-                exc, ConnectionError | asyncio.IncompleteReadError
+            if (
+                not fresh
+                and not got_bytes
+                and isinstance(exc, ConnectionError | asyncio.IncompleteReadError)
             ):
                 raise _Stale from exc
             raise

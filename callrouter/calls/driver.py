@@ -148,9 +148,14 @@ class CallDriver:
         if not self._announce:
             return
         self._announce = False
-        self.log.info("call %s: %s (%s) -> %d leg(s), status %s", self.call_id,
-                 self.plan.extension, self.plan.user or "?", len(self.plan.legs),
-                 self.plan.status.value)
+        self.log.info(
+            "call %s: %s (%s) -> %d leg(s), status %s",
+            self.call_id,
+            self.plan.extension,
+            self.plan.user or "?",
+            len(self.plan.legs),
+            self.plan.status.value,
+        )
         for warning in self.plan.warnings:
             self.log.warning("call %s: %s", self.call_id, warning)
 
@@ -195,9 +200,15 @@ class CallDriver:
     def _on_event(self, event: AriEvent) -> list[Command]:
         channel = event.channel
         if log.isEnabledFor(logging.DEBUG):
-            self.log.debug("call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s",
-                      self.call_id, event.type, channel.id if channel else None,
-                      event.peer.id if event.peer else None, event.dialstatus, event.cause)
+            self.log.debug(
+                "call %s: event %s channel=%s peer=%s dialstatus=%s cause=%s",
+                self.call_id,
+                event.type,
+                channel.id if channel else None,
+                event.peer.id if event.peer else None,
+                event.dialstatus,
+                event.cause,
+            )
         if event.type == "Dial" and event.peer is not None and event.peer.id in self.flow.legs:
             return self._on_dial_status(event.peer.id, event.dialstatus or "")
         if channel is None:
@@ -251,8 +262,9 @@ class CallDriver:
                 legs.append((command.leg_id, task))
         ring = any(isinstance(c, IndicateRinging) for c in commands)
         if legs and (ring or self._announce):
-            await asyncio.wait([task for _, task in legs], timeout=_RING_WAIT,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [task for _, task in legs], timeout=_RING_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
         self._announce_start()
         if ring:
             await self._quietly(self.ari.ring(self.caller.id))
@@ -294,21 +306,36 @@ class CallDriver:
                 originator=self.caller.id,
             )
         except AriHttpError as exc:  # refused: there is no such channel
-            self.log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
-                        command.endpoint, exc)
+            self.log.warning(
+                "call %s: leg %s to %s failed: %s",
+                self.call_id,
+                command.leg_id,
+                command.endpoint,
+                exc,
+            )
             self._gone.add(command.leg_id)
             return False
         except AriError as exc:
             # No answer: Asterisk may have dialled all the same. Hang it up by its id
             # (404 if it never existed), so no phone is left ringing.
-            self.log.warning("call %s: leg %s to %s failed: %s", self.call_id, command.leg_id,
-                        command.endpoint, exc)
+            self.log.warning(
+                "call %s: leg %s to %s failed: %s",
+                self.call_id,
+                command.leg_id,
+                command.endpoint,
+                exc,
+            )
             self._hung_up.add(command.leg_id)
             await self._quietly(self.ari.hangup(command.leg_id))
             return False
         self._announce_start()
-        self.log.info("call %s: ringing %s (leg %s, t=%.3f)", self.call_id, command.endpoint,
-                 command.leg_id, self.now())
+        self.log.info(
+            "call %s: ringing %s (leg %s, t=%.3f)",
+            self.call_id,
+            command.endpoint,
+            command.leg_id,
+            self.now(),
+        )
         return True
 
     async def _stop_leg(self, leg_id: str) -> None:
@@ -335,8 +362,9 @@ class CallDriver:
                 self.ari.set_variable(self.caller.id, "CALLROUTER_ANSWERED_BY", command.endpoint),
             )
         except AriError as exc:
-            self.log.warning("call %s: could not connect %s: %s", self.call_id,
-                             command.endpoint, exc)
+            self.log.warning(
+                "call %s: could not connect %s: %s", self.call_id, command.endpoint, exc
+            )
             await self._execute(self.flow.caller_gone())
             await self._quietly(self.ari.hangup(self.caller.id))
             return
@@ -360,9 +388,13 @@ class CallDriver:
             if not task.done():
                 await asyncio.wait([task])
         leftover = [
-            leg_id for leg_id, task in self._created.items()
-            if leg_id not in self._gone and leg_id not in self._hung_up
-            and not task.cancelled() and task.exception() is None and task.result()
+            leg_id
+            for leg_id, task in self._created.items()
+            if leg_id not in self._gone
+            and leg_id not in self._hung_up
+            and not task.cancelled()
+            and task.exception() is None
+            and task.result()
         ]
         for leg_id in leftover:
             await self._quietly(self.ari.hangup(leg_id))

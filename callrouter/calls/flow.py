@@ -261,8 +261,9 @@ class CallFlow:
             # Every phone that was ringing gave up early (busy, unreachable): move the
             # rest of the timeline forward instead of leaving the caller in silence.
             shift = next_start - now
-            log.info("call %s: nothing ringing, next entry moves %.1f s earlier",
-                     self.call_id, shift)
+            log.info(
+                "call %s: nothing ringing, next entry moves %.1f s earlier", self.call_id, shift
+            )
             for run in pending:
                 run.start_at -= shift
                 run.stop_at -= shift
@@ -284,6 +285,13 @@ class CallFlow:
         self.phase = phase
 
     def _leg_to(self, run: LegRun, phase: LegPhase, why: str) -> None:
-        log.debug("call %s leg %s %s: %s -> %s (%s)", self.call_id, run.leg_id,
-                  run.leg.endpoint, run.phase, phase, why)
+        log.debug(
+            "call %s leg %s %s: %s -> %s (%s)",
+            self.call_id,
+            run.leg_id,
+            run.leg.endpoint,
+            run.phase,
+            phase,
+            why,
+        )
         run.phase = phase

@@ -57,11 +57,22 @@ def run(coro: Awaitable[T]) -> T:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", envvar="CALLROUTER_DB", default=DEFAULT_DB, show_default=True,
-              help="Directory database URL (env CALLROUTER_DB).")
-@click.option("--rules", "rules_path", envvar="CALLROUTER_RULES", default=DEFAULT_RULES,
-              show_default=True, type=click.Path(path_type=Path),
-              help="Ring rules file (env CALLROUTER_RULES).")
+@click.option(
+    "--db",
+    envvar="CALLROUTER_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    help="Directory database URL (env CALLROUTER_DB).",
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    envvar="CALLROUTER_RULES",
+    default=DEFAULT_RULES,
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Ring rules file (env CALLROUTER_RULES).",
+)
 @click.version_option(package_name="callrouter")
 @click.pass_context
 def main(ctx: click.Context, db: str, rules_path: Path) -> None:
@@ -128,8 +139,12 @@ def directory_import(obj: dict[str, Any], file: Path, prune: bool) -> None:
 
 
 @directory.command("export")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write here instead of standard output.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write here instead of standard output.",
+)
 @click.pass_obj
 @admin_errors
 def directory_export(obj: dict[str, Any], output: Path | None) -> None:
@@ -159,8 +174,9 @@ def dump_document(document: Any) -> str:
         if not workplace.get("phones"):
             workplace.pop("phones", None)
     data = {k: v for k, v in data.items() if v not in ([], {}, None)}
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None,
-                          width=100)
+    return yaml.safe_dump(
+        data, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100
+    )
 
 
 # --- rules ------------------------------------------------------------------------------
@@ -185,8 +201,11 @@ def rules_check(obj: dict[str, Any], file: Path | None) -> None:
     path = file or obj["rules"]
     ring_rules = load_rules(path)
     if not obj["db_given"] and not _sqlite_file_exists(obj["db"]):
-        click.echo(f"{path}: valid (no directory at {obj['db']}: phones and workplaces "
-                   "not checked; pass --db)", err=True)
+        click.echo(
+            f"{path}: valid (no directory at {obj['db']}: phones and workplaces "
+            "not checked; pass --db)",
+            err=True,
+        )
         return
     snapshot = run(_load_snapshot(obj["db"]))
     problems = check_rules(ring_rules, snapshot)
@@ -202,16 +221,30 @@ def rules_check(obj: dict[str, Any], file: Path | None) -> None:
 @click.argument("extension")
 @click.option("--caller", help="The calling endpoint, which is never rung.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@click.option("--ignore-presence", is_flag=True,
-              help="Show the rule alone, as if every phone were free and reachable.")
-@click.option("--router", "router_url", envvar="CALLROUTER_ROUTER_URL",
-              default="http://127.0.0.1:8090", show_default=True,
-              help="The running router's HTTP API, for live presence "
-                   "(admin token from CALLROUTER_API_ADMIN_TOKEN).")
+@click.option(
+    "--ignore-presence",
+    is_flag=True,
+    help="Show the rule alone, as if every phone were free and reachable.",
+)
+@click.option(
+    "--router",
+    "router_url",
+    envvar="CALLROUTER_ROUTER_URL",
+    default="http://127.0.0.1:8090",
+    show_default=True,
+    help="The running router's HTTP API, for live presence "
+    "(admin token from CALLROUTER_API_ADMIN_TOKEN).",
+)
 @click.pass_obj
 @admin_errors
-def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool,
-         ignore_presence: bool, router_url: str) -> None:
+def plan(
+    obj: dict[str, Any],
+    extension: str,
+    caller: str | None,
+    as_json: bool,
+    ignore_presence: bool,
+    router_url: str,
+) -> None:
     """Show which phone would ring when if EXTENSION were called now.
 
     Presence (unreachable phones, do-not-disturb, busy) comes from the running
@@ -236,8 +269,7 @@ def plan(obj: dict[str, Any], extension: str, caller: str | None, as_json: bool,
     if not ignore_presence:
         presence, why_not = _live_presence(snapshot, extension, router_url)
         if presence is None:
-            click.echo(f"note: presence not applied ({why_not}); showing the rule alone",
-                       err=True)
+            click.echo(f"note: presence not applied ({why_not}); showing the rule alone", err=True)
     result = resolve_plan(snapshot, ring_rules, extension, caller, presence=presence)
     if as_json:
         click.echo(json.dumps(result.to_json()))
@@ -288,16 +320,21 @@ def _check_extension(extension: str) -> None:
     from callrouter.rules.model import EXTENSION_PATTERN
 
     if not EXTENSION_PATTERN.fullmatch(extension):
-        raise click.BadParameter(f"{extension!r} is not an extension (1 to 20 digits)",
-                                 param_hint="EXTENSION")
+        raise click.BadParameter(
+            f"{extension!r} is not an extension (1 to 20 digits)", param_hint="EXTENSION"
+        )
 
 
 @main.command()
 @_EXTENSION_ARG
 @click.argument("workplace")
-@click.option("--occupied", type=click.Choice(["displace", "refuse"]), default="displace",
-              show_default=True,
-              help="If someone is at WORKPLACE: move them out, or refuse.")
+@click.option(
+    "--occupied",
+    type=click.Choice(["displace", "refuse"]),
+    default="displace",
+    show_default=True,
+    help="If someone is at WORKPLACE: move them out, or refuse.",
+)
 @click.pass_obj
 @admin_errors
 def login(obj: dict[str, Any], extension: str, workplace: str, occupied: str) -> None:
@@ -312,8 +349,14 @@ def login(obj: dict[str, Any], extension: str, workplace: str, occupied: str) ->
     async def go() -> Any:
         engine = await _open_database(obj["db"])
         try:
-            return await set_login(engine, extension, workplace, actor="admin", source="cli",
-                                   policy="refuse" if occupied == "refuse" else "displace")
+            return await set_login(
+                engine,
+                extension,
+                workplace,
+                actor="admin",
+                source="cli",
+                policy="refuse" if occupied == "refuse" else "displace",
+            )
         finally:
             await engine.dispose()
 
@@ -359,8 +402,7 @@ def logins(obj: dict[str, Any]) -> None:
     snapshot = run(_load_snapshot(obj["db"]))
     if not snapshot.logins:
         click.echo("nobody is logged in")
-    for extension, workplace_id in sorted(snapshot.logins.items(),
-                                          key=lambda item: item[1]):
+    for extension, workplace_id in sorted(snapshot.logins.items(), key=lambda item: item[1]):
         user = snapshot.users[extension]
         click.echo(f"{workplace_id}\t{extension}\t{user.name}")
 
@@ -369,16 +411,24 @@ def logins(obj: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Settings file (YAML); the environment (CALLROUTER_*) overrides it.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
-              help="Log lines for people (text) or machines (json).")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              default=None)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Settings file (YAML); the environment (CALLROUTER_*) overrides it.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines for people (text) or machines (json).",
+)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
 @click.pass_obj
 @admin_errors
-def serve(obj: dict[str, Any], config_file: Path | None, log_format: str | None,
-          log_level: str | None) -> None:
+def serve(
+    obj: dict[str, Any], config_file: Path | None, log_format: str | None, log_level: str | None
+) -> None:
     """Run the router: take calls from Asterisk (ARI) and ring people's phones."""
     from pydantic import ValidationError
 

@@ -67,32 +67,48 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
             workplaces[workplace.id] = i
         if workplace.code in codes:
             other = doc.workplaces[codes[workplace.code]]
-            add(Problem(("workplaces", i, "code"),
-                        f"code {workplace.code} is already the code of workplace {other.id}"))
+            add(
+                Problem(
+                    ("workplaces", i, "code"),
+                    f"code {workplace.code} is already the code of workplace {other.id}",
+                )
+            )
         else:
             codes[workplace.code] = i
 
     users: dict[str, int] = {}
     for i, user in enumerate(doc.users):
         if user.extension in users:
-            add(Problem(("users", i, "extension"),
-                        f"extension {user.extension} is used twice: it is already "
-                        f"{doc.users[users[user.extension]].name}'s"))
+            add(
+                Problem(
+                    ("users", i, "extension"),
+                    f"extension {user.extension} is used twice: it is already "
+                    f"{doc.users[users[user.extension]].name}'s",
+                )
+            )
         else:
             users[user.extension] = i
 
     for i, workplace in enumerate(doc.workplaces):
         if workplace.code in users:
-            add(Problem(("workplaces", i, "code"),
-                        f"code {workplace.code} is also the extension of "
-                        f"{_user(doc, users, workplace.code)}: a dial code must differ from "
-                        "every extension"))
+            add(
+                Problem(
+                    ("workplaces", i, "code"),
+                    f"code {workplace.code} is also the extension of "
+                    f"{_user(doc, users, workplace.code)}: a dial code must differ from "
+                    "every extension",
+                )
+            )
 
     for i, role in enumerate(doc.roles):
         for j, workplace_id in enumerate(role.workplaces or ()):
             if workplace_id not in workplaces and workplace_id not in unchecked.workplaces:
-                add(Problem(("roles", i, "workplaces", j),
-                            _unknown("workplace", workplace_id, workplaces)))
+                add(
+                    Problem(
+                        ("roles", i, "workplaces", j),
+                        _unknown("workplace", workplace_id, workplaces),
+                    )
+                )
 
     for i, user in enumerate(doc.users):
         if user.role is not None and user.role not in roles and user.role not in unchecked.roles:
@@ -118,9 +134,14 @@ def _phones_assigned_once(doc: DirectoryDocument) -> list[Problem]:
                 Problem(path, f"{endpoint} is listed as unassigned, but belongs to {first}")
             )
         else:
-            problems.append(Problem(path, f"{endpoint} is assigned twice: it already belongs "
-                                          f"to {first}; a phone belongs to at most one user "
-                                          "or workplace"))
+            problems.append(
+                Problem(
+                    path,
+                    f"{endpoint} is assigned twice: it already belongs "
+                    f"to {first}; a phone belongs to at most one user "
+                    "or workplace",
+                )
+            )
 
     for i, user in enumerate(doc.users):
         for j, endpoint in enumerate(user.phones):
@@ -154,9 +175,14 @@ def _logins(
             problems.append(Problem(path, _unknown("workplace", workplace_id, workplaces)))
             continue
         if workplace_id in occupant:
-            problems.append(Problem(path, f"{_user(doc, users, occupant[workplace_id])} is "
-                                          f"already logged in at {workplace_id}; a workplace "
-                                          "holds at most one user"))
+            problems.append(
+                Problem(
+                    path,
+                    f"{_user(doc, users, occupant[workplace_id])} is "
+                    f"already logged in at {workplace_id}; a workplace "
+                    "holds at most one user",
+                )
+            )
         else:
             occupant[workplace_id] = extension
         if user_index is not None:
@@ -175,8 +201,10 @@ def _role_forbids(
     if allowed is None or workplace_id in allowed:
         return None
     where = f"only at {', '.join(allowed)}" if allowed else "at no workplace"
-    return (f"user {user.extension} may not log in at {workplace_id}: "
-            f"role {user.role} may log in {where}")
+    return (
+        f"user {user.extension} may not log in at {workplace_id}: "
+        f"role {user.role} may log in {where}"
+    )
 
 
 def _user(doc: DirectoryDocument, users: dict[str, int], extension: str) -> str:

@@ -188,9 +188,9 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
 # ask SQLite for its write lock: SQLite itself only lets waiters poll until
 # busy_timeout, so under a burst of logins an unlucky writer could time out while
 # others got in.  Per event loop, per database file (locks belong to one loop).
-_sqlite_writers: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
-] = weakref.WeakKeyDictionary()
+_sqlite_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _sqlite_write_queue(url: URL) -> asyncio.Lock:

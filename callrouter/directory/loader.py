@@ -52,8 +52,11 @@ def load_document(path: FileName) -> DirectoryDocument:
 
 
 # Which key names an entry of each section, and which Unchecked field it goes to.
-_IDENTITY = {"roles": ("name", "roles"), "users": ("extension", "extensions"),
-             "workplaces": ("id", "workplaces")}
+_IDENTITY = {
+    "roles": ("name", "roles"),
+    "users": ("extension", "extensions"),
+    "workplaces": ("id", "workplaces"),
+}
 
 
 def _unchecked(positions: Positions, removed: Iterable[Path]) -> Unchecked:

@@ -144,9 +144,7 @@ class PhoneRow(Base):
     """A phone, identified by its Asterisk endpoint; owned by a user, a workplace or nobody."""
 
     __tablename__ = "phones"
-    __table_args__ = (
-        CheckConstraint("user_id IS NULL OR workplace_id IS NULL", name="one_owner"),
-    )
+    __table_args__ = (CheckConstraint("user_id IS NULL OR workplace_id IS NULL", name="one_owner"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     endpoint: Mapped[str] = mapped_column(String(ENDPOINT_LENGTH), unique=True)

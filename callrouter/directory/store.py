@@ -77,8 +77,9 @@ class UnknownExtension(DirectoryError):
 class LoginRefused(DirectoryError):
     """A login the rules do not allow (the role, or an occupied workplace)."""
 
-    def __init__(self, reason: Refusal, extension: str, workplace_id: str,
-                 occupant: str | None = None) -> None:
+    def __init__(
+        self, reason: Refusal, extension: str, workplace_id: str, occupant: str | None = None
+    ) -> None:
         self.reason = reason
         self.extension = extension
         self.workplace_id = workplace_id
@@ -196,8 +197,9 @@ async def bump_revision(conn: AsyncConnection, *, content: bool = True) -> int:
 
 async def _revisions(conn: AsyncConnection) -> tuple[int, int]:
     rev = s.directory_revision
-    row = (await conn.execute(
-        select(rev.c.revision, rev.c.content_revision).where(rev.c.id == 1))).one()
+    row = (
+        await conn.execute(select(rev.c.revision, rev.c.content_revision).where(rev.c.id == 1))
+    ).one()
     return int(row.revision), int(row.content_revision)
 
 
@@ -212,9 +214,13 @@ async def load_logins(engine: AsyncEngine) -> tuple[dict[str, str], int, int]:
     lg, u, w = s.logins, s.users, s.workplaces
     async with begin_read(engine) as conn:
         revision, content_revision = await _revisions(conn)
-        rows = (await conn.execute(
-            select(u.c.extension, w.c.slug).join_from(lg, u, lg.c.user_id == u.c.id)
-            .join(w, lg.c.workplace_id == w.c.id))).all()
+        rows = (
+            await conn.execute(
+                select(u.c.extension, w.c.slug)
+                .join_from(lg, u, lg.c.user_id == u.c.id)
+                .join(w, lg.c.workplace_id == w.c.id)
+            )
+        ).all()
     return {str(e): sys.intern(str(slug)) for e, slug in rows}, revision, content_revision
 
 
@@ -419,7 +425,8 @@ async def import_document(
             state = await _read_state(conn)
             # A PIN hash that changed since it was verified above: verify again.
             stale = [
-                user for user in with_pin
+                user
+                for user in with_pin
                 if _stored_pin(state, user.extension) != stored_before.get(user.extension)
             ]
             if stale:
@@ -542,15 +549,21 @@ class _Importer:
         remedy = "change one of them, or import with --prune to remove it"
         for slug, (_, _, code) in self.state.workplaces.items():
             if slug not in self.doc_workplaces and code in codes:
-                add(f"workplace {codes[code]}: code {code} is already the code of workplace "
-                    f"{slug}, which the file does not name ({remedy})")
+                add(
+                    f"workplace {codes[code]}: code {code} is already the code of workplace "
+                    f"{slug}, which the file does not name ({remedy})"
+                )
             if slug not in self.doc_workplaces and code in self.doc_users:
-                add(f"user {code}: extension {code} is the dial code of workplace {slug}, "
-                    f"which the file does not name ({remedy})")
+                add(
+                    f"user {code}: extension {code} is the dial code of workplace {slug}, "
+                    f"which the file does not name ({remedy})"
+                )
         for extension in self.state.users:
             if extension not in self.doc_users and extension in codes:
-                add(f"workplace {codes[extension]}: code {extension} is the extension of "
-                    f"user {extension}, whom the file does not name ({remedy})")
+                add(
+                    f"workplace {codes[extension]}: code {extension} is the extension of "
+                    f"user {extension}, whom the file does not name ({remedy})"
+                )
 
     async def apply(self, at: datetime, source: str) -> list[_Audit]:
         audit = await self._end_logins()
@@ -610,8 +623,15 @@ class _Importer:
                 continue  # a move: audited and counted when the new login starts
             counts.deleted += 1
             if extension in displaced_by:
-                audit.append(_Audit("displaced", extension, slug, None,
-                                    f"displaced by {displaced_by[extension]}"))
+                audit.append(
+                    _Audit(
+                        "displaced",
+                        extension,
+                        slug,
+                        None,
+                        f"displaced by {displaced_by[extension]}",
+                    )
+                )
             else:
                 audit.append(_Audit("logout", extension, slug, None, "not in the import file"))
         for chunk in _chunks(sorted(ended)):
@@ -656,9 +676,9 @@ class _Importer:
                 changed.append({"_id": existing[0], "_restricted": restricted})
         if changed:
             await self.conn.execute(
-                update(r).where(r.c.id == bindparam("_id")).values(
-                    restricted=bindparam("_restricted")
-                ),
+                update(r)
+                .where(r.c.id == bindparam("_id"))
+                .values(restricted=bindparam("_restricted")),
                 changed,
             )
         if new:
@@ -694,18 +714,16 @@ class _Importer:
             )
         if changed:
             await self.conn.execute(
-                update(w).where(w.c.id == bindparam("_id")).values(
-                    name=bindparam("_name"), code=bindparam("_code")
-                ),
+                update(w)
+                .where(w.c.id == bindparam("_id"))
+                .values(name=bindparam("_name"), code=bindparam("_code")),
                 changed,
             )
         if new:
             await self.conn.execute(insert(w), new)
         self.report.workplaces.created += len(new)
         self.report.workplaces.updated += len(changed)
-        self.workplace_ids = {
-            slug: row[0] for slug, row in self.state.workplaces.items()
-        }
+        self.workplace_ids = {slug: row[0] for slug, row in self.state.workplaces.items()}
         if new:
             self.workplace_ids = dict(
                 (await self.conn.execute(select(w.c.slug, w.c.id))).tuples().all()
@@ -722,9 +740,7 @@ class _Importer:
             if role.name not in self.state.roles:
                 have = set()
             added += ({"role_id": role_id, "workplace_id": wid} for wid in sorted(want - have))
-            removed += (
-                {"_role": role_id, "_workplace": wid} for wid in sorted(have - want)
-            )
+            removed += ({"_role": role_id, "_workplace": wid} for wid in sorted(have - want))
             if want != have and role.name in self.state.roles:
                 self.updated_roles.add(role_id)
         if removed:
@@ -753,15 +769,25 @@ class _Importer:
             pin_hash = self._pin_hash(user)
             existing = self.state.users.get(user.extension)
             if existing is None:
-                new.append({"extension": user.extension, "name": user.name,
-                            "role_id": role_id, "pin_hash": pin_hash})
+                new.append(
+                    {
+                        "extension": user.extension,
+                        "name": user.name,
+                        "role_id": role_id,
+                        "pin_hash": pin_hash,
+                    }
+                )
             elif existing[1:] != (user.name, role_id, pin_hash):
-                changed.append({"_id": existing[0], "_name": user.name,
-                                "_role": role_id, "_pin": pin_hash})
+                changed.append(
+                    {"_id": existing[0], "_name": user.name, "_role": role_id, "_pin": pin_hash}
+                )
         if changed:
             await self.conn.execute(
-                update(u).where(u.c.id == bindparam("_id")).values(
-                    name=bindparam("_name"), role_id=bindparam("_role"),
+                update(u)
+                .where(u.c.id == bindparam("_id"))
+                .values(
+                    name=bindparam("_name"),
+                    role_id=bindparam("_role"),
                     pin_hash=bindparam("_pin"),
                 ),
                 changed,
@@ -804,8 +830,7 @@ class _Importer:
         for endpoint, (user_id, workplace_id) in sorted(self._final_owners().items()):
             existing = self.state.phones.get(endpoint)
             if existing is None:
-                new.append({"endpoint": endpoint, "user_id": user_id,
-                            "workplace_id": workplace_id})
+                new.append({"endpoint": endpoint, "user_id": user_id, "workplace_id": workplace_id})
             elif self.prune and endpoint not in named:
                 continue  # deleted already
             elif existing[1:] != (user_id, workplace_id):
@@ -814,9 +839,9 @@ class _Importer:
             # One statement per phone sets both columns: a phone moving from a user to
             # a workplace never has two owners, even for a moment.
             await self.conn.execute(
-                update(p).where(p.c.id == bindparam("_id")).values(
-                    user_id=bindparam("_user"), workplace_id=bindparam("_workplace")
-                ),
+                update(p)
+                .where(p.c.id == bindparam("_id"))
+                .values(user_id=bindparam("_user"), workplace_id=bindparam("_workplace")),
                 changed,
             )
         if new:
@@ -833,9 +858,14 @@ class _Importer:
             old = self.current_logins.get(extension)
             if old == slug:
                 continue
-            rows.append({"user_id": self.user_ids[extension],
-                         "workplace_id": self.workplace_ids[slug],
-                         "since": at, "source": source})
+            rows.append(
+                {
+                    "user_id": self.user_ids[extension],
+                    "workplace_id": self.workplace_ids[slug],
+                    "since": at,
+                    "source": source,
+                }
+            )
             audit.append(_Audit("login", extension, old, slug, "from the import file"))
             if old is None:
                 counts.created += 1
@@ -854,9 +884,16 @@ async def _write_audit(
     await conn.execute(
         insert(s.audit),
         [
-            {"at": at, "actor": actor, "source": source, "action": entry.action,
-             "extension": entry.extension, "old_workplace": entry.old_workplace,
-             "new_workplace": entry.new_workplace, "detail": entry.detail}
+            {
+                "at": at,
+                "actor": actor,
+                "source": source,
+                "action": entry.action,
+                "extension": entry.extension,
+                "old_workplace": entry.old_workplace,
+                "new_workplace": entry.new_workplace,
+                "detail": entry.detail,
+            }
             for entry in entries
         ],
     )
@@ -895,7 +932,8 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
             name=name,
             workplaces=(
                 sorted_names(slug_of[w] for w in state.role_workplaces.get(id_, ()))
-                if restricted else None
+                if restricted
+                else None
             ),
         )
         for name, (id_, restricted) in sorted(state.roles.items(), key=lambda i: _natural_key(i[0]))
@@ -954,9 +992,7 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
         user_rows = (
             await conn.execute(select(u.c.id, u.c.extension, u.c.name, u.c.role_id, u.c.pin_hash))
         ).all()
-        phone_rows = (
-            await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id))
-        ).all()
+        phone_rows = (await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id))).all()
         login_rows = (await conn.execute(select(lg.c.user_id, lg.c.workplace_id))).all()
 
     user_phones: dict[int, list[str]] = {}
@@ -1030,7 +1066,8 @@ async def _login_of(conn: AsyncConnection, user_id: int) -> str | None:
     lg, w = s.logins, s.workplaces
     found = (
         await conn.execute(
-            select(w.c.slug).join_from(lg, w, lg.c.workplace_id == w.c.id)
+            select(w.c.slug)
+            .join_from(lg, w, lg.c.workplace_id == w.c.id)
             .where(lg.c.user_id == user_id)
         )
     ).scalar()
@@ -1042,7 +1079,8 @@ async def _role_of(conn: AsyncConnection, user_id: int) -> Role | None:
     u, r, rw, w = s.users, s.roles, s.role_workplaces, s.workplaces
     row = (
         await conn.execute(
-            select(r.c.id, r.c.name, r.c.restricted).join_from(u, r, u.c.role_id == r.c.id)
+            select(r.c.id, r.c.name, r.c.restricted)
+            .join_from(u, r, u.c.role_id == r.c.id)
             .where(u.c.id == user_id)
         )
     ).first()
@@ -1052,7 +1090,8 @@ async def _role_of(conn: AsyncConnection, user_id: int) -> Role | None:
         return Role(row.name)
     allowed = (
         await conn.execute(
-            select(w.c.slug).join_from(rw, w, rw.c.workplace_id == w.c.id)
+            select(w.c.slug)
+            .join_from(rw, w, rw.c.workplace_id == w.c.id)
             .where(rw.c.role_id == row.id)
         )
     ).scalars()
@@ -1082,25 +1121,31 @@ async def set_login(
     try:
         async with begin_write(engine) as conn:
             user_id = await _user_id(conn, extension)
-            found = (
-                await conn.execute(select(w.c.id).where(w.c.slug == workplace_id))
-            ).scalar()
+            found = (await conn.execute(select(w.c.id).where(w.c.slug == workplace_id))).scalar()
             if found is None:
                 raise UnknownWorkplace(workplace_id)
             target = int(found)
             occupant = (
                 await conn.execute(
-                    select(u.c.id, u.c.extension).join_from(lg, u, lg.c.user_id == u.c.id)
+                    select(u.c.id, u.c.extension)
+                    .join_from(lg, u, lg.c.user_id == u.c.id)
                     .where(lg.c.workplace_id == target)
                 )
             ).first()
             refusal = login_refusal(
-                extension, await _role_of(conn, user_id), workplace_id,
-                None if occupant is None else occupant.extension, policy,
+                extension,
+                await _role_of(conn, user_id),
+                workplace_id,
+                None if occupant is None else occupant.extension,
+                policy,
             )
             if refusal is not None:
-                raise LoginRefused(refusal, extension, workplace_id,
-                                   None if occupant is None else occupant.extension)
+                raise LoginRefused(
+                    refusal,
+                    extension,
+                    workplace_id,
+                    None if occupant is None else occupant.extension,
+                )
             old = await _login_of(conn, user_id)
             if old == workplace_id:
                 return LoginChange(extension, old, old, None, await _revision(conn))
@@ -1109,8 +1154,15 @@ async def set_login(
             if occupant is not None:
                 displaced = occupant.extension
                 await conn.execute(delete(lg).where(lg.c.user_id == occupant.id))
-                entries.append(_Audit("displaced", occupant.extension, workplace_id, None,
-                                      f"displaced by {extension}"))
+                entries.append(
+                    _Audit(
+                        "displaced",
+                        occupant.extension,
+                        workplace_id,
+                        None,
+                        f"displaced by {extension}",
+                    )
+                )
             await conn.execute(delete(lg).where(lg.c.user_id == user_id))
             await conn.execute(
                 insert(lg).values(user_id=user_id, workplace_id=target, since=at, source=source)
@@ -1140,11 +1192,11 @@ async def clear_login(
         if old is None:
             return LoginChange(extension, None, None, None, await _revision(conn))
         await conn.execute(delete(lg).where(lg.c.user_id == user_id))
-        await _write_audit(conn, [_Audit("logout", extension, old, None)],
-                           at=at, actor=actor, source=source)
+        await _write_audit(
+            conn, [_Audit("logout", extension, old, None)], at=at, actor=actor, source=source
+        )
         revision = await bump_revision(conn, content=False)
     return LoginChange(extension, old, None, None, revision)
-
 
 
 async def clear_workplace(
@@ -1164,15 +1216,21 @@ async def clear_workplace(
             raise UnknownWorkplace(workplace_id)
         occupant = (
             await conn.execute(
-                select(u.c.id, u.c.extension).join_from(lg, u, lg.c.user_id == u.c.id)
+                select(u.c.id, u.c.extension)
+                .join_from(lg, u, lg.c.user_id == u.c.id)
                 .where(lg.c.workplace_id == int(found))
             )
         ).first()
         if occupant is None:
             return None
         await conn.execute(delete(lg).where(lg.c.user_id == occupant.id))
-        await _write_audit(conn, [_Audit("logout", occupant.extension, workplace_id, None)],
-                           at=at, actor=actor, source=source)
+        await _write_audit(
+            conn,
+            [_Audit("logout", occupant.extension, workplace_id, None)],
+            at=at,
+            actor=actor,
+            source=source,
+        )
         revision = await bump_revision(conn, content=False)
     return LoginChange(occupant.extension, workplace_id, None, None, revision)
 
@@ -1196,12 +1254,16 @@ async def expire_logins(
     lg, u, w = s.logins, s.users, s.workplaces
     query = (
         select(lg.c.user_id, u.c.extension, w.c.slug, lg.c.since)
-        .join_from(lg, u, lg.c.user_id == u.c.id).join(w, lg.c.workplace_id == w.c.id)
+        .join_from(lg, u, lg.c.user_id == u.c.id)
+        .join(w, lg.c.workplace_id == w.c.id)
     )
     # A cheap read first: most sweeps find nothing and need no write lock.
     async with begin_read(engine) as conn:
-        due = [row for row in (await conn.execute(query)).all()
-               if row.slug in cutoffs and row.since < cutoffs[row.slug]]
+        due = [
+            row
+            for row in (await conn.execute(query)).all()
+            if row.slug in cutoffs and row.since < cutoffs[row.slug]
+        ]
     if not due:
         return []
     changes: list[LoginChange] = []
@@ -1212,13 +1274,21 @@ async def expire_logins(
             if cutoff is None or row.since >= cutoff:
                 continue
             await conn.execute(delete(lg).where(lg.c.user_id == row.user_id))
-            entries.append(_Audit("logout", row.extension, row.slug, None,
-                                  f"automatic logout (login before {cutoff.isoformat()})"))
+            entries.append(
+                _Audit(
+                    "logout",
+                    row.extension,
+                    row.slug,
+                    None,
+                    f"automatic logout (login before {cutoff.isoformat()})",
+                )
+            )
         if not entries:
             return []
         await _write_audit(conn, entries, at=at, actor=actor, source=source)
         revision = await bump_revision(conn, content=False)
     for entry in entries:
-        changes.append(LoginChange(entry.extension or "", entry.old_workplace, None, None,
-                                   revision))
+        changes.append(
+            LoginChange(entry.extension or "", entry.old_workplace, None, None, revision)
+        )
     return changes

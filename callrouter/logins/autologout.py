@@ -30,8 +30,10 @@ def logout_cutoffs(
     cutoffs: dict[str, datetime] = {}
     for workplace_id in workplace_ids:
         rule = rules.workplaces.get(workplace_id)
-        at = rule.auto_logout if rule is not None and rule.auto_logout is not None else (
-            rules.defaults.auto_logout
+        at = (
+            rule.auto_logout
+            if rule is not None and rule.auto_logout is not None
+            else (rules.defaults.auto_logout)
         )
         if at is not None:
             cutoffs[workplace_id] = latest_cutoff(now, at, zone)

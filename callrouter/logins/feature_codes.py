@@ -48,8 +48,10 @@ PROMPTS: dict[Refusal | None, tuple[str, ...]] = {
     Refusal.BAD_INPUT: ("privacy-incorrect",),  # "I'm sorry, that number is not valid."
     None: ("im-sorry", "please-try-call-later"),  # our own failure
 }
-ALL_PROMPTS = frozenset({ASK_PIN, LOGGED_IN, LOGGED_OUT, GOODBYE}
-                        | {name for names in PROMPTS.values() for name in names})
+ALL_PROMPTS = frozenset(
+    {ASK_PIN, LOGGED_IN, LOGGED_OUT, GOODBYE}
+    | {name for names in PROMPTS.values() for name in names}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ def parse_login_code(dialed: str, prefix: str) -> LoginCode | None:
     """The feature code in ``dialed``, or None when it is not a valid one."""
     if len(dialed) > MAX_DIALED or not dialed.startswith(prefix):
         return None
-    rest = dialed[len(prefix):]
+    rest = dialed[len(prefix) :]
     if rest in ("", "#"):
         return LoginCode(None)
     match = _CODE.fullmatch(rest)
@@ -139,8 +141,9 @@ class FeatureCodes:
     async def _run(self, call: _Call, dialed: str) -> None:
         code = parse_login_code(dialed, self.prefix)
         if code is None:
-            log.warning("feature code from %s: %r is not a valid code", call.channel,
-                        shown_code(dialed))
+            log.warning(
+                "feature code from %s: %r is not a valid code", call.channel, shown_code(dialed)
+            )
             await call.refuse(Refusal.BAD_INPUT)
             return
         call.action = "login" if code.extension else "logout"
@@ -154,7 +157,8 @@ class FeatureCodes:
         try:
             if code.extension is None:
                 change = await self.service.logout_workplace(
-                    workplace.id, actor="phone", source=source)
+                    workplace.id, actor="phone", source=source
+                )
                 call.extension = None if change is None else change.extension
                 await call.succeed(LOGGED_OUT)
                 return
@@ -164,12 +168,14 @@ class FeatureCodes:
                 self.asking_pin.add(call.channel)
                 try:
                     pin, _timed_out = await call.session.get_data(
-                        ASK_PIN, PIN_TIMEOUT_MS, MAX_PIN_DIGITS)
+                        ASK_PIN, PIN_TIMEOUT_MS, MAX_PIN_DIGITS
+                    )
                 finally:
                     self.asking_pin.discard(call.channel)
             await self.service.check_pin(code.extension, pin, source=source)
-            await self.service.login(code.extension, workplace.id, actor=code.extension,
-                                     source=source)
+            await self.service.login(
+                code.extension, workplace.id, actor=code.extension, source=source
+            )
             await call.succeed(LOGGED_IN)
         except LoginDenied as exc:
             await call.refuse(exc.reason)
@@ -209,16 +215,26 @@ class _Call:
             try:
                 await self.session.stream_file(name)
             except AgiCommandFailed:  # a missing sound must not stop the hang-up
-                log.warning("feature code on %s: Asterisk could not play %r",
-                            self.channel, name)
+                log.warning("feature code on %s: Asterisk could not play %r", self.channel, name)
                 self.failed_prompts.append(name)
 
     def outcome(self) -> FeatureOutcome:
-        return FeatureOutcome(self.channel, self.endpoint, self.action or "none",
-                              self.extension, self.workplace, self.refusal, self.ok,
-                              tuple(self.prompts), tuple(self.failed_prompts))
+        return FeatureOutcome(
+            self.channel,
+            self.endpoint,
+            self.action or "none",
+            self.extension,
+            self.workplace,
+            self.refusal,
+            self.ok,
+            tuple(self.prompts),
+            tuple(self.failed_prompts),
+        )
 
 
 def _phone_index(snapshot: DirectorySnapshot) -> dict[str, Workplace]:
-    return {endpoint: workplace for workplace in snapshot.workplaces.values()
-            for endpoint in workplace.phones}
+    return {
+        endpoint: workplace
+        for workplace in snapshot.workplaces.values()
+        for endpoint in workplace.phones
+    }

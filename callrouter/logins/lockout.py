@@ -38,8 +38,13 @@ def source_key(source: str) -> str:
     return f"source:{source}"
 
 
-def retry_after_of(times: Sequence[float], now: float, *, max_failures: int = MAX_FAILURES,
-                   window: float = WINDOW_SECONDS) -> float | None:
+def retry_after_of(
+    times: Sequence[float],
+    now: float,
+    *,
+    max_failures: int = MAX_FAILURES,
+    window: float = WINDOW_SECONDS,
+) -> float | None:
     """Seconds until one more try is allowed, given the failure times of one key
     (sorted, any age); None when it is allowed now."""
     recent = [t for t in times if t > now - window]
@@ -62,9 +67,14 @@ class Lockout(Protocol):
 class DatabaseLockout:
     """Failures counted in the directory database (table ``pin_failures``)."""
 
-    def __init__(self, engine: AsyncEngine, *, max_failures: int = MAX_FAILURES,
-                 window: float = WINDOW_SECONDS,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_failures: int = MAX_FAILURES,
+        window: float = WINDOW_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.engine = engine
         self.max_failures = max_failures
         self.window = window
@@ -75,13 +85,22 @@ class DatabaseLockout:
         since = now - timedelta(seconds=self.window)
         f = s.pin_failures
         async with begin_read(self.engine) as conn:
-            rows = (await conn.execute(
-                select(f.c.key, f.c.at).where(f.c.key.in_(keys), f.c.at > since)
-                .order_by(f.c.at))).all()
-        waits = [retry_after_of([(row.at - now).total_seconds() for row in rows
-                                 if row.key == key], 0.0,
-                                max_failures=self.max_failures, window=self.window)
-                 for key in keys]
+            rows = (
+                await conn.execute(
+                    select(f.c.key, f.c.at)
+                    .where(f.c.key.in_(keys), f.c.at > since)
+                    .order_by(f.c.at)
+                )
+            ).all()
+        waits = [
+            retry_after_of(
+                [(row.at - now).total_seconds() for row in rows if row.key == key],
+                0.0,
+                max_failures=self.max_failures,
+                window=self.window,
+            )
+            for key in keys
+        ]
         return max((w for w in waits if w is not None), default=None)
 
     async def failed(self, *keys: str) -> None:
@@ -130,9 +149,15 @@ class PinLockout:
     def retry_after(self, *keys: str) -> float | None:
         """Seconds until any of ``keys`` may try again; None if none is locked."""
         now = self._clock()
-        waits = [retry_after_of(list(self._recent(key, now) or ()), now,
-                                max_failures=self.max_failures, window=self.window)
-                 for key in keys]
+        waits = [
+            retry_after_of(
+                list(self._recent(key, now) or ()),
+                now,
+                max_failures=self.max_failures,
+                window=self.window,
+            )
+            for key in keys
+        ]
         return max((w for w in waits if w is not None), default=None)
 
     def failed(self, *keys: str) -> None:

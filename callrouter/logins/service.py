@@ -35,8 +35,14 @@ _DECOY_HASH = hash_pin("000000")
 class LoginDenied(Exception):
     """A login or logout that did not happen, with the reason as a ``Refusal``."""
 
-    def __init__(self, reason: Refusal, message: str, *, retry_after: float | None = None,
-                 occupant: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: Refusal,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        occupant: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
@@ -71,10 +77,12 @@ class LoginService:
         keys = (user_key(extension), source_key(source))
         wait = await self.lockout.retry_after(*keys)
         if wait is not None:
-            log.warning("PIN check for %s from %s refused: locked for %.0f s",
-                        extension, source, wait)
-            raise LoginDenied(Refusal.LOCKED, "too many wrong PINs; try again later",
-                              retry_after=wait)
+            log.warning(
+                "PIN check for %s from %s refused: locked for %.0f s", extension, source, wait
+            )
+            raise LoginDenied(
+                Refusal.LOCKED, "too many wrong PINs; try again later", retry_after=wait
+            )
         user = self.snapshot.users.get(extension)
         stored = user.pin_hash if user is not None else None
         well_formed = PIN_PATTERN.fullmatch(pin) is not None
@@ -91,24 +99,30 @@ class LoginService:
 
     # --- changes --------------------------------------------------------------------
 
-    async def login(self, extension: str, workplace_id: str, *, actor: str,
-                    source: str) -> store.LoginChange:
+    async def login(
+        self, extension: str, workplace_id: str, *, actor: str, source: str
+    ) -> store.LoginChange:
         try:
-            change = await store.set_login(self.engine, extension, workplace_id,
-                                           actor=actor, source=source, policy=self.policy)
+            change = await store.set_login(
+                self.engine, extension, workplace_id, actor=actor, source=source, policy=self.policy
+            )
         except store.LoginRefused as exc:
-            log.info("login of %s at %s from %s refused: %s", extension, workplace_id,
-                     source, exc)
+            log.info("login of %s at %s from %s refused: %s", extension, workplace_id, source, exc)
             raise LoginDenied(exc.reason, str(exc), occupant=exc.occupant) from None
         except store.UnknownWorkplace as exc:
             raise LoginDenied(Refusal.UNKNOWN_WORKPLACE, str(exc)) from None
         except store.UnknownExtension as exc:
             raise LoginDenied(Refusal.UNKNOWN_USER, str(exc)) from None
         if change.changed:
-            log.info("login: %s at %s (was %s%s) by %s from %s", extension, workplace_id,
-                     change.old_workplace or "nowhere",
-                     f"; {change.displaced} moved out" if change.displaced else "",
-                     actor, source)
+            log.info(
+                "login: %s at %s (was %s%s) by %s from %s",
+                extension,
+                workplace_id,
+                change.old_workplace or "nowhere",
+                f"; {change.displaced} moved out" if change.displaced else "",
+                actor,
+                source,
+            )
             await self._changed()
         return change
 
@@ -118,26 +132,31 @@ class LoginService:
         except store.UnknownExtension as exc:
             raise LoginDenied(Refusal.UNKNOWN_USER, str(exc)) from None
         if change.changed:
-            log.info("logout: %s from %s by %s from %s", extension, change.old_workplace,
-                     actor, source)
+            log.info(
+                "logout: %s from %s by %s from %s", extension, change.old_workplace, actor, source
+            )
             await self._changed()
         return change
 
-    async def logout_workplace(self, workplace_id: str, *, actor: str,
-                               source: str) -> store.LoginChange | None:
+    async def logout_workplace(
+        self, workplace_id: str, *, actor: str, source: str
+    ) -> store.LoginChange | None:
         try:
-            change = await store.clear_workplace(self.engine, workplace_id,
-                                                 actor=actor, source=source)
+            change = await store.clear_workplace(
+                self.engine, workplace_id, actor=actor, source=source
+            )
         except store.UnknownWorkplace as exc:
             raise LoginDenied(Refusal.UNKNOWN_WORKPLACE, str(exc)) from None
         if change is not None:
-            log.info("logout: %s from %s by %s from %s", change.extension, workplace_id,
-                     actor, source)
+            log.info(
+                "logout: %s from %s by %s from %s", change.extension, workplace_id, actor, source
+            )
             await self._changed()
         return change
 
-    async def expire(self, rules: RingRules, zone: tzinfo,
-                     now: datetime | None = None) -> list[store.LoginChange]:
+    async def expire(
+        self, rules: RingRules, zone: tzinfo, now: datetime | None = None
+    ) -> list[store.LoginChange]:
         """Automatic logout: end the logins that began before their workplace's cut-off."""
         at = now or datetime.now(UTC)
         cutoffs: Mapping[str, datetime] = logout_cutoffs(

@@ -38,8 +38,9 @@ Listener = Callable[[UserPresence], None]
 
 
 class PresenceService:
-    def __init__(self, tracker: PresenceTracker, ami: AmiClient | None = None, *,
-                 publish: bool = True) -> None:
+    def __init__(
+        self, tracker: PresenceTracker, ami: AmiClient | None = None, *, publish: bool = True
+    ) -> None:
         self.tracker = tracker
         self.ami = ami
         self.publish = publish and ami is not None
@@ -130,26 +131,28 @@ class PresenceService:
         """
         assert self.ami is not None
         items = await self.ami.send_list_action("DeviceStateList")
-        states = {item.get("Device") or "": DeviceState.parse(item.get("State") or "")
-                  for item in items if not (item.get("Device") or "").startswith("Custom:")}
+        states = {
+            item.get("Device") or "": DeviceState.parse(item.get("State") or "")
+            for item in items
+            if not (item.get("Device") or "").startswith("Custom:")
+        }
         for item in await self.ami.send_list_action("PJSIPShowEndpoints"):
             name = item.get("ObjectName")
             if name:
                 states[f"PJSIP/{name}"] = DeviceState.parse(item.get("DeviceState") or "")
         self._contacts.clear()
         changed = self.tracker.replace_devices(states)
-        log.info("presence resync: %d device states, %d users changed", len(states),
-                 len(changed))
+        log.info("presence resync: %d device states, %d users changed", len(states), len(changed))
         self._published.clear()  # Asterisk may have restarted: publish everybody again
         self._changed(list(self.tracker.users().values()), notify=False)
         self._notify(changed)
 
-    def set_snapshot(self, snapshot: DirectorySnapshot,
-                     only: Iterable[str] | None = None) -> None:
+    def set_snapshot(self, snapshot: DirectorySnapshot, only: Iterable[str] | None = None) -> None:
         self._changed(self.tracker.set_snapshot(snapshot, only))
 
-    def set_client(self, extension: str, client_id: str,
-                   status: ClientStatus) -> UserPresence | None:
+    def set_client(
+        self, extension: str, client_id: str, status: ClientStatus
+    ) -> UserPresence | None:
         self._changed(self.tracker.set_client(extension, client_id, status))
         return self.tracker.user(extension)
 
@@ -186,11 +189,12 @@ class PresenceService:
                 if self._published.get(extension) == wanted:
                     continue
                 try:
-                    await self.ami.setvar(f"DEVICE_STATE({CUSTOM_DEVICE_PREFIX}{extension})",
-                                          wanted[0])
                     await self.ami.setvar(
-                        f"PRESENCE_STATE({CUSTOM_PRESENCE_PREFIX}{extension})",
-                        f"{wanted[1]},,")
+                        f"DEVICE_STATE({CUSTOM_DEVICE_PREFIX}{extension})", wanted[0]
+                    )
+                    await self.ami.setvar(
+                        f"PRESENCE_STATE({CUSTOM_PRESENCE_PREFIX}{extension})", f"{wanted[1]},,"
+                    )
                 except AmiError as exc:  # AMI down: the resync after reconnect catches up
                     log.debug("presence of %s not published: %s", extension, exc)
                     continue

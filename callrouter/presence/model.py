@@ -34,16 +34,24 @@ class DeviceState(StrEnum):
 
     @property
     def in_use(self) -> bool:
-        return self in (DeviceState.INUSE, DeviceState.BUSY, DeviceState.RINGINUSE,
-                        DeviceState.ONHOLD)
+        return self in (
+            DeviceState.INUSE,
+            DeviceState.BUSY,
+            DeviceState.RINGINUSE,
+            DeviceState.ONHOLD,
+        )
 
     @property
     def ringing(self) -> bool:
         return self in (DeviceState.RINGING, DeviceState.RINGINUSE)
 
 
-_ALIASES = {"NOT_IN_USE": DeviceState.NOT_INUSE, "IN_USE": DeviceState.INUSE,
-            "RING+INUSE": DeviceState.RINGINUSE, "ON_HOLD": DeviceState.ONHOLD}
+_ALIASES = {
+    "NOT_IN_USE": DeviceState.NOT_INUSE,
+    "IN_USE": DeviceState.INUSE,
+    "RING+INUSE": DeviceState.RINGINUSE,
+    "ON_HOLD": DeviceState.ONHOLD,
+}
 
 
 class ClientStatus(StrEnum):
@@ -56,8 +64,12 @@ class ClientStatus(StrEnum):
 
 
 # Several clients at once: any dnd wins, then online, then away, then offline.
-_CLIENT_RANK = {ClientStatus.DND: 3, ClientStatus.ONLINE: 2, ClientStatus.AWAY: 1,
-                ClientStatus.OFFLINE: 0}
+_CLIENT_RANK = {
+    ClientStatus.DND: 3,
+    ClientStatus.ONLINE: 2,
+    ClientStatus.AWAY: 1,
+    ClientStatus.OFFLINE: 0,
+}
 
 
 def merge_client(statuses: Iterable[ClientStatus]) -> ClientStatus:
@@ -104,14 +116,21 @@ class UserPresence:
     @property
     def presence_state(self) -> str:
         """Asterisk's presence state for ``CustomPresence:user-EXT``."""
-        return {ClientStatus.ONLINE: "available", ClientStatus.AWAY: "away",
-                ClientStatus.DND: "dnd", ClientStatus.OFFLINE: "unavailable"}[self.client]
+        return {
+            ClientStatus.ONLINE: "available",
+            ClientStatus.AWAY: "away",
+            ClientStatus.DND: "dnd",
+            ClientStatus.OFFLINE: "unavailable",
+        }[self.client]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "extension": self.extension,
-            "phone": {"available": self.phone.available, "on_call": self.phone.on_call,
-                      "ringing": self.phone.ringing},
+            "phone": {
+                "available": self.phone.available,
+                "on_call": self.phone.on_call,
+                "ringing": self.phone.ringing,
+            },
             "client": self.client.value,
             "device_state": self.device_state.value,
         }

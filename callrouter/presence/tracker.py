@@ -31,9 +31,13 @@ class _Client:
 
 
 class PresenceTracker:
-    def __init__(self, snapshot: DirectorySnapshot | None = None, *,
-                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        snapshot: DirectorySnapshot | None = None,
+        *,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.clock = clock
         self._devices: dict[str, DeviceState] = {}  # endpoint -> state
@@ -79,8 +83,9 @@ class PresenceTracker:
         self._devices = {e: s for e, s in states.items() if s is not DeviceState.UNKNOWN}
         return self._recompute(touched)
 
-    def set_client(self, extension: str, client_id: str,
-                   status: ClientStatus) -> list[UserPresence]:
+    def set_client(
+        self, extension: str, client_id: str, status: ClientStatus
+    ) -> list[UserPresence]:
         """A client's status; also its heartbeat (it must come again within the
         heartbeat time-out).  ``offline`` removes the client."""
         clients = self._clients.setdefault(extension, {})
@@ -109,11 +114,14 @@ class PresenceTracker:
 
     def next_expiry(self) -> float | None:
         """When the next client falls silent (monotonic), or None."""
-        return min((c.expires for clients in self._clients.values() for c in clients.values()),
-                   default=None)
+        return min(
+            (c.expires for clients in self._clients.values() for c in clients.values()),
+            default=None,
+        )
 
-    def set_snapshot(self, snapshot: DirectorySnapshot,
-                     only: Iterable[str] | None = None) -> list[UserPresence]:
+    def set_snapshot(
+        self, snapshot: DirectorySnapshot, only: Iterable[str] | None = None
+    ) -> list[UserPresence]:
         """A new directory: owners of phones (a login moves a workplace's phones).
 
         With ``only``, just those users changed (a login): their phones are looked
@@ -129,8 +137,7 @@ class PresenceTracker:
         for extension, endpoints in phones.items():
             for endpoint in endpoints:
                 owners.setdefault(endpoint, []).append(extension)
-        touched = [ext for ext, endpoints in phones.items()
-                   if self._phones.get(ext) != endpoints]
+        touched = [ext for ext, endpoints in phones.items() if self._phones.get(ext) != endpoints]
         gone = [ext for ext in self._users if ext not in phones]
         self._phones = phones
         self._owners = {endpoint: tuple(exts) for endpoint, exts in owners.items()}
@@ -139,8 +146,9 @@ class PresenceTracker:
             self._clients.pop(extension, None)
         return self._recompute(touched)
 
-    def _update_users(self, snapshot: DirectorySnapshot,
-                      extensions: Iterable[str]) -> list[UserPresence]:
+    def _update_users(
+        self, snapshot: DirectorySnapshot, extensions: Iterable[str]
+    ) -> list[UserPresence]:
         touched = []
         for extension in extensions:
             old = self._phones.get(extension, ())
@@ -177,8 +185,7 @@ class PresenceTracker:
             devices = self._devices
             presence = UserPresence(
                 extension,
-                merge_phone(devices.get(e, DeviceState.UNKNOWN)
-                            for e in self._phones[extension]),
+                merge_phone(devices.get(e, DeviceState.UNKNOWN) for e in self._phones[extension]),
                 merge_client(c.status for c in self._clients.get(extension, {}).values()),
             )
             if self._users.get(extension) != presence:

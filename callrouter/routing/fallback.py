@@ -33,8 +33,11 @@ def fallback_entries(
     """For every user with a phone (or those in ``only``): all their phones at once
     (direct and current workplace), for as long as their ring plan would ring."""
     entries: dict[str, FallbackEntry] = {}
-    users = snapshot.users.items() if only is None else (
-        (ext, snapshot.users[ext]) for ext in only if ext in snapshot.users)
+    users = (
+        snapshot.users.items()
+        if only is None
+        else ((ext, snapshot.users[ext]) for ext in only if ext in snapshot.users)
+    )
     for extension, user in users:
         phones = list(user.phones)
         workplace = snapshot.workplace_of(extension)

@@ -57,9 +57,7 @@ def resolve_plan(
     user_rule = rules.users.get(extension)
     followme = user_rule.followme if user_rule is not None else None
     if followme is None:
-        legs.extend(
-            Leg(p, 0.0, default_timeout, LegSource.FOLLOWME) for p in user.phones
-        )
+        legs.extend(Leg(p, 0.0, default_timeout, LegSource.FOLLOWME) for p in user.phones)
     else:
         for entry in followme:
             if entry.names_workplace:
@@ -67,8 +65,15 @@ def resolve_plan(
                 if entry.timeout is not None:
                     workplace_stop = entry.delay + entry.timeout
             _entry_legs(
-                entry, 0.0, default_timeout, user.phones, template,
-                LegSource.FOLLOWME, f"user {extension}", legs, warnings,
+                entry,
+                0.0,
+                default_timeout,
+                user.phones,
+                template,
+                LegSource.FOLLOWME,
+                f"user {extension}",
+                legs,
+                warnings,
             )
 
     # The workplace's timeline, only while the user is logged in there.
@@ -85,8 +90,15 @@ def resolve_plan(
         else:
             for entry in ring:
                 _entry_legs(
-                    entry, workplace_start, default_timeout, workplace.phones, template,
-                    LegSource.WORKPLACE, f"workplace {workplace.id}", workplace_legs, warnings,
+                    entry,
+                    workplace_start,
+                    default_timeout,
+                    workplace.phones,
+                    template,
+                    LegSource.WORKPLACE,
+                    f"workplace {workplace.id}",
+                    workplace_legs,
+                    warnings,
                 )
         if workplace_stop is not None:
             workplace_legs = [
@@ -102,9 +114,11 @@ def resolve_plan(
     unreachable: tuple[str, ...] = ()
     if presence is not None:
         # External numbers have no device state worth trusting: always dialled.
-        external = {expand_external(template, n) for n in _external_numbers(rules, extension,
-                                                                              workplace)
-                    } if template is not None else set()
+        external = (
+            {expand_external(template, n) for n in _external_numbers(rules, extension, workplace)}
+            if template is not None
+            else set()
+        )
 
         def reachable(leg: Leg) -> bool:
             return leg.endpoint in external or presence.reachable(leg.endpoint)
@@ -131,8 +145,9 @@ def resolve_plan(
     )
 
 
-def _external_numbers(rules: RingRules, extension: str,
-                      workplace: Workplace | None) -> Iterable[str]:
+def _external_numbers(
+    rules: RingRules, extension: str, workplace: Workplace | None
+) -> Iterable[str]:
     user_rule = rules.users.get(extension)
     entries = list(user_rule.followme or ()) if user_rule is not None else []
     workplace_rule = rules.workplaces.get(workplace.id) if workplace is not None else None
@@ -151,8 +166,9 @@ def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]
     return merged
 
 
-def _minus(intervals: list[tuple[float, float]],
-           holes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def _minus(
+    intervals: list[tuple[float, float]], holes: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
     result = []
     for start, stop in intervals:
         cursor = start
@@ -185,8 +201,7 @@ def cut_dead_air(kept: list[Leg], removed: list[Leg]) -> list[Leg]:
         # legs of one phone 1e-15 s apart, which would stop and restart its ringing.
         return round(t - sum(min(stop, t) - start for start, stop in dead if start < t), 6)
 
-    return [Leg(leg.endpoint, earlier(leg.start), earlier(leg.stop), leg.source)
-            for leg in kept]
+    return [Leg(leg.endpoint, earlier(leg.start), earlier(leg.stop), leg.source) for leg in kept]
 
 
 def _entry_legs(

@@ -27,22 +27,32 @@ def check_rules(rules: RingRules, snapshot: DirectorySnapshot) -> list[Problem]:
         user = snapshot.users.get(extension)
         if user is None:
             checker.problems.append(
-                Problem(("users", extension), f"no user has the extension {extension}",
-                        at_key=True)
+                Problem(("users", extension), f"no user has the extension {extension}", at_key=True)
             )
             continue
-        checker.entries(("users", extension, "followme"), user_rule.followme,
-                        frozenset(user.phones), f"user {extension}")
+        checker.entries(
+            ("users", extension, "followme"),
+            user_rule.followme,
+            frozenset(user.phones),
+            f"user {extension}",
+        )
     for workplace_id, workplace_rule in rules.workplaces.items():
         workplace = snapshot.workplaces.get(workplace_id)
         if workplace is None:
             checker.problems.append(
-                Problem(("workplaces", workplace_id), f"no workplace has the id {workplace_id}",
-                        at_key=True)
+                Problem(
+                    ("workplaces", workplace_id),
+                    f"no workplace has the id {workplace_id}",
+                    at_key=True,
+                )
             )
             continue
-        checker.entries(("workplaces", workplace_id, "ring"), workplace_rule.ring,
-                        frozenset(workplace.phones), f"workplace {workplace_id}")
+        checker.entries(
+            ("workplaces", workplace_id, "ring"),
+            workplace_rule.ring,
+            frozenset(workplace.phones),
+            f"workplace {workplace_id}",
+        )
     return checker.problems
 
 

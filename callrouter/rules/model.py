@@ -57,7 +57,7 @@ def _time_of_day(value: Any) -> Any:
     if isinstance(value, time):
         return value
     if not isinstance(value, str) or not _TIME_OF_DAY.fullmatch(value):
-        raise ValueError(f"{value!r} is not a time of day: HH:MM, 24-hour, e.g. \"03:00\"")
+        raise ValueError(f'{value!r} is not a time of day: HH:MM, 24-hour, e.g. "03:00"')
     hours, minutes = value.split(":")
     return time(int(hours), int(minutes))
 

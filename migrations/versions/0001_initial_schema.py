@@ -42,18 +42,20 @@ def upgrade() -> None:
         sa.Column("role_id", sa.Integer(), nullable=False),
         sa.Column("workplace_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["role_id"], ["roles.id"],
-            name=op.f("fk_role_workplaces_role_id_roles"), ondelete="CASCADE",
+            ["role_id"],
+            ["roles.id"],
+            name=op.f("fk_role_workplaces_role_id_roles"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["workplace_id"], ["workplaces.id"],
-            name=op.f("fk_role_workplaces_workplace_id_workplaces"), ondelete="CASCADE",
+            ["workplace_id"],
+            ["workplaces.id"],
+            name=op.f("fk_role_workplaces_workplace_id_workplaces"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("role_id", "workplace_id", name=op.f("pk_role_workplaces")),
     )
-    op.create_index(
-        op.f("ix_role_workplaces_workplace_id"), "role_workplaces", ["workplace_id"]
-    )
+    op.create_index(op.f("ix_role_workplaces_workplace_id"), "role_workplaces", ["workplace_id"])
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -81,8 +83,10 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_phones_user_id_users"), ondelete="SET NULL"
         ),
         sa.ForeignKeyConstraint(
-            ["workplace_id"], ["workplaces.id"],
-            name=op.f("fk_phones_workplace_id_workplaces"), ondelete="SET NULL",
+            ["workplace_id"],
+            ["workplaces.id"],
+            name=op.f("fk_phones_workplace_id_workplaces"),
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_phones")),
         sa.UniqueConstraint("endpoint", name=op.f("uq_phones_endpoint")),
@@ -99,8 +103,10 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_logins_user_id_users"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["workplace_id"], ["workplaces.id"],
-            name=op.f("fk_logins_workplace_id_workplaces"), ondelete="CASCADE",
+            ["workplace_id"],
+            ["workplaces.id"],
+            name=op.f("fk_logins_workplace_id_workplaces"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_logins")),
         sa.UniqueConstraint("workplace_id", name=op.f("uq_logins_workplace_id")),

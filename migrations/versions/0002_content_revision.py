@@ -20,8 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("directory_revision") as batch:
-        batch.add_column(sa.Column("content_revision", sa.BigInteger(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("content_revision", sa.BigInteger(), nullable=False, server_default="0")
+        )
     op.execute("UPDATE directory_revision SET content_revision = revision")
 
 

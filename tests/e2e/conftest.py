@@ -31,8 +31,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def e2e_required() -> bool:
     """True in CI or with CALLROUTER_REQUIRE_E2E=1: a missing sandbox is a failure."""
     ci = os.environ.get("CI", "")
-    return ci.lower() not in ("", "0", "false", "no") or \
-        os.environ.get("CALLROUTER_REQUIRE_E2E") == "1"
+    return (
+        ci.lower() not in ("", "0", "false", "no")
+        or os.environ.get("CALLROUTER_REQUIRE_E2E") == "1"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,14 +61,14 @@ async def phones() -> AsyncIterator[PhoneBank]:
 
 
 @pytest.fixture
-async def make_phones(asterisk: AsteriskSandbox,
-                      phones: PhoneBank) -> AsyncIterator[MakePhones]:
+async def make_phones(asterisk: AsteriskSandbox, phones: PhoneBank) -> AsyncIterator[MakePhones]:
     """``await make_phones("alice", "bob", behaviour=Ring())``: simulated phones that
     are also PJSIP endpoints of the sandbox (removed again after the test)."""
     added: list[str] = []
 
-    async def make(*names: str, behaviour: Behaviour | None = None,
-                   qualify: bool = False) -> list[SimulatedPhone]:
+    async def make(
+        *names: str, behaviour: Behaviour | None = None, qualify: bool = False
+    ) -> list[SimulatedPhone]:
         created = [await phones.add(name, behaviour=behaviour) for name in names]
         await asterisk.add_phones_async({p.name: p.port for p in created}, qualify=qualify)
         added.extend(names)

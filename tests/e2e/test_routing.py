@@ -26,9 +26,7 @@ StartRouter = Callable[[str, str], Awaitable[RunningRouter]]
 
 
 @pytest.fixture
-async def start_router(
-    asterisk: AsteriskSandbox, tmp_path: Path
-) -> AsyncIterator[StartRouter]:
+async def start_router(asterisk: AsteriskSandbox, tmp_path: Path) -> AsyncIterator[StartRouter]:
     running: list[RunningRouter] = []
 
     async def start(directory_yaml: str, rules_yaml: str) -> RunningRouter:
@@ -40,7 +38,8 @@ async def start_router(
         await in_process.load_directory(url, directory_file, actor="test")
         handle = await in_process.start_router(
             in_process.sandbox_settings(asterisk, url, rules_file, poll_interval=0.2),
-            asterisk=asterisk)
+            asterisk=asterisk,
+        )
         running.append(handle)
         return handle
 
@@ -56,8 +55,11 @@ async def assert_nothing_left(asterisk: AsteriskSandbox) -> None:
     for _ in range(100):
         channels = await asterisk.cli_async("core show channels concise")
         bridges = await asterisk.cli_async("bridge show all")
-        if LEG_PREFIX not in channels and BRIDGE_PREFIX not in bridges and \
-                "PJSIP/rt-" not in channels:
+        if (
+            LEG_PREFIX not in channels
+            and BRIDGE_PREFIX not in bridges
+            and "PJSIP/rt-" not in channels
+        ):
             return
         await asyncio.sleep(0.1)
     pytest.fail(f"left over in Asterisk:\n{channels}\n{bridges}")
@@ -78,10 +80,13 @@ async def test_direct_phones_ring_together_first_answer_wins(
     caller, desk, soft = await make_phones("rt-caller1", "rt-desk1", "rt-soft1")
     desk.ring()
     soft.answer(after=0.5)
-    await start_router(directory("""
+    await start_router(
+        directory("""
         - {extension: "301", name: Anna, phones: [PJSIP/rt-desk1, PJSIP/rt-soft1]}
         - {extension: "399", name: Caller, phones: [PJSIP/rt-caller1]}
-    """), "defaults: {timeout: 20}\n")
+    """),
+        "defaults: {timeout: 20}\n",
+    )
     call = await caller.call("301", asterisk_port(caller))
     desk_invite = await desk.wait_for("INVITE")
     soft_invite = await soft.wait_for("INVITE")
@@ -99,15 +104,18 @@ async def test_followme_entries_ring_at_their_delays(
     caller, first, second = await make_phones("rt-caller2", "rt-first2", "rt-second2")
     first.ring()
     second.answer(after=0.3)
-    await start_router(directory("""
+    await start_router(
+        directory("""
         - {extension: "302", name: Boris, phones: [PJSIP/rt-first2, PJSIP/rt-second2]}
-    """), """
+    """),
+        """
         users:
           "302":
             followme:
               - {ring: [PJSIP/rt-first2], timeout: 1.5}
               - {ring: [PJSIP/rt-second2], delay: 1.5, timeout: 10}
-    """)
+    """,
+    )
     call = await caller.call("302", asterisk_port(caller))
     a = await first.wait_for("INVITE")
     b = await second.wait_for("INVITE", timeout=5)
@@ -123,20 +131,23 @@ async def test_mixed_operation_workplace_and_direct_phones(
     start_router: StartRouter, make_phones: MakePhones
 ) -> None:
     caller, own, wp_desk, wp_dect = await make_phones(
-        "rt-caller3", "rt-own3", "rt-wpdesk3", "rt-wpdect3")
+        "rt-caller3", "rt-own3", "rt-wpdesk3", "rt-wpdect3"
+    )
     for phone in (own, wp_desk, wp_dect):
         phone.ring()
-    await start_router(directory(
-        """
+    await start_router(
+        directory(
+            """
         - {extension: "303", name: Clara, phones: [PJSIP/rt-own3]}
         """,
-        """
+            """
         - {id: desk-3, name: Desk 3, code: "803", phones: [PJSIP/rt-wpdesk3, PJSIP/rt-wpdect3]}
         """,
-        """
+            """
         "303": desk-3
         """,
-    ), """
+        ),
+        """
         defaults: {timeout: 3}
         users:
           "303":
@@ -148,7 +159,8 @@ async def test_mixed_operation_workplace_and_direct_phones(
             ring:
               - {ring: [PJSIP/rt-wpdesk3], timeout: 1}
               - {ring: [PJSIP/rt-wpdect3], delay: 1, timeout: 1}
-    """)
+    """,
+    )
     call = await caller.call("303", asterisk_port(caller))
     t_own = (await own.wait_for("INVITE")).time
     t_desk = (await wp_desk.wait_for("INVITE")).time
@@ -166,9 +178,12 @@ async def test_all_busy_gives_busy(start_router: StartRouter, make_phones: MakeP
     caller, a, b = await make_phones("rt-caller4", "rt-a4", "rt-b4")
     a.busy()
     b.busy()
-    await start_router(directory("""
+    await start_router(
+        directory("""
         - {extension: "304", name: Dora, phones: [PJSIP/rt-a4, PJSIP/rt-b4]}
-    """), "defaults: {timeout: 20}\n")
+    """),
+        "defaults: {timeout: 20}\n",
+    )
     call = await caller.call("304", asterisk_port(caller))
     with pytest.raises(CallFailed) as failed:
         await call.wait_answered(timeout=10)
@@ -179,9 +194,12 @@ async def test_unknown_extension_and_no_phones(
     start_router: StartRouter, make_phones: MakePhones
 ) -> None:
     (caller,) = await make_phones("rt-caller5")
-    await start_router(directory("""
+    await start_router(
+        directory("""
         - {extension: "305", name: Emil}
-    """), "defaults: {timeout: 20}\n")
+    """),
+        "defaults: {timeout: 20}\n",
+    )
     unknown = await caller.call("3999", asterisk_port(caller))
     with pytest.raises(CallFailed) as failed:
         await unknown.wait_answered(timeout=15)
@@ -198,9 +216,12 @@ async def test_caller_hangs_up_while_ringing_cancels_every_phone(
     caller, a, b = await make_phones("rt-caller6", "rt-a6", "rt-b6")
     a.ring()
     b.ring()
-    await start_router(directory("""
+    await start_router(
+        directory("""
         - {extension: "306", name: Fritz, phones: [PJSIP/rt-a6, PJSIP/rt-b6]}
-    """), "defaults: {timeout: 20}\n")
+    """),
+        "defaults: {timeout: 20}\n",
+    )
     call = await caller.call("306", asterisk_port(caller))
     await a.wait_for("180", direction="out")
     await b.wait_for("180", direction="out")
@@ -215,9 +236,12 @@ async def test_router_down_the_astdb_fallback_still_rings(
     caller, a, b = await make_phones("rt-caller7", "rt-a7", "rt-b7")
     a.ring()
     b.answer(after=0.2)
-    running = await start_router(directory("""
+    running = await start_router(
+        directory("""
         - {extension: "307", name: Gina, phones: [PJSIP/rt-a7, PJSIP/rt-b7]}
-    """), "defaults: {timeout: 20}\n")
+    """),
+        "defaults: {timeout: 20}\n",
+    )
     for _ in range(100):  # published through AMI when the router connected
         if asterisk.db_get("callrouter", "307"):
             break
@@ -237,9 +261,12 @@ async def test_ari_websocket_dropped_and_back_routes_new_calls(
 ) -> None:
     caller, a = await make_phones("rt-caller8", "rt-a8")
     a.answer(after=0.1)
-    running = await start_router(directory("""
+    running = await start_router(
+        directory("""
         - {extension: "308", name: Hugo, phones: [PJSIP/rt-a8]}
-    """), "defaults: {timeout: 20}\n")
+    """),
+        "defaults: {timeout: 20}\n",
+    )
     before = running.router.ari.connection_count
     await running.router.ari.reconnect()
     await running.router.ari.wait_connected(10)
@@ -255,9 +282,12 @@ async def test_two_calls_to_the_same_user_at_once(
 ) -> None:
     c1, c2, a = await make_phones("rt-caller9", "rt-caller9b", "rt-a9")
     a.ring()
-    await start_router(directory("""
+    await start_router(
+        directory("""
         - {extension: "309", name: Ida, phones: [PJSIP/rt-a9]}
-    """), "defaults: {timeout: 2}\n")
+    """),
+        "defaults: {timeout: 2}\n",
+    )
     calls = [await c.call("309", asterisk_port(c)) for c in (c1, c2)]
     await a.wait_for("INVITE", n=2)
     for call in calls:
@@ -277,10 +307,12 @@ async def test_fifty_concurrent_calls_to_fifty_users(
         phone.answer(after=0.5)
     users = "".join(
         f'- {{extension: "{4000 + i}", name: User {i}, phones: [PJSIP/rt-u{i}]}}\n'
-        for i in range(n))
+        for i in range(n)
+    )
     await start_router(directory(users), "defaults: {timeout: 20}\n")
-    calls = await asyncio.gather(*(
-        c.call(str(4000 + i), asterisk_port(c)) for i, c in enumerate(callers)))
+    calls = await asyncio.gather(
+        *(c.call(str(4000 + i), asterisk_port(c)) for i, c in enumerate(callers))
+    )
     await asyncio.gather(*(call.wait_answered(timeout=20) for call in calls))
     for i, phone in enumerate(callees):  # each user's own phone, nobody else's
         invite = await phone.wait_for("INVITE")
@@ -305,4 +337,3 @@ def _sip_port(asterisk: AsteriskSandbox) -> None:
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="callrouter")
-

@@ -15,8 +15,9 @@ from .conftest import MakePhones
 
 
 def ari(asterisk: AsteriskSandbox) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=asterisk.ari_url, timeout=5.0,
-                             auth=(asterisk.ari_user, asterisk.ari_password))
+    return httpx.AsyncClient(
+        base_url=asterisk.ari_url, timeout=5.0, auth=(asterisk.ari_user, asterisk.ari_password)
+    )
 
 
 async def test_ari_answers(asterisk: AsteriskSandbox) -> None:
@@ -39,8 +40,10 @@ async def ami_exchange(asterisk: AsteriskSandbox, secret: str) -> dict[str, str]
         async with asyncio.timeout(5):
             banner = await reader.readline()
             assert banner.startswith(b"Asterisk Call Manager/"), banner
-            writer.write(f"Action: Login\r\nActionID: login-1\r\nUsername: {asterisk.ami_user}"
-                         f"\r\nSecret: {secret}\r\nEvents: off\r\n\r\n".encode())
+            writer.write(
+                f"Action: Login\r\nActionID: login-1\r\nUsername: {asterisk.ami_user}"
+                f"\r\nSecret: {secret}\r\nEvents: off\r\n\r\n".encode()
+            )
             await writer.drain()
             fields: dict[str, str] = {}
             while line := (await reader.readline()).decode().strip():
@@ -64,15 +67,23 @@ async def test_ami_login(asterisk: AsteriskSandbox) -> None:
 
 
 async def test_ari_originate_into_native_dial_rings_both_phones(
-        asterisk: AsteriskSandbox, make_phones: MakePhones) -> None:
+    asterisk: AsteriskSandbox, make_phones: MakePhones
+) -> None:
     ringing, answering = await make_phones("smoke-ring1", "smoke-answer1")
     ringing.ring()
     answering.answer(after=0.3)
     asterisk.db_put("native", "701", "PJSIP/smoke-ring1&PJSIP/smoke-answer1")
     async with ari(asterisk) as client:
-        response = await client.post("/channels", params={
-            "endpoint": "Local/701@bench-native", "context": "sandbox-hold",
-            "extension": "s", "priority": "1", "timeout": "30"})
+        response = await client.post(
+            "/channels",
+            params={
+                "endpoint": "Local/701@bench-native",
+                "context": "sandbox-hold",
+                "extension": "s",
+                "priority": "1",
+                "timeout": "30",
+            },
+        )
         assert response.status_code == 200, response.text
         channel = response.json()["id"]
         invite_a = await ringing.wait_for("INVITE")
@@ -91,7 +102,8 @@ async def test_ari_originate_into_native_dial_rings_both_phones(
 
 
 async def test_phone_call_without_router_uses_the_astdb_fallback(
-        asterisk: AsteriskSandbox, make_phones: MakePhones) -> None:
+    asterisk: AsteriskSandbox, make_phones: MakePhones
+) -> None:
     caller, first, second = await make_phones("smoke-caller2", "smoke-a2", "smoke-b2")
     first.answer(after=0.2)
     second.ring()
@@ -116,9 +128,14 @@ async def test_phone_call_without_router_uses_the_astdb_fallback(
         ("705", "PJSIP/smoke-p3", "busy", 486),  # BUSY: Busy()
     ],
 )
-async def test_fallback_results(asterisk: AsteriskSandbox, make_phones: MakePhones,
-                                extension: str, dial: str, behaviour: str,
-                                status: int) -> None:
+async def test_fallback_results(
+    asterisk: AsteriskSandbox,
+    make_phones: MakePhones,
+    extension: str,
+    dial: str,
+    behaviour: str,
+    status: int,
+) -> None:
     caller, phone = await make_phones(f"smoke-caller{extension}", "smoke-p3")
     phone.busy() if behaviour == "busy" else phone.ring()
     asterisk.db_del("callrouter", extension)
@@ -133,11 +150,11 @@ async def test_fallback_results(asterisk: AsteriskSandbox, make_phones: MakePhon
         await phone.wait_for("CANCEL")
 
 
-async def test_second_sandbox_runs_beside_the_first_and_restarts(
-        asterisk: AsteriskSandbox) -> None:
+async def test_second_sandbox_runs_beside_the_first_and_restarts(asterisk: AsteriskSandbox) -> None:
     second = AsteriskSandbox(asterisk.root, verbose=0)
     assert {second.http_port, second.ami_port, second.sip_port}.isdisjoint(
-        {asterisk.http_port, asterisk.ami_port, asterisk.sip_port})
+        {asterisk.http_port, asterisk.ami_port, asterisk.sip_port}
+    )
     async with second:
         second.add_phones({"restart-phone": 19999})
         second.db_put("native", "800", "PJSIP/restart-phone")
@@ -152,7 +169,8 @@ async def test_second_sandbox_runs_beside_the_first_and_restarts(
 
 
 async def test_star_prefix_reaches_native_dial_and_the_callee_hangs_up(
-        asterisk: AsteriskSandbox, make_phones: MakePhones) -> None:
+    asterisk: AsteriskSandbox, make_phones: MakePhones
+) -> None:
     caller, callee = await make_phones("smoke-caller6", "smoke-callee6")
     callee.answer()
     asterisk.db_put("native", "706", "PJSIP/smoke-callee6")
@@ -167,15 +185,18 @@ async def test_star_prefix_reaches_native_dial_and_the_callee_hangs_up(
     assert call.ended_by == "remote"
 
 
-async def test_admin_override_of_callrouter_result(asterisk: AsteriskSandbox,
-                                                   make_phones: MakePhones) -> None:
+async def test_admin_override_of_callrouter_result(
+    asterisk: AsteriskSandbox, make_phones: MakePhones
+) -> None:
     """What callrouter.conf documents: extensions added to [callrouter-result] with
     ``(+)`` win over the included defaults."""
     (caller,) = await make_phones("smoke-caller7")
     asterisk.db_del("callrouter", "707")  # NOPHONES, by default 480
-    asterisk.set_dialplan("[callrouter-result](+)\n"
-                          "exten => 707,1,NoOp(override ${CALLROUTER_RESULT})\n"
-                          " same => n,Busy(5)\n")
+    asterisk.set_dialplan(
+        "[callrouter-result](+)\n"
+        "exten => 707,1,NoOp(override ${CALLROUTER_RESULT})\n"
+        " same => n,Busy(5)\n"
+    )
     try:
         call = await caller.call("707", asterisk.sip_port)
         with pytest.raises(CallFailed) as failed:

@@ -49,8 +49,13 @@ async def until(condition: object, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def dial_code(asterisk: AsteriskSandbox, router: RunningRouter, phone: SimulatedPhone,
-                    dialed: str, pin: str | None = None) -> FeatureOutcome:
+async def dial_code(
+    asterisk: AsteriskSandbox,
+    router: RunningRouter,
+    phone: SimulatedPhone,
+    dialed: str,
+    pin: str | None = None,
+) -> FeatureOutcome:
     """Dial a feature code from ``phone``; type ``pin`` at the prompt; wait for the end."""
     features: FeatureCodes = router.router.feature_codes
     before = len(features.outcomes)
@@ -66,13 +71,21 @@ async def dial_code(asterisk: AsteriskSandbox, router: RunningRouter, phone: Sim
     def on_event(event: AmiMessage) -> None:
         if (event.get("Command") or "").upper().startswith("GET DATA"):
             prompting.set()
-        if event.get("Event") == "DTMFEnd" and (event.get("Channel") or "").startswith(
-                f"PJSIP/{phone.name}-") and event.get("Direction") == "Received":
+        if (
+            event.get("Event") == "DTMFEnd"
+            and (event.get("Channel") or "").startswith(f"PJSIP/{phone.name}-")
+            and event.get("Direction") == "Received"
+        ):
             digits_taken.put_nowait(event.get("Digit") or "")
 
-    ami = AmiClient(asterisk.ami_host, asterisk.ami_port, asterisk.ami_user,
-                    asterisk.ami_secret, events={"AGIExecStart", "DTMFEnd"},
-                    server_filter=False)
+    ami = AmiClient(
+        asterisk.ami_host,
+        asterisk.ami_port,
+        asterisk.ami_user,
+        asterisk.ami_secret,
+        events={"AGIExecStart", "DTMFEnd"},
+        server_filter=False,
+    )
     ami.subscribe(on_event)
     await ami.start()
     try:
@@ -93,8 +106,13 @@ async def dial_code(asterisk: AsteriskSandbox, router: RunningRouter, phone: Sim
     return outcome
 
 
-async def rung(caller: SimulatedPhone, asterisk: AsteriskSandbox, extension: str,
-               expected: list[SimulatedPhone], not_expected: list[SimulatedPhone]) -> None:
+async def rung(
+    caller: SimulatedPhone,
+    asterisk: AsteriskSandbox,
+    extension: str,
+    expected: list[SimulatedPhone],
+    not_expected: list[SimulatedPhone],
+) -> None:
     """Call ``extension``: the ``expected`` phones ring, the others do not."""
     marks = {p.name: len(p.matching("INVITE")) for p in expected + not_expected}
     call = await caller.call(extension, asterisk.sip_port)
@@ -102,16 +120,22 @@ async def rung(caller: SimulatedPhone, asterisk: AsteriskSandbox, extension: str
         await phone.wait_for("INVITE", timeout=5, n=marks[phone.name] + 1)
     await call.hangup()
     for phone in expected:
-        await until(lambda p=phone: len(p.matching("CANCEL")) >= marks[p.name] + 1,
-                    f"CANCEL at {phone.name}", timeout=5)
+        await until(
+            lambda p=phone: len(p.matching("CANCEL")) >= marks[p.name] + 1,
+            f"CANCEL at {phone.name}",
+            timeout=5,
+        )
     # Every leg starts at 0 s here: had they been rung, they would have been by now.
     for phone in not_expected:
         assert len(phone.matching("INVITE")) == marks[phone.name], f"{phone.name} rang"
 
 
 @pytest.fixture
-async def setup(asterisk: AsteriskSandbox, start_router: StartRouter,  # noqa: F811
-                make_phones: MakePhones) -> tuple[RunningRouter, dict[str, SimulatedPhone]]:
+async def setup(
+    asterisk: AsteriskSandbox,
+    start_router: StartRouter,  # noqa: F811
+    make_phones: MakePhones,
+) -> tuple[RunningRouter, dict[str, SimulatedPhone]]:
     phones = await make_phones("rt-dora-own", "rt-wl-caller", "rt-desk-a", "rt-desk-b")
     for phone in phones:
         phone.ring()
@@ -133,15 +157,19 @@ async def test_login_by_feature_code_then_calls_ring_the_workplace_then_logout(
     # Mixed operation: her own phone by FollowMe and the workplace's phone.
     await rung(caller, asterisk, "401", [own, desk_a], [])
     # The AstDB fallback (for when the router is down) knows the workplace too.
-    await until(lambda: "PJSIP/rt-desk-a" in (asterisk.db_get("callrouter", "401") or ""),
-                "the AstDB fallback")
+    await until(
+        lambda: "PJSIP/rt-desk-a" in (asterisk.db_get("callrouter", "401") or ""),
+        "the AstDB fallback",
+    )
 
     outcome = await dial_code(asterisk, running, desk_a, "*44")
     assert (outcome.ok, outcome.action, outcome.extension) == (True, "logout", "401")
     assert outcome.prompts == ("agent-loggedoff", "goodbye")
     await rung(caller, asterisk, "401", [own], [desk_a])
-    await until(lambda: asterisk.db_get("callrouter", "401") == "PJSIP/rt-dora-own",
-                "the AstDB fallback without the workplace")
+    await until(
+        lambda: asterisk.db_get("callrouter", "401") == "PJSIP/rt-dora-own",
+        "the AstDB fallback without the workplace",
+    )
 
 
 async def test_wrong_pin_is_refused_and_nothing_changes(
@@ -154,8 +182,9 @@ async def test_wrong_pin_is_refused_and_nothing_changes(
     assert outcome.refusal is Refusal.BAD_CREDENTIALS and not outcome.ok
     assert outcome.prompts == ("agent-pass", "vm-incorrect", "goodbye")
     assert await read_revision(engine) == revision
-    await rung(phones["rt-wl-caller"], asterisk, "401", [phones["rt-dora-own"]],
-               [phones["rt-desk-a"]])
+    await rung(
+        phones["rt-wl-caller"], asterisk, "401", [phones["rt-dora-own"]], [phones["rt-desk-a"]]
+    )
 
 
 async def test_role_decides_where_with_the_pin_in_the_dialled_code(
@@ -171,8 +200,9 @@ async def test_role_decides_where_with_the_pin_in_the_dialled_code(
 
     allowed = await dial_code(asterisk, running, phones["rt-desk-b"], "*44402%230815")
     assert allowed.ok and allowed.workplace == "desk-b"
-    await rung(phones["rt-wl-caller"], asterisk, "402", [phones["rt-desk-b"]],
-               [phones["rt-desk-a"]])
+    await rung(
+        phones["rt-wl-caller"], asterisk, "402", [phones["rt-desk-b"]], [phones["rt-desk-a"]]
+    )
 
 
 async def test_garbage_after_the_code_is_refused_cleanly(
@@ -201,5 +231,10 @@ async def test_a_login_made_elsewhere_reaches_the_router_through_the_database(
     finally:
         await other.dispose()
     await until(lambda: live.snapshot.logins.get("401") == "desk-b", "the directory poll")
-    await rung(phones["rt-wl-caller"], asterisk, "401",
-               [phones["rt-dora-own"], phones["rt-desk-b"]], [phones["rt-desk-a"]])
+    await rung(
+        phones["rt-wl-caller"],
+        asterisk,
+        "401",
+        [phones["rt-dora-own"], phones["rt-desk-b"]],
+        [phones["rt-desk-a"]],
+    )

@@ -258,8 +258,17 @@ class FakeAri:
         regex = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path))
         self._overrides.insert(
             0,
-            _Override(method.upper(), re.compile(f"^{regex}$"), status, body, tuple(events), times,
-                      delay, chunked, close),
+            _Override(
+                method.upper(),
+                re.compile(f"^{regex}$"),
+                status,
+                body,
+                tuple(events),
+                times,
+                delay,
+                chunked,
+                close,
+            ),
         )
 
     def clear_responses(self) -> None:

@@ -212,9 +212,7 @@ async def test_a_handler_drives_the_call_and_the_connection_is_closed_after_it(
     assert seen["unset"] is None
 
 
-async def test_get_data_with_no_digit_before_the_timeout(
-    start_call: StartCall
-) -> None:
+async def test_get_data_with_no_digit_before_the_timeout(start_call: StartCall) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         seen["digits"] = await session.get_data("beep", 2000, 1)
 
@@ -252,7 +250,7 @@ async def test_get_data_waits_longer_than_read_timeout_for_its_reply(
 
 
 async def test_hangup_notification_before_the_reply_is_noted_and_the_reply_still_read(
-    start_call: StartCall
+    start_call: StartCall,
 ) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         seen["before"] = session.hung_up
@@ -270,6 +268,7 @@ async def test_511_is_a_hangup_and_the_server_sends_nothing_more(
     start_call: StartCall, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="callrouter.agi")
+
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.stream_file("beep")
 
@@ -287,9 +286,7 @@ async def test_511_is_a_hangup_and_the_server_sends_nothing_more(
     assert "Traceback" not in caplog.text  # a hang-up is not a bug
 
 
-async def test_get_data_result_minus_one_is_a_hangup(
-    start_call: StartCall
-) -> None:
+async def test_get_data_result_minus_one_is_a_hangup(start_call: StartCall) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.get_data("beep", 1000, 4)
 
@@ -300,9 +297,7 @@ async def test_get_data_result_minus_one_is_a_hangup(
     await fake.wait_closed()
 
 
-async def test_end_of_stream_while_waiting_for_a_reply_is_a_hangup(
-    start_call: StartCall
-) -> None:
+async def test_end_of_stream_while_waiting_for_a_reply_is_a_hangup(start_call: StartCall) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         await session.answer()
 
@@ -333,9 +328,7 @@ async def test_stream_file_failure_is_a_failed_command_and_the_call_is_hung_up(
     assert "handler for 'login' failed" in caplog.text
 
 
-async def test_usage_reply_is_read_whole_and_refused(
-    start_call: StartCall
-) -> None:
+async def test_usage_reply_is_read_whole_and_refused(start_call: StartCall) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         try:
             await session.set_variable("X", "1")
@@ -360,9 +353,7 @@ async def test_usage_reply_is_read_whole_and_refused(
     await fake.wait_closed()
 
 
-async def test_unknown_command_is_a_failed_command(
-    start_call: StartCall
-) -> None:
+async def test_unknown_command_is_a_failed_command(start_call: StartCall) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         seen["raw"] = await session.command("FROB", "x")
         await session.verbose("x")
@@ -378,7 +369,7 @@ async def test_unknown_command_is_a_failed_command(
 
 
 async def test_a_reply_that_does_not_come_times_out_and_the_session_is_then_unusable(
-    start_call: StartCall
+    start_call: StartCall,
 ) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         with pytest.raises(AgiTimeout, match=r"ANSWER: no reply within 0\.2 s"):
@@ -410,7 +401,7 @@ async def test_a_garbled_reply_is_a_protocol_error(
 
 
 async def test_command_words_with_line_breaks_are_refused_before_sending(
-    start_call: StartCall
+    start_call: StartCall,
 ) -> None:
     async def body(session: AgiSession, seen: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match="CR, LF or NUL"):

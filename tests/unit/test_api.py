@@ -36,28 +36,33 @@ async def session(client: httpx.AsyncClient, extension: str, pin: str) -> dict[s
     return bearer(reply.json()["token"])
 
 
-async def test_a_user_logs_in_and_out_with_a_token(client: httpx.AsyncClient,
-                                                   live: Live) -> None:
+async def test_a_user_logs_in_and_out_with_a_token(client: httpx.AsyncClient, live: Live) -> None:
     anna = await session(client, "201", "4711")
     me = (await client.get("/api/v1/me", headers=anna)).json()
     assert me == {"extension": "201", "name": "Anna Berger", "workplace": "office-1"}
 
     reply = await client.post("/api/v1/login", json={"workplace": "hotdesk-1"}, headers=anna)
     assert reply.status_code == 200
-    assert reply.json() == {"extension": "201", "workplace": "hotdesk-1",
-                            "previous_workplace": "office-1", "displaced": None}
+    assert reply.json() == {
+        "extension": "201",
+        "workplace": "hotdesk-1",
+        "previous_workplace": "office-1",
+        "displaced": None,
+    }
     assert live.snapshot.logins == {"201": "hotdesk-1"}  # this router knows at once
 
     reply = await client.post("/api/v1/logout", headers=anna)
     assert reply.json()["workplace"] is None
     assert live.snapshot.logins == {}
     audit = await audit_entries(live.engine)
-    assert audit[-2:] == [("login", "201", "office-1", "hotdesk-1", "201", "api 127.0.0.1"),
-                          ("logout", "201", "hotdesk-1", None, "201", "api 127.0.0.1")]
+    assert audit[-2:] == [
+        ("login", "201", "office-1", "hotdesk-1", "201", "api 127.0.0.1"),
+        ("logout", "201", "hotdesk-1", None, "201", "api 127.0.0.1"),
+    ]
 
 
 async def test_workplaces_lists_what_the_role_allows_and_who_is_where(
-    client: httpx.AsyncClient
+    client: httpx.AsyncClient,
 ) -> None:
     boris = await session(client, "202", "0815")  # intern: hotdesk-1 only
     views = (await client.get("/api/v1/workplaces", headers=boris)).json()
@@ -67,14 +72,15 @@ async def test_workplaces_lists_what_the_role_allows_and_who_is_where(
     assert office["occupant"] == {"extension": "201", "name": "Anna Berger"}
 
 
-async def test_wrong_pin_and_unknown_extension_look_the_same(
-    client: httpx.AsyncClient
-) -> None:
+async def test_wrong_pin_and_unknown_extension_look_the_same(client: httpx.AsyncClient) -> None:
     wrong = await client.post("/api/v1/session", json={"extension": "201", "pin": "0000"})
     unknown = await client.post("/api/v1/session", json={"extension": "999", "pin": "0000"})
     assert wrong.status_code == unknown.status_code == 401
-    assert wrong.json() == unknown.json() == {"detail": "wrong extension or PIN",
-                                              "reason": "bad_credentials"}
+    assert (
+        wrong.json()
+        == unknown.json()
+        == {"detail": "wrong extension or PIN", "reason": "bad_credentials"}
+    )
 
 
 async def test_lockout_after_five_wrong_pins(client: httpx.AsyncClient) -> None:
@@ -87,8 +93,9 @@ async def test_lockout_after_five_wrong_pins(client: httpx.AsyncClient) -> None:
     assert 0 < int(reply.headers["Retry-After"]) <= 901
 
 
-async def test_role_refusal_is_403_and_changes_nothing(client: httpx.AsyncClient,
-                                                      live: Live) -> None:
+async def test_role_refusal_is_403_and_changes_nothing(
+    client: httpx.AsyncClient, live: Live
+) -> None:
     boris = await session(client, "202", "0815")
     revision = await read_revision(live.engine)
     reply = await client.post("/api/v1/login", json={"workplace": "office-1"}, headers=boris)
@@ -100,8 +107,9 @@ async def test_admin_acts_on_anyone_users_only_on_themselves(
     client: httpx.AsyncClient, live: Live
 ) -> None:
     admin = bearer(ADMIN_TOKEN)
-    reply = await client.post("/api/v1/login", json={"workplace": "office-1",
-                                                     "extension": "203"}, headers=admin)
+    reply = await client.post(
+        "/api/v1/login", json={"workplace": "office-1", "extension": "203"}, headers=admin
+    )
     assert reply.status_code == 200 and reply.json()["displaced"] == "201"
     assert (await audit_entries(live.engine))[-1][4] == "admin"
 
@@ -114,43 +122,55 @@ async def test_admin_acts_on_anyone_users_only_on_themselves(
     assert live.snapshot.logins == {"203": "office-1"}
 
 
-@pytest.mark.parametrize(("path", "body", "status"), [
-    ("/api/v1/session", {"extension": "201"}, 422),  # no PIN
-    ("/api/v1/session", {"extension": "2o1", "pin": "4711"}, 422),
-    ("/api/v1/session", {"extension": "201", "pin": "4711", "extra": 1}, 422),
-    ("/api/v1/session", ["201", "4711"], 422),
-    ("/api/v1/session", {"extension": "201", "pin": "1" * 33}, 422),
-    ("/api/v1/login", {"workplace": "Office 1"}, 422),
-    ("/api/v1/login", {"workplace": "nowhere"}, 404),
-    ("/api/v1/login", {"workplace": 7}, 422),
-    ("/api/v1/logout", {"extension": "abc"}, 422),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/api/v1/session", {"extension": "201"}, 422),  # no PIN
+        ("/api/v1/session", {"extension": "2o1", "pin": "4711"}, 422),
+        ("/api/v1/session", {"extension": "201", "pin": "4711", "extra": 1}, 422),
+        ("/api/v1/session", ["201", "4711"], 422),
+        ("/api/v1/session", {"extension": "201", "pin": "1" * 33}, 422),
+        ("/api/v1/login", {"workplace": "Office 1"}, 422),
+        ("/api/v1/login", {"workplace": "nowhere"}, 404),
+        ("/api/v1/login", {"workplace": 7}, 422),
+        ("/api/v1/logout", {"extension": "abc"}, 422),
+    ],
+)
 async def test_bad_bodies_get_a_4xx_with_a_message(
     client: httpx.AsyncClient, live: Live, path: str, body: Any, status: int
 ) -> None:
     revision = await read_revision(live.engine)
-    reply = await client.post(path, json=body, headers=bearer(ADMIN_TOKEN)
-                              if path != "/api/v1/session" else {})
+    reply = await client.post(
+        path, json=body, headers=bearer(ADMIN_TOKEN) if path != "/api/v1/session" else {}
+    )
     if path == "/api/v1/login" and status == 404:
-        reply = await client.post(path, json={**body, "extension": "201"},
-                                  headers=bearer(ADMIN_TOKEN))
+        reply = await client.post(
+            path, json={**body, "extension": "201"}, headers=bearer(ADMIN_TOKEN)
+        )
     assert reply.status_code == status, reply.text
     assert reply.json()["detail"]
     assert await read_revision(live.engine) == revision
 
 
 async def test_malformed_json_is_a_4xx(client: httpx.AsyncClient) -> None:
-    reply = await client.post("/api/v1/session", content=b"{not json",
-                              headers={"Content-Type": "application/json"})
+    reply = await client.post(
+        "/api/v1/session", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert reply.status_code == 422 and reply.json()["detail"]
 
 
-@pytest.mark.parametrize("headers", [
-    {}, bearer("nonsense"), bearer("cr1.201.99999999999." + "A" * 43),
-    {"Authorization": "Basic YWRtaW46YWRtaW4="},
-])
-async def test_requests_without_a_valid_token_are_401(client: httpx.AsyncClient,
-                                                     headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer("nonsense"),
+        bearer("cr1.201.99999999999." + "A" * 43),
+        {"Authorization": "Basic YWRtaW46YWRtaW4="},
+    ],
+)
+async def test_requests_without_a_valid_token_are_401(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
     reply = await client.get("/api/v1/workplaces", headers=headers)
     assert reply.status_code == 401
     assert reply.headers["WWW-Authenticate"] == "Bearer"
@@ -159,8 +179,12 @@ async def test_requests_without_a_valid_token_are_401(client: httpx.AsyncClient,
 async def test_a_new_pin_ends_old_tokens(client: httpx.AsyncClient, live: Live) -> None:
     anna = await session(client, "201", "4711")
     users = document().users
-    changed = document(users=[u.model_dump(exclude_none=True) | (
-        {"pin": "2468"} if u.extension == "201" else {}) for u in users])
+    changed = document(
+        users=[
+            u.model_dump(exclude_none=True) | ({"pin": "2468"} if u.extension == "201" else {})
+            for u in users
+        ]
+    )
     await import_document(live.engine, changed, prune=False, actor="test")
     live.snapshot = await load_snapshot(live.engine)
     assert (await client.get("/api/v1/me", headers=anna)).status_code == 401
@@ -180,5 +204,6 @@ async def test_tokens_expire() -> None:
 
 async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
-    assert {"/api/v1/session", "/api/v1/login", "/api/v1/logout",
-            "/api/v1/workplaces"} <= set(spec["paths"])
+    assert {"/api/v1/session", "/api/v1/login", "/api/v1/logout", "/api/v1/workplaces"} <= set(
+        spec["paths"]
+    )

@@ -41,8 +41,9 @@ async def test_live_directory_follows_changes_and_refuses_bad_rules(
     rules = tmp_path / "rules.yaml"
     rules.write_text((EXAMPLES / "rules.yaml").read_text())
     try:
-        await import_document(engine, load_document(EXAMPLES / "directory.yaml"),
-                              prune=False, actor="test")
+        await import_document(
+            engine, load_document(EXAMPLES / "directory.yaml"), prune=False, actor="test"
+        )
         live = LiveDirectory(engine, rules)
         await live.load()
         calls: list[frozenset[str] | None] = []
@@ -53,8 +54,7 @@ async def test_live_directory_follows_changes_and_refuses_bad_rules(
         # only the logins are read again, and the listeners learn whom it concerns.
         users_before = live.snapshot.users
         extension = next(e for e in live.snapshot.users if e not in live.snapshot.logins)
-        free = next(w for w in live.snapshot.workplaces
-                    if w not in live.snapshot.logins.values())
+        free = next(w for w in live.snapshot.workplaces if w not in live.snapshot.logins.values())
         await set_login(engine, extension, free, actor="test", source="test")
         assert await live.refresh()
         assert live.snapshot.logins[extension] == free
@@ -62,18 +62,27 @@ async def test_live_directory_follows_changes_and_refuses_bad_rules(
         assert calls == [frozenset({extension})]
 
         # Moving someone out concerns both.
-        other = next(e for e in live.snapshot.users
-                     if e not in live.snapshot.logins and e != extension
-                     and live.snapshot.users[e].role != "intern")
+        other = next(
+            e
+            for e in live.snapshot.users
+            if e not in live.snapshot.logins
+            and e != extension
+            and live.snapshot.users[e].role != "intern"
+        )
         await set_login(engine, other, free, actor="test", source="test")
         await live.refresh()
         assert calls[-1] == frozenset({extension, other})
 
         # An import changes the content: a full reload, concerning everyone.
         document = load_document(EXAMPLES / "directory.yaml")
-        changed = document.model_copy(update={"users": [
-            u.model_copy(update={"name": "Renamed"}) if u.extension == "210" else u
-            for u in document.users]})
+        changed = document.model_copy(
+            update={
+                "users": [
+                    u.model_copy(update={"name": "Renamed"}) if u.extension == "210" else u
+                    for u in document.users
+                ]
+            }
+        )
         await import_document(engine, changed, prune=False, actor="test")
         assert await live.refresh()
         assert live.snapshot.users["210"].name == "Renamed"

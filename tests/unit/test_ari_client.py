@@ -205,8 +205,7 @@ async def test_keep_alive_one_connection_for_sequential_requests(
 
 
 async def test_connections_are_opened_ahead_of_need_and_reused(fake: FakeAri) -> None:
-    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app,
-                         warm_connections=3) as ari:
+    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app, warm_connections=3) as ari:
         await ari.wait_connected(WAIT)
         async with asyncio.timeout(WAIT):
             while fake.http_connections < 4:  # the websocket and three REST connections
@@ -221,8 +220,7 @@ async def test_idle_connections_the_server_closed_are_replaced_in_the_background
     fake: FakeAri, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("callrouter.ari.client._WARM_INTERVAL", 0.02)
-    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app,
-                         warm_connections=2) as ari:
+    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app, warm_connections=2) as ari:
         async with asyncio.timeout(WAIT):
             while fake.http_connections < 3:  # the websocket and two REST connections
                 await asyncio.sleep(0.01)
@@ -257,7 +255,10 @@ async def test_an_idle_connection_the_server_closed_is_replaced_without_resendin
     fake.close_idle_http()
     await client.hangup("cr-gone")  # closed but maybe not yet seen: retried once
     assert [(r.method, r.path) for r in fake.requests] == [
-        ("GET", "/channels"), ("POST", "/bridges"), ("DELETE", "/channels/cr-gone")]
+        ("GET", "/channels"),
+        ("POST", "/bridges"),
+        ("DELETE", "/channels/cr-gone"),
+    ]
     assert fake.http_connections == 3
 
 
@@ -291,11 +292,16 @@ async def test_a_timed_out_request_does_not_leave_its_answer_for_the_next(
 async def test_request_bytes_are_one_write_with_what_asterisk_needs(
     fake: FakeAri, client: AriClient
 ) -> None:
-    await client.originate("PJSIP/phone 1", channel_id="cr-1", app="callrouter",
-                           app_args="a&b=c", variables={"X": "1"})
+    await client.originate(
+        "PJSIP/phone 1", channel_id="cr-1", app="callrouter", app_args="a&b=c", variables={"X": "1"}
+    )
     request = fake.requests[-1]
-    assert request.params == {"endpoint": "PJSIP/phone 1", "channelId": "cr-1",
-                              "app": "callrouter", "appArgs": "a&b=c"}
+    assert request.params == {
+        "endpoint": "PJSIP/phone 1",
+        "channelId": "cr-1",
+        "app": "callrouter",
+        "appArgs": "a&b=c",
+    }
     assert request.body == {"variables": {"X": "1"}}
     assert request.headers["content-type"] == "application/json"
     assert request.headers["host"] == f"127.0.0.1:{fake.port}"

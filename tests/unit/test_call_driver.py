@@ -36,9 +36,7 @@ async def wait_for(cond, timeout=3.0):
             await asyncio.sleep(0.005)
 
 
-async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridged(
-    fake, caplog
-):
+async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridged(fake, caplog):
     caplog.set_level(logging.INFO, logger="callrouter.calls.driver")
     fake.model.channels["caller-1"] = make_channel("caller-1", caller_number="555")
     async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
@@ -48,8 +46,11 @@ async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridge
         task = asyncio.ensure_future(driver.run())
         await wait_for(lambda: len(fake.requests_to("POST", "/channels/caller-1/ring")) == 1)
         paths = [(r.method, r.path) for r in fake.requests]
-        assert paths == [("POST", "/channels"), ("POST", "/channels"),
-                         ("POST", "/channels/caller-1/ring")]
+        assert paths == [
+            ("POST", "/channels"),
+            ("POST", "/channels"),
+            ("POST", "/channels/caller-1/ring"),
+        ]
         legs = [r.params for r in fake.requests[:2]]
         for p in legs:
             assert p["app"] == "callrouter" and p["appArgs"] == LEG_APP_ARG
@@ -60,14 +61,16 @@ async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridge
         await fake.send_event(make_event("ChannelStateChange", channel=make_channel(a, state="Up")))
         await asyncio.sleep(0.05)
         assert not fake.requests_to("POST", "/bridges")
-        await fake.send_event(make_event("StasisStart", args=["leg"],
-                                         channel=make_channel(a, state="Up")))
+        await fake.send_event(
+            make_event("StasisStart", args=["leg"], channel=make_channel(a, state="Up"))
+        )
         await wait_for(lambda: any(r.path.endswith("/addChannel") for r in fake.requests))
         assert fake.requests_to("DELETE", f"/channels/{b}")  # the loser is cancelled
         add = next(r for r in fake.requests if r.path.endswith("/addChannel"))
         assert add.params["channel"] == f"caller-1,{a}"
-        await fake.send_event(make_event("ChannelDestroyed", cause=16,
-                                         channel=make_channel(a, state="Up")))
+        await fake.send_event(
+            make_event("ChannelDestroyed", cause=16, channel=make_channel(a, state="Up"))
+        )
         await asyncio.wait_for(task, 3)
         assert fake.requests_to("DELETE", "/channels/caller-1")
         assert not fake.model.bridges
@@ -85,8 +88,9 @@ async def test_busy_everywhere_continues_with_busy(fake):
         task = asyncio.ensure_future(driver.run())
         await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
         leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
-        await fake.send_event(make_event("ChannelHangupRequest", cause=17,
-                                         channel=make_channel(leg)))
+        await fake.send_event(
+            make_event("ChannelHangupRequest", cause=17, channel=make_channel(leg))
+        )
         await fake.send_event(make_event("Dial", dialstatus="BUSY", peer=make_channel(leg)))
         await fake.send_event(make_event("ChannelDestroyed", cause=17, channel=make_channel(leg)))
         await asyncio.wait_for(task, 3)

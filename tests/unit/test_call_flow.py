@@ -21,7 +21,10 @@ from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 
 def flow_for(*legs: tuple[str, float, float]) -> CallFlow:
     plan = RingPlan(
-        "201", "Anna", None, PlanStatus.OK if legs else PlanStatus.NO_PHONES,
+        "201",
+        "Anna",
+        None,
+        PlanStatus.OK if legs else PlanStatus.NO_PHONES,
         tuple(Leg(e, a, b, LegSource.FOLLOWME) for e, a, b in legs),
     )
     counter = itertools.count(1)
@@ -55,7 +58,8 @@ def test_first_answer_wins_and_everything_else_is_cancelled() -> None:
     flow.start(0)
     flow.leg_ringing("leg-1")
     assert flow.leg_answered("leg-2") == [
-        StopLeg("leg-1"), Connect("leg-2", "PJSIP/b"),
+        StopLeg("leg-1"),
+        Connect("leg-2", "PJSIP/b"),
     ]
     assert flow.phase is CallPhase.CONNECTING
     assert flow.tick(9) == []  # the pending leg never starts

@@ -19,8 +19,7 @@ def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
     db = f"sqlite:///{tmp_path}/cli.db"
 
     def run(*args: str) -> tuple[int, str, str]:
-        result = runner.invoke(main, ["--db", db, "--rules", str(EXAMPLES / "rules.yaml"),
-                                      *args])
+        result = runner.invoke(main, ["--db", db, "--rules", str(EXAMPLES / "rules.yaml"), *args])
         return result.exit_code, result.stdout, result.stderr
 
     return run
@@ -42,8 +41,9 @@ def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ig
     assert set(plan) == {"extension", "user", "workplace", "status", "legs", "unreachable"}
     assert plan["extension"] == "201" and plan["status"] == "ok"
     assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))
-    assert {"endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme"} \
-        in plan["legs"]
+    assert {"endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme"} in plan[
+        "legs"
+    ]
     code, out, _ = cli("plan", "201")
     assert "PJSIP/anna-desk" in out and "followme" in out
     code, out, _ = cli("plan", "9999", "--json")
@@ -99,12 +99,15 @@ def test_admin_logs_users_in_and_out(cli) -> None:  # type: ignore[no-untyped-de
     assert out.strip() == "204 was not logged in"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("login", "2x1", "office-1"), "is not an extension"),
-    (("login", "999", "office-1"), "999"),
-    (("login", "201", "nowhere"), "nowhere"),
-    (("logout", "999"), "999"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("login", "2x1", "office-1"), "is not an extension"),
+        (("login", "999", "office-1"), "999"),
+        (("login", "201", "nowhere"), "nowhere"),
+        (("logout", "999"), "999"),
+    ],
+)
 def test_login_mistakes_are_named(cli, args: tuple[str, ...], message: str) -> None:  # type: ignore[no-untyped-def]
     assert cli("db", "upgrade")[0] == 0
     assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
@@ -119,8 +122,10 @@ class _FakeRouterApi:
         import http.server
         import threading
 
-        answers = {"/api/v1/devices": devices,
-                   "/api/v1/presence/201": {"extension": "201", "client": client}}
+        answers = {
+            "/api/v1/devices": devices,
+            "/api/v1/presence/201": {"extension": "201", "client": client},
+        }
         self.seen_tokens: list[str | None] = []
         outer = self
 
@@ -149,8 +154,9 @@ def test_plan_applies_live_presence_from_the_router(cli, monkeypatch) -> None:  
     assert cli("db", "upgrade")[0] == 0
     assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
     monkeypatch.setenv("CALLROUTER_API_ADMIN_TOKEN", "admin-token-0123456789")
-    api = _FakeRouterApi({"PJSIP/anna-desk": "UNAVAILABLE", "PJSIP/anna-soft": "NOT_INUSE"},
-                         "online")
+    api = _FakeRouterApi(
+        {"PJSIP/anna-desk": "UNAVAILABLE", "PJSIP/anna-soft": "NOT_INUSE"}, "online"
+    )
     try:
         code, out, _ = cli("plan", "201", "--json", "--router", api.url)
         assert code == 0

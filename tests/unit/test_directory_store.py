@@ -67,17 +67,35 @@ def document(**changes: Any) -> DirectoryDocument:
             {"name": "visitor", "workplaces": []},
         ],
         "users": [
-            {"extension": "201", "name": "Anna Berger", "role": "staff", "pin": "4711",
-             "phones": ["PJSIP/anna-soft", "PJSIP/anna-desk"]},
-            {"extension": "202", "name": "Boris Chen", "role": "intern", "pin": "0815",
-             "phones": ["PJSIP/boris-desk"]},
+            {
+                "extension": "201",
+                "name": "Anna Berger",
+                "role": "staff",
+                "pin": "4711",
+                "phones": ["PJSIP/anna-soft", "PJSIP/anna-desk"],
+            },
+            {
+                "extension": "202",
+                "name": "Boris Chen",
+                "role": "intern",
+                "pin": "0815",
+                "phones": ["PJSIP/boris-desk"],
+            },
             {"extension": "203", "name": "Clara Diaz"},
         ],
         "workplaces": [
-            {"id": "office-1", "name": "Office 1, second floor", "code": "801",
-             "phones": ["PJSIP/office1-desk", "PJSIP/office1-dect"]},
-            {"id": "hotdesk-1", "name": "Hot desk 1", "code": "811",
-             "phones": ["PJSIP/hotdesk1-desk"]},
+            {
+                "id": "office-1",
+                "name": "Office 1, second floor",
+                "code": "801",
+                "phones": ["PJSIP/office1-desk", "PJSIP/office1-dect"],
+            },
+            {
+                "id": "hotdesk-1",
+                "name": "Hot desk 1",
+                "code": "811",
+                "phones": ["PJSIP/hotdesk1-desk"],
+            },
         ],
         "phones": ["PJSIP/spare-1"],
         "logins": {"201": "office-1"},
@@ -97,8 +115,14 @@ async def audit_entries(engine: AsyncEngine) -> list[tuple[Any, ...]]:
     a = s.audit
     async with engine.connect() as conn:
         result = await conn.execute(
-            select(a.c.action, a.c.extension, a.c.old_workplace, a.c.new_workplace, a.c.actor,
-                   a.c.source).order_by(a.c.id)
+            select(
+                a.c.action,
+                a.c.extension,
+                a.c.old_workplace,
+                a.c.new_workplace,
+                a.c.actor,
+                a.c.source,
+            ).order_by(a.c.id)
         )
         return [tuple(row) for row in result]
 
@@ -112,8 +136,13 @@ async def pin_hashes(engine: AsyncEngine) -> dict[str, str | None]:
 
 async def test_import_creates_everything_and_counts_it(engine: AsyncEngine) -> None:
     report = await import_document(engine, document(), prune=False, actor="test")
-    assert (report.roles.created, report.users.created, report.workplaces.created,
-            report.phones.created, report.logins.created) == (3, 3, 2, 7, 1)
+    assert (
+        report.roles.created,
+        report.users.created,
+        report.workplaces.created,
+        report.phones.created,
+        report.logins.created,
+    ) == (3, 3, 2, 7, 1)
     assert report.revision == 1
     assert await read_revision(engine) == 1
     assert "users 3 created" in str(report)
@@ -123,28 +152,48 @@ async def test_export_returns_what_was_imported_sorted(engine: AsyncEngine) -> N
     await import_document(engine, document(), prune=False, actor="test")
     exported = await export_document(engine)
     hashes = await pin_hashes(engine)
-    assert exported == DirectoryDocument.model_validate({
-        "roles": [
-            {"name": "intern", "workplaces": ["hotdesk-1"]},
-            {"name": "staff"},
-            {"name": "visitor", "workplaces": []},
-        ],
-        "users": [
-            {"extension": "201", "name": "Anna Berger", "role": "staff",
-             "pin_hash": hashes["201"], "phones": ["PJSIP/anna-desk", "PJSIP/anna-soft"]},
-            {"extension": "202", "name": "Boris Chen", "role": "intern",
-             "pin_hash": hashes["202"], "phones": ["PJSIP/boris-desk"]},
-            {"extension": "203", "name": "Clara Diaz"},
-        ],
-        "workplaces": [
-            {"id": "hotdesk-1", "name": "Hot desk 1", "code": "811",
-             "phones": ["PJSIP/hotdesk1-desk"]},
-            {"id": "office-1", "name": "Office 1, second floor", "code": "801",
-             "phones": ["PJSIP/office1-dect", "PJSIP/office1-desk"]},
-        ],
-        "phones": ["PJSIP/spare-1"],
-        "logins": {"201": "office-1"},
-    })
+    assert exported == DirectoryDocument.model_validate(
+        {
+            "roles": [
+                {"name": "intern", "workplaces": ["hotdesk-1"]},
+                {"name": "staff"},
+                {"name": "visitor", "workplaces": []},
+            ],
+            "users": [
+                {
+                    "extension": "201",
+                    "name": "Anna Berger",
+                    "role": "staff",
+                    "pin_hash": hashes["201"],
+                    "phones": ["PJSIP/anna-desk", "PJSIP/anna-soft"],
+                },
+                {
+                    "extension": "202",
+                    "name": "Boris Chen",
+                    "role": "intern",
+                    "pin_hash": hashes["202"],
+                    "phones": ["PJSIP/boris-desk"],
+                },
+                {"extension": "203", "name": "Clara Diaz"},
+            ],
+            "workplaces": [
+                {
+                    "id": "hotdesk-1",
+                    "name": "Hot desk 1",
+                    "code": "811",
+                    "phones": ["PJSIP/hotdesk1-desk"],
+                },
+                {
+                    "id": "office-1",
+                    "name": "Office 1, second floor",
+                    "code": "801",
+                    "phones": ["PJSIP/office1-dect", "PJSIP/office1-desk"],
+                },
+            ],
+            "phones": ["PJSIP/spare-1"],
+            "logins": {"201": "office-1"},
+        }
+    )
 
 
 async def test_export_round_trips_through_import_unchanged(engine: AsyncEngine) -> None:
@@ -256,14 +305,18 @@ async def test_workplaces_can_swap_their_codes(engine: AsyncEngine) -> None:
     assert report.workplaces.updated == 2
     snapshot = await load_snapshot(engine)
     assert (snapshot.workplaces["office-1"].code, snapshot.workplaces["hotdesk-1"].code) == (
-        "811", "801",
+        "811",
+        "801",
     )
 
 
 async def test_a_role_restriction_changes(engine: AsyncEngine) -> None:
     await import_document(engine, document(), prune=False, actor="test")
-    roles = [{"name": "staff", "workplaces": ["office-1"]}, {"name": "intern"},
-             {"name": "visitor", "workplaces": []}]
+    roles = [
+        {"name": "staff", "workplaces": ["office-1"]},
+        {"name": "intern"},
+        {"name": "visitor", "workplaces": []},
+    ]
     report = await import_document(engine, document(roles=roles), prune=False, actor="test")
     assert (report.roles.created, report.roles.updated) == (0, 2)
     snapshot = await load_snapshot(engine)
@@ -280,10 +333,23 @@ async def test_a_role_restriction_changes(engine: AsyncEngine) -> None:
 def smaller_document() -> DirectoryDocument:
     return document(
         roles=[{"name": "staff"}],
-        users=[{"extension": "201", "name": "Anna Berger", "role": "staff", "pin": "4711",
-                "phones": ["PJSIP/anna-desk"]}],
-        workplaces=[{"id": "office-1", "name": "Office 1, second floor", "code": "801",
-                     "phones": ["PJSIP/office1-desk"]}],
+        users=[
+            {
+                "extension": "201",
+                "name": "Anna Berger",
+                "role": "staff",
+                "pin": "4711",
+                "phones": ["PJSIP/anna-desk"],
+            }
+        ],
+        workplaces=[
+            {
+                "id": "office-1",
+                "name": "Office 1, second floor",
+                "code": "801",
+                "phones": ["PJSIP/office1-desk"],
+            }
+        ],
         phones=[],
         logins={},
     )
@@ -300,7 +366,9 @@ async def test_without_prune_what_the_file_does_not_name_stays(engine: AsyncEngi
     # Anna's and office-1's phones follow the file; the phones they lost stay, unassigned.
     assert snapshot.users["201"].phones == ("PJSIP/anna-desk",)
     assert set(snapshot.unassigned_phones) == {
-        "PJSIP/anna-soft", "PJSIP/office1-dect", "PJSIP/spare-1",
+        "PJSIP/anna-soft",
+        "PJSIP/office1-dect",
+        "PJSIP/spare-1",
     }
 
 
@@ -318,7 +386,12 @@ async def test_prune_deletes_what_the_file_does_not_name(engine: AsyncEngine) ->
     expected["users"][0].update(pin=None, pin_hash=hashes["201"])
     assert exported == DirectoryDocument.model_validate(expected)
     assert (await audit_entries(engine))[-1] == (
-        "logout", "201", "office-1", None, "admin", "import",
+        "logout",
+        "201",
+        "office-1",
+        None,
+        "admin",
+        "import",
     )
     # And pruning again finds nothing more to do.
     again = await import_document(engine, smaller_document(), prune=True, actor="admin")
@@ -354,10 +427,13 @@ async def test_a_login_in_the_file_moves_out_the_previous_occupant(engine: Async
 
 
 async def test_logins_can_swap_workplaces(engine: AsyncEngine) -> None:
-    await import_document(engine, document(logins={"201": "office-1", "202": "hotdesk-1"}),
-                          prune=False, actor="test")
+    await import_document(
+        engine, document(logins={"201": "office-1", "202": "hotdesk-1"}), prune=False, actor="test"
+    )
     report = await import_document(
-        engine, document(logins={"201": "hotdesk-1", "202": "office-1"}), prune=False,
+        engine,
+        document(logins={"201": "hotdesk-1", "202": "office-1"}),
+        prune=False,
         actor="test",
     )
     assert report.logins.updated == 2
@@ -369,13 +445,17 @@ async def test_set_login_displaces_and_audits(engine: AsyncEngine) -> None:
     at = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
     change = await set_login(engine, "203", "office-1", actor="admin", source="cli", now=at)
     assert (change.old_workplace, change.new_workplace, change.displaced) == (
-        None, "office-1", "201",
+        None,
+        "office-1",
+        "201",
     )
     assert change.revision == 2 == await read_revision(engine)
     assert (await load_snapshot(engine)).logins == {"203": "office-1"}
     moved = await set_login(engine, "203", "hotdesk-1", actor="203", source="api")
     assert (moved.old_workplace, moved.new_workplace, moved.displaced) == (
-        "office-1", "hotdesk-1", None,
+        "office-1",
+        "hotdesk-1",
+        None,
     )
     assert (await audit_entries(engine))[1:] == [
         ("displaced", "201", "office-1", None, "admin", "cli"),
@@ -402,7 +482,12 @@ async def test_clear_login(engine: AsyncEngine) -> None:
     again = await clear_login(engine, "201", actor="admin", source="cli")
     assert not again.changed and again.revision == 2
     assert (await audit_entries(engine))[-1] == (
-        "logout", "201", "office-1", None, "admin", "cli",
+        "logout",
+        "201",
+        "office-1",
+        None,
+        "admin",
+        "cli",
     )
 
 
@@ -420,17 +505,19 @@ async def test_logins_of_unknown_users_or_workplaces_are_refused(engine: AsyncEn
 async def test_the_database_refuses_two_users_at_one_workplace(engine: AsyncEngine) -> None:
     await import_document(engine, document(), prune=False, actor="test")
     async with engine.connect() as conn:
-        workplace = (await conn.execute(
-            select(s.workplaces.c.id).where(s.workplaces.c.slug == "office-1")
-        )).scalar_one()
-        user = (await conn.execute(
-            select(s.users.c.id).where(s.users.c.extension == "202")
-        )).scalar_one()
+        workplace = (
+            await conn.execute(select(s.workplaces.c.id).where(s.workplaces.c.slug == "office-1"))
+        ).scalar_one()
+        user = (
+            await conn.execute(select(s.users.c.id).where(s.users.c.extension == "202"))
+        ).scalar_one()
     with pytest.raises(Exception, match=r"(?i)unique"):
         async with engine.begin() as conn:
-            await conn.execute(s.logins.insert().values(
-                user_id=user, workplace_id=workplace, since=datetime.now(UTC), source="x"
-            ))
+            await conn.execute(
+                s.logins.insert().values(
+                    user_id=user, workplace_id=workplace, since=datetime.now(UTC), source="x"
+                )
+            )
 
 
 # --- bad input: nothing written -----------------------------------------------------
@@ -468,10 +555,12 @@ async def test_a_database_error_half_way_is_reported_and_rolled_back(
         pytest.skip("the trigger below is SQLite's dialect")
     await import_document(engine, document(logins={}), prune=False, actor="test")
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "CREATE TRIGGER no_logins BEFORE INSERT ON logins "
-            "BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: logins.workplace_id'); END"
-        ))
+        await conn.execute(
+            text(
+                "CREATE TRIGGER no_logins BEFORE INSERT ON logins "
+                "BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: logins.workplace_id'); END"
+            )
+        )
     before = await state_of(engine)
     # Deletes, updates and inserts come first; the new login is written last.
     doc = smaller_document().model_copy(update={"logins": {"201": "office-1"}})
@@ -492,7 +581,8 @@ async def test_a_code_of_a_workplace_the_file_does_not_name_is_refused(
         roles=[{"name": "staff"}],
         users=[{"extension": "204", "name": "David Eck"}],
         workplaces=[{"id": "office-2", "name": "Office 2", "code": "811"}],
-        phones=[], logins={},
+        phones=[],
+        logins={},
     )
     with pytest.raises(ImportRejected) as caught:
         await import_document(engine, doc, prune=False, actor="test")
@@ -537,8 +627,12 @@ async def test_a_document_the_checks_would_refuse_is_refused_here_too(
         roles=(),
         users=tuple(
             DirectoryDocument.model_validate(
-                {"users": [{"extension": "201", "name": "A", "phones": ["PJSIP/x"]},
-                           {"extension": "201", "name": "B", "phones": ["PJSIP/x"]}]}
+                {
+                    "users": [
+                        {"extension": "201", "name": "A", "phones": ["PJSIP/x"]},
+                        {"extension": "201", "name": "B", "phones": ["PJSIP/x"]},
+                    ]
+                }
             ).users
         ),
         workplaces=(),
@@ -560,14 +654,19 @@ async def test_the_snapshot_holds_what_was_imported(engine: AsyncEngine) -> None
     hashes = await pin_hashes(engine)
     assert snapshot.revision == 1
     assert snapshot.users == {
-        "201": User("201", "Anna Berger", "staff", ("PJSIP/anna-desk", "PJSIP/anna-soft"),
-                    hashes["201"]),
+        "201": User(
+            "201", "Anna Berger", "staff", ("PJSIP/anna-desk", "PJSIP/anna-soft"), hashes["201"]
+        ),
         "202": User("202", "Boris Chen", "intern", ("PJSIP/boris-desk",), hashes["202"]),
         "203": User("203", "Clara Diaz", None, (), None),
     }
     assert snapshot.workplaces == {
-        "office-1": Workplace("office-1", "Office 1, second floor", "801",
-                              ("PJSIP/office1-dect", "PJSIP/office1-desk")),
+        "office-1": Workplace(
+            "office-1",
+            "Office 1, second floor",
+            "801",
+            ("PJSIP/office1-dect", "PJSIP/office1-desk"),
+        ),
         "hotdesk-1": Workplace("hotdesk-1", "Hot desk 1", "811", ("PJSIP/hotdesk1-desk",)),
     }
     assert snapshot.roles == {
@@ -586,6 +685,9 @@ async def test_the_snapshot_holds_what_was_imported(engine: AsyncEngine) -> None
 async def test_an_empty_directory_gives_an_empty_snapshot(engine: AsyncEngine) -> None:
     snapshot = await load_snapshot(engine)
     assert (snapshot.users, snapshot.workplaces, snapshot.roles, snapshot.logins) == (
-        {}, {}, {}, {},
+        {},
+        {},
+        {},
+        {},
     )
     assert snapshot.revision == 0

@@ -23,8 +23,14 @@ ANNA = "PJSIP/anna-desk-0000002c"  # Anna's own phone: not a workplace's
 class ScriptedSession:
     """Stands in for AgiSession: records commands, answers GET DATA from a script."""
 
-    def __init__(self, channel: str, dialed: str, digits: Sequence[str] = (),
-                 hang_up_on: str | None = None, missing: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        channel: str,
+        dialed: str,
+        digits: Sequence[str] = (),
+        hang_up_on: str | None = None,
+        missing: Sequence[str] = (),
+    ) -> None:
         self.request = AgiRequest(script="workplace-login", args=(dialed,), channel=channel)
         self.hung_up = False
         self.played: list[str] = []
@@ -42,8 +48,9 @@ class ScriptedSession:
             self.hung_up = True
             raise AgiHangup("hung up")
         if name in self.missing:
-            raise AgiCommandFailed("no such file", command="STREAM FILE",
-                                   reply=parse_reply("200 result=-1 endpos=0"))
+            raise AgiCommandFailed(
+                "no such file", command="STREAM FILE", reply=parse_reply("200 result=-1 endpos=0")
+            )
         self.played.append(name)
 
     async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> tuple[str, bool]:
@@ -78,7 +85,11 @@ async def test_login_with_the_pin_in_the_dialled_code(features: FeatureCodes) ->
     assert features.service.snapshot.logins == {"201": "hotdesk-1"}
     outcome = features.outcomes[-1]
     assert (outcome.action, outcome.extension, outcome.workplace, outcome.ok) == (
-        "login", "201", "hotdesk-1", True)
+        "login",
+        "201",
+        "hotdesk-1",
+        True,
+    )
 
 
 async def test_login_asks_for_the_pin(features: FeatureCodes) -> None:
@@ -88,24 +99,51 @@ async def test_login_asks_for_the_pin(features: FeatureCodes) -> None:
     assert features.service.snapshot.logins == {"202": "hotdesk-1"}
 
 
-@pytest.mark.parametrize(("channel", "dialed", "digits", "refusal", "prompts"), [
-    (DESK, "*44201#1234", (), Refusal.BAD_CREDENTIALS, ["vm-incorrect", "goodbye"]),
-    (DESK, "*44999#1234", (), Refusal.BAD_CREDENTIALS, ["vm-incorrect", "goodbye"]),
-    (DESK, "*44201", (), Refusal.BAD_CREDENTIALS,  # no PIN typed before the time-out
-     ["agent-pass", "vm-incorrect", "goodbye"]),
-    (OFFICE, "*44202#0815", (), Refusal.NOT_ALLOWED,  # interns: hotdesk-1 only
-     ["im-sorry", "feature-not-avail-line", "goodbye"]),
-    (ANNA, "*44201#4711", (), Refusal.NOT_A_WORKPLACE_PHONE,
-     ["feature-not-avail-line", "goodbye"]),
-    ("Local/x@y-00000001;2", "*44201#4711", (), Refusal.NOT_A_WORKPLACE_PHONE,
-     ["feature-not-avail-line", "goodbye"]),
-    (DESK, "*44abc", (), Refusal.BAD_INPUT, ["privacy-incorrect", "goodbye"]),
-    (DESK, "*44" + "1" * 200, (), Refusal.BAD_INPUT, ["privacy-incorrect", "goodbye"]),
-    (DESK, "*44201#47\x001", (), Refusal.BAD_INPUT, ["privacy-incorrect", "goodbye"]),
-])
+@pytest.mark.parametrize(
+    ("channel", "dialed", "digits", "refusal", "prompts"),
+    [
+        (DESK, "*44201#1234", (), Refusal.BAD_CREDENTIALS, ["vm-incorrect", "goodbye"]),
+        (DESK, "*44999#1234", (), Refusal.BAD_CREDENTIALS, ["vm-incorrect", "goodbye"]),
+        (
+            DESK,
+            "*44201",
+            (),
+            Refusal.BAD_CREDENTIALS,  # no PIN typed before the time-out
+            ["agent-pass", "vm-incorrect", "goodbye"],
+        ),
+        (
+            OFFICE,
+            "*44202#0815",
+            (),
+            Refusal.NOT_ALLOWED,  # interns: hotdesk-1 only
+            ["im-sorry", "feature-not-avail-line", "goodbye"],
+        ),
+        (
+            ANNA,
+            "*44201#4711",
+            (),
+            Refusal.NOT_A_WORKPLACE_PHONE,
+            ["feature-not-avail-line", "goodbye"],
+        ),
+        (
+            "Local/x@y-00000001;2",
+            "*44201#4711",
+            (),
+            Refusal.NOT_A_WORKPLACE_PHONE,
+            ["feature-not-avail-line", "goodbye"],
+        ),
+        (DESK, "*44abc", (), Refusal.BAD_INPUT, ["privacy-incorrect", "goodbye"]),
+        (DESK, "*44" + "1" * 200, (), Refusal.BAD_INPUT, ["privacy-incorrect", "goodbye"]),
+        (DESK, "*44201#47\x001", (), Refusal.BAD_INPUT, ["privacy-incorrect", "goodbye"]),
+    ],
+)
 async def test_refusals_are_spoken_and_change_nothing(
-    features: FeatureCodes, channel: str, dialed: str, digits: Sequence[str],
-    refusal: Refusal, prompts: list[str],
+    features: FeatureCodes,
+    channel: str,
+    dialed: str,
+    digits: Sequence[str],
+    refusal: Refusal,
+    prompts: list[str],
 ) -> None:
     revision = await read_revision(features.service.engine)
     session = ScriptedSession(channel, dialed, digits)

@@ -105,13 +105,23 @@ def operations() -> list[Operation]:
 
 def directory() -> DirectoryDocument:
     """50 users and 20 workplaces with one phone each; nobody logged in."""
-    return DirectoryDocument.model_validate({
-        "users": [{"extension": ext, "name": f"User {ext}", "phones": [f"PJSIP/user-{ext}"]}
-                  for ext in USERS],
-        "workplaces": [{"id": slug, "name": f"Desk {slug}", "code": f"8{n:02}",
-                        "phones": [f"PJSIP/{slug}"]}
-                       for n, slug in enumerate(WORKPLACES, start=1)],
-    })
+    return DirectoryDocument.model_validate(
+        {
+            "users": [
+                {"extension": ext, "name": f"User {ext}", "phones": [f"PJSIP/user-{ext}"]}
+                for ext in USERS
+            ],
+            "workplaces": [
+                {
+                    "id": slug,
+                    "name": f"Desk {slug}",
+                    "code": f"8{n:02}",
+                    "phones": [f"PJSIP/{slug}"],
+                }
+                for n, slug in enumerate(WORKPLACES, start=1)
+            ],
+        }
+    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -147,8 +157,9 @@ async def routers(url: str) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
 async def run(engine: AsyncEngine, op: Operation) -> LoginChange:
     if op.kind == "login":
         assert op.workplace is not None
-        return await set_login(engine, op.extension, op.workplace, actor=op.actor,
-                               source="concurrency test")
+        return await set_login(
+            engine, op.extension, op.workplace, actor=op.actor, source="concurrency test"
+        )
     return await clear_login(engine, op.extension, actor=op.actor, source="concurrency test")
 
 
@@ -169,9 +180,11 @@ async def audit_rows(engine: AsyncEngine, after_id: int) -> list[tuple[Any, ...]
     a = s.audit
     async with engine.connect() as conn:
         result = await conn.execute(
-            select(a.c.id, a.c.action, a.c.extension, a.c.old_workplace, a.c.new_workplace,
-                   a.c.actor)
-            .where(a.c.id > after_id).order_by(a.c.id)
+            select(
+                a.c.id, a.c.action, a.c.extension, a.c.old_workplace, a.c.new_workplace, a.c.actor
+            )
+            .where(a.c.id > after_id)
+            .order_by(a.c.id)
         )
         return [tuple(row) for row in result]
 
@@ -201,8 +214,9 @@ async def test_two_routers_logging_in_and_out_at_once_keep_the_directory_consist
     start_audit = await last_audit_id(first)
     ops = operations()
 
-    results = await asyncio.gather(*(run(routers[op.router], op) for op in ops),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(run(routers[op.router], op) for op in ops), return_exceptions=True
+    )
 
     # -- every operation accounted for: a LoginChange, or the DirectoryError it earned
     assert len(results) == len(ops), "asyncio.gather lost operations"
@@ -222,8 +236,11 @@ async def test_two_routers_logging_in_and_out_at_once_keep_the_directory_consist
         or (op.expected_error is not None and type(result) is not op.expected_error)
     ]
     assert not wrong_errors, "operations with the wrong outcome:\n" + "\n".join(wrong_errors)
-    changes = [(op, result) for op, result in zip(ops, results, strict=True)
-               if isinstance(result, LoginChange)]
+    changes = [
+        (op, result)
+        for op, result in zip(ops, results, strict=True)
+        if isinstance(result, LoginChange)
+    ]
     for op, change in changes:
         assert change.extension == op.extension, f"{op}: {change}"
         if op.kind == "login":
@@ -278,8 +295,9 @@ async def test_two_routers_logging_in_and_out_at_once_keep_the_directory_consist
             reported[("displaced", change.displaced, change.new_workplace, None, op.actor)] += 1
         if change.changed:
             action = "login" if change.new_workplace is not None else "logout"
-            reported[(action, op.extension, change.old_workplace, change.new_workplace,
-                      op.actor)] += 1
+            reported[
+                (action, op.extension, change.old_workplace, change.new_workplace, op.actor)
+            ] += 1
     logged = Counter(tuple(row[1:]) for row in audit)
     assert logged == reported, (
         f"audit rows not reported by any operation: {dict(logged - reported)}; "

@@ -22,19 +22,23 @@ from callrouter.yamlfile import YamlFileError
 INTERN = Role("intern", frozenset({"hotdesk-1"}))
 
 
-@pytest.mark.parametrize(("role", "workplace", "occupant", "policy", "expected"), [
-    (None, "office-1", None, "displace", None),  # no role: anywhere
-    (Role("staff"), "office-1", None, "displace", None),  # unrestricted role
-    (INTERN, "hotdesk-1", None, "displace", None),
-    (INTERN, "office-1", None, "displace", Refusal.NOT_ALLOWED),
-    (Role("visitor", frozenset()), "hotdesk-1", None, "displace", Refusal.NOT_ALLOWED),
-    (None, "office-1", "202", "displace", None),  # the occupant is moved out
-    (None, "office-1", "202", "refuse", Refusal.OCCUPIED),
-    (None, "office-1", "201", "refuse", None),  # already there: fine
-    (INTERN, "office-1", "202", "refuse", Refusal.NOT_ALLOWED),  # the role is checked first
-])
-def test_login_refusal(role: Role | None, workplace: str, occupant: str | None,
-                       policy: str, expected: Refusal | None) -> None:
+@pytest.mark.parametrize(
+    ("role", "workplace", "occupant", "policy", "expected"),
+    [
+        (None, "office-1", None, "displace", None),  # no role: anywhere
+        (Role("staff"), "office-1", None, "displace", None),  # unrestricted role
+        (INTERN, "hotdesk-1", None, "displace", None),
+        (INTERN, "office-1", None, "displace", Refusal.NOT_ALLOWED),
+        (Role("visitor", frozenset()), "hotdesk-1", None, "displace", Refusal.NOT_ALLOWED),
+        (None, "office-1", "202", "displace", None),  # the occupant is moved out
+        (None, "office-1", "202", "refuse", Refusal.OCCUPIED),
+        (None, "office-1", "201", "refuse", None),  # already there: fine
+        (INTERN, "office-1", "202", "refuse", Refusal.NOT_ALLOWED),  # the role is checked first
+    ],
+)
+def test_login_refusal(
+    role: Role | None, workplace: str, occupant: str | None, policy: str, expected: Refusal | None
+) -> None:
     assert login_refusal("201", role, workplace, occupant, policy) is expected  # type: ignore[arg-type]
 
 
@@ -101,14 +105,17 @@ def test_failures_older_than_the_window_are_forgotten() -> None:
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-@pytest.mark.parametrize(("now", "expected"), [
-    # 03:00 Berlin is 01:00 UTC in winter (CET, +1).
-    (datetime(2026, 11, 28, 1, 30, tzinfo=UTC), datetime(2026, 11, 27, 2, 0, tzinfo=UTC)),
-    (datetime(2026, 11, 28, 2, 30, tzinfo=UTC), datetime(2026, 11, 28, 2, 0, tzinfo=UTC)),
-    (datetime(2026, 11, 28, 2, 0, tzinfo=UTC), datetime(2026, 11, 28, 2, 0, tzinfo=UTC)),
-    # Summer (CEST, +2): 03:00 Berlin is 01:00 UTC.
-    (datetime(2026, 7, 1, 12, 0, tzinfo=UTC), datetime(2026, 7, 1, 1, 0, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        # 03:00 Berlin is 01:00 UTC in winter (CET, +1).
+        (datetime(2026, 11, 28, 1, 30, tzinfo=UTC), datetime(2026, 11, 27, 2, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 2, 30, tzinfo=UTC), datetime(2026, 11, 28, 2, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 2, 0, tzinfo=UTC), datetime(2026, 11, 28, 2, 0, tzinfo=UTC)),
+        # Summer (CEST, +2): 03:00 Berlin is 01:00 UTC.
+        (datetime(2026, 7, 1, 12, 0, tzinfo=UTC), datetime(2026, 7, 1, 1, 0, tzinfo=UTC)),
+    ],
+)
 def test_latest_cutoff_is_the_last_time_the_local_clock_showed_the_time(
     now: datetime, expected: datetime
 ) -> None:
@@ -122,10 +129,12 @@ def test_latest_cutoff_across_the_spring_dst_change() -> None:
 
 
 def test_logout_cutoffs_per_workplace_with_the_default() -> None:
-    rules = RingRules.model_validate({
-        "defaults": {"auto_logout": "03:00"},
-        "workplaces": {"office-1": {"auto_logout": "20:00"}},
-    })
+    rules = RingRules.model_validate(
+        {
+            "defaults": {"auto_logout": "03:00"},
+            "workplaces": {"office-1": {"auto_logout": "20:00"}},
+        }
+    )
     now = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
     cutoffs = logout_cutoffs(rules, ["office-1", "hotdesk-1"], now, UTC)
     assert cutoffs == {
@@ -162,23 +171,26 @@ def test_auto_logout_in_rules_file(tmp_path: Path) -> None:
 # --- feature codes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("dialed", "expected"), [
-    ("*44", LoginCode(None)),
-    ("*44#", LoginCode(None)),
-    ("*44201", LoginCode("201")),
-    ("*44201#", LoginCode("201")),
-    ("*44201#4711", LoginCode("201", "4711")),
-    ("*44201#123456789012", LoginCode("201", "123456789012")),
-    ("*44201#1234567890123", None),  # PIN too long
-    ("*44" + "1" * 21, None),  # extension too long
-    ("*44abc", None),
-    ("*44201#47a1", None),
-    ("*44 201", None),
-    ("*44201##4711", None),
-    ("*45201", None),  # another prefix
-    ("*44" + "9" * 70, None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("dialed", "expected"),
+    [
+        ("*44", LoginCode(None)),
+        ("*44#", LoginCode(None)),
+        ("*44201", LoginCode("201")),
+        ("*44201#", LoginCode("201")),
+        ("*44201#4711", LoginCode("201", "4711")),
+        ("*44201#123456789012", LoginCode("201", "123456789012")),
+        ("*44201#1234567890123", None),  # PIN too long
+        ("*44" + "1" * 21, None),  # extension too long
+        ("*44abc", None),
+        ("*44201#47a1", None),
+        ("*44 201", None),
+        ("*44201##4711", None),
+        ("*45201", None),  # another prefix
+        ("*44" + "9" * 70, None),
+        ("", None),
+    ],
+)
 def test_parse_login_code(dialed: str, expected: LoginCode | None) -> None:
     assert parse_login_code(dialed, "*44") == expected
 

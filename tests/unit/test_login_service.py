@@ -19,8 +19,7 @@ from tests.unit.test_directory_store import audit_entries, rows
 
 
 def service(live: Live, **kwargs: object) -> LoginService:
-    return LoginService(live.engine, lambda: live.snapshot, on_change=live.refresh,
-                        **kwargs)  # type: ignore[arg-type]
+    return LoginService(live.engine, lambda: live.snapshot, on_change=live.refresh, **kwargs)  # type: ignore[arg-type]
 
 
 async def logins(database: AsyncEngine) -> dict[str, str]:
@@ -32,15 +31,19 @@ async def test_right_pin_gives_the_user(live: Live) -> None:
     assert user.extension == "201"
 
 
-@pytest.mark.parametrize(("extension", "pin"), [
-    ("201", "1234"),  # wrong PIN
-    ("999", "4711"),  # unknown extension
-    ("203", "4711"),  # a user without a PIN cannot log in
-    ("201", "47*1"),  # not digits
-    ("201", ""),
-])
-async def test_every_bad_credential_gets_the_same_answer(live: Live, extension: str,
-                                                         pin: str) -> None:
+@pytest.mark.parametrize(
+    ("extension", "pin"),
+    [
+        ("201", "1234"),  # wrong PIN
+        ("999", "4711"),  # unknown extension
+        ("203", "4711"),  # a user without a PIN cannot log in
+        ("201", "47*1"),  # not digits
+        ("201", ""),
+    ],
+)
+async def test_every_bad_credential_gets_the_same_answer(
+    live: Live, extension: str, pin: str
+) -> None:
     with pytest.raises(LoginDenied) as caught:
         await service(live).check_pin(extension, pin, source="test")
     assert caught.value.reason is Refusal.BAD_CREDENTIALS
@@ -102,8 +105,7 @@ async def test_role_refusal_changes_nothing(live: Live, engine: AsyncEngine) -> 
 
 async def test_occupied_workplace_displace_or_refuse(live: Live, engine: AsyncEngine) -> None:
     with pytest.raises(LoginDenied) as caught:
-        await service(live, policy="refuse").login("203", "office-1", actor="203",
-                                                   source="test")
+        await service(live, policy="refuse").login("203", "office-1", actor="203", source="test")
     assert caught.value.reason is Refusal.OCCUPIED and caught.value.occupant == "201"
     assert await logins(engine) == {"201": "office-1"}
 
@@ -139,18 +141,24 @@ async def test_automatic_logout_ends_only_logins_from_before_the_cutoff(
     await service(live).logout("201", actor="t", source="t")  # the import's login: now
     live.changes = 0
     now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-    await set_login(engine, "201", "office-1", actor="t", source="t",
-                    now=now - timedelta(hours=1))  # after today's 03:00
-    await set_login(engine, "202", "hotdesk-1", actor="t", source="t",
-                    now=now - timedelta(days=2))  # forgotten
+    await set_login(
+        engine, "201", "office-1", actor="t", source="t", now=now - timedelta(hours=1)
+    )  # after today's 03:00
+    await set_login(
+        engine, "202", "hotdesk-1", actor="t", source="t", now=now - timedelta(days=2)
+    )  # forgotten
     live.snapshot = await load_snapshot(engine)
     rules = RingRules.model_validate({"defaults": {"auto_logout": "03:00"}})
     changes = await service(live).expire(rules, UTC, now=now)
     assert [(c.extension, c.old_workplace) for c in changes] == [("202", "hotdesk-1")]
     assert await logins(engine) == {"201": "office-1"}
     audit = await rows(engine, s.audit, "action", "extension", "actor", "detail")
-    assert ("logout", "202", "auto-logout",
-            "automatic logout (login before 2026-11-28T03:00:00+00:00)") in audit
+    assert (
+        "logout",
+        "202",
+        "auto-logout",
+        "automatic logout (login before 2026-11-28T03:00:00+00:00)",
+    ) in audit
     # Sweeping again changes nothing.
     assert await service(live).expire(rules, UTC, now=now) == []
     assert live.changes == 1
@@ -161,8 +169,9 @@ async def test_routers_sharing_a_directory_share_the_lockout(live: Live) -> None
     other_engine = create_engine(live.engine.url.render_as_string(hide_password=False))
     try:
         here = service(live, lockout=DatabaseLockout(live.engine))
-        there = LoginService(other_engine, lambda: live.snapshot,
-                             lockout=DatabaseLockout(other_engine))
+        there = LoginService(
+            other_engine, lambda: live.snapshot, lockout=DatabaseLockout(other_engine)
+        )
         for attempt in range(5):
             router = here if attempt % 2 else there
             with pytest.raises(LoginDenied):
@@ -190,5 +199,4 @@ async def test_database_lockout_window_and_clearing(live: Live) -> None:
     now[0] += timedelta(minutes=11)
     assert await lockout.retry_after("source:x") is None
     await lockout.failed("user:203")  # rows that left the window are deleted meanwhile
-    assert await rows(live.engine, s.pin_failures, "key") == [("source:x",)] * 3 + [
-        ("user:203",)]
+    assert await rows(live.engine, s.pin_failures, "key") == [("source:x",)] * 3 + [("user:203",)]

@@ -36,8 +36,16 @@ from callrouter.directory.database import (
 from callrouter.directory.schema import metadata
 
 TABLES = {
-    "alembic_version", "audit", "directory_revision", "logins", "phones", "pin_failures",
-    "role_workplaces", "roles", "users", "workplaces",
+    "alembic_version",
+    "audit",
+    "directory_revision",
+    "logins",
+    "phones",
+    "pin_failures",
+    "role_workplaces",
+    "roles",
+    "users",
+    "workplaces",
 }
 
 
@@ -51,10 +59,13 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'directory.db'}"
     assert POSTGRES_URL is not None
-    await _run(POSTGRES_URL, lambda conn: (
-        conn.execute(text("DROP SCHEMA public CASCADE")),
-        conn.execute(text("CREATE SCHEMA public")),
-    ))
+    await _run(
+        POSTGRES_URL,
+        lambda conn: (
+            conn.execute(text("DROP SCHEMA public CASCADE")),
+            conn.execute(text("CREATE SCHEMA public")),
+        ),
+    )
     return POSTGRES_URL
 
 
@@ -74,12 +85,19 @@ async def _run(url: str, fn: Any) -> Any:
     ("given", "expected"),
     [
         ("sqlite:///callrouter.db", "sqlite+aiosqlite:///callrouter.db"),
-        ("sqlite:////var/lib/callrouter/db.sqlite", "sqlite+aiosqlite:////var/lib/callrouter/db.sqlite"),
+        (
+            "sqlite:////var/lib/callrouter/db.sqlite",
+            "sqlite+aiosqlite:////var/lib/callrouter/db.sqlite",
+        ),
         ("sqlite://", "sqlite+aiosqlite://"),
-        ("postgresql://router:s3cret@db.example/callrouter",
-         "postgresql+asyncpg://router:s3cret@db.example/callrouter"),
-        ("postgres://router@db.example:5433/callrouter",
-         "postgresql+asyncpg://router@db.example:5433/callrouter"),
+        (
+            "postgresql://router:s3cret@db.example/callrouter",
+            "postgresql+asyncpg://router:s3cret@db.example/callrouter",
+        ),
+        (
+            "postgres://router@db.example:5433/callrouter",
+            "postgresql+asyncpg://router@db.example:5433/callrouter",
+        ),
         # An explicit driver is the admin's choice.
         ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("postgresql+psycopg://u:p@h/d", "postgresql+psycopg://u:p@h/d"),
@@ -142,9 +160,12 @@ async def test_upgrade_creates_the_schema(url: str) -> None:
 
 async def test_upgrade_of_a_current_database_changes_nothing(url: str) -> None:
     await upgrade(url)
-    await _run(url, lambda conn: conn.execute(
-        text("INSERT INTO roles (name, restricted) VALUES ('staff', false)")
-    ))
+    await _run(
+        url,
+        lambda conn: conn.execute(
+            text("INSERT INTO roles (name, restricted) VALUES ('staff', false)")
+        ),
+    )
     assert await upgrade(url) == (head_revision(), head_revision())
     rows = await _run(url, lambda conn: conn.execute(text("SELECT name FROM roles")).all())
     assert rows == [("staff",)]
@@ -179,8 +200,12 @@ async def test_0002_starts_content_revision_at_the_current_revision(url: str) ->
     await _run(url, to_0001)
     await _run(url, lambda c: c.execute(text("UPDATE directory_revision SET revision = 7")))
     assert await upgrade(url) == ("0001", head_revision())
-    rows = await _run(url, lambda c: c.execute(
-        text("SELECT revision, content_revision FROM directory_revision")).all())
+    rows = await _run(
+        url,
+        lambda c: c.execute(
+            text("SELECT revision, content_revision FROM directory_revision")
+        ).all(),
+    )
     assert rows == [(7, 7)]  # a router at revision 7 need not reload everything
 
 
@@ -192,11 +217,14 @@ async def test_upgrade_into_a_missing_directory_says_so(tmp_path: Path) -> None:
 async def test_sqlite_connections_enforce_foreign_keys_and_use_wal(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'directory.db'}"
     await upgrade(url)
-    pragmas = await _run(url, lambda conn: (
-        conn.exec_driver_sql("PRAGMA foreign_keys").scalar(),
-        conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
-        conn.exec_driver_sql("PRAGMA busy_timeout").scalar(),
-    ))
+    pragmas = await _run(
+        url,
+        lambda conn: (
+            conn.exec_driver_sql("PRAGMA foreign_keys").scalar(),
+            conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+            conn.exec_driver_sql("PRAGMA busy_timeout").scalar(),
+        ),
+    )
     assert pragmas == (1, "wal", database.SQLITE_BUSY_TIMEOUT_MS)
 
 
@@ -221,8 +249,7 @@ async def test_a_missing_database_is_refused_and_not_created(tmp_path: Path) -> 
     finally:
         await engine.dispose()
     assert str(caught.value) == (
-        f"database sqlite:///{path} has no callrouter schema: "
-        "run `callrouter db upgrade`"
+        f"database sqlite:///{path} has no callrouter schema: run `callrouter db upgrade`"
     )
     assert caught.value.current is None
     assert not path.exists()
@@ -259,9 +286,9 @@ async def test_an_outdated_schema_is_refused_naming_the_fix(
 
 async def test_a_schema_from_a_newer_callrouter_is_refused(url: str) -> None:
     await upgrade(url)
-    await _run(url, lambda conn: conn.execute(
-        text("UPDATE alembic_version SET version_num = '9999'")
-    ))
+    await _run(
+        url, lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    )
     engine = create_engine(url)
     try:
         with pytest.raises(SchemaOutdated, match="revision 9999, which this callrouter does not"):

@@ -57,15 +57,23 @@ def legs(plan_legs: Iterable[Leg]) -> list[tuple[str, float, float, str]]:
 
 # The issue's example: Anna's phones, then her mobile, and her workplace from 5 s on.
 ISSUE_RULES = {
-    "users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk", "PJSIP/anna-soft"], "timeout": 15},
-        {"ring": ["+4917012345678"], "delay": 15, "timeout": 25},
-        {"ring": ["workplace"], "delay": 5},
-    ]}},
-    "workplaces": {"office-1": {"ring": [
-        {"ring": ["PJSIP/office1-desk"], "timeout": 20},
-        {"ring": ["PJSIP/office1-dect"], "delay": 5, "timeout": 15},
-    ]}},
+    "users": {
+        "201": {
+            "followme": [
+                {"ring": ["PJSIP/anna-desk", "PJSIP/anna-soft"], "timeout": 15},
+                {"ring": ["+4917012345678"], "delay": 15, "timeout": 25},
+                {"ring": ["workplace"], "delay": 5},
+            ]
+        }
+    },
+    "workplaces": {
+        "office-1": {
+            "ring": [
+                {"ring": ["PJSIP/office1-desk"], "timeout": 20},
+                {"ring": ["PJSIP/office1-dect"], "delay": 5, "timeout": 15},
+            ]
+        }
+    },
 }
 
 
@@ -82,8 +90,7 @@ def test_dnd_ends_the_plan_before_any_phone_rings() -> None:
     assert plan.legs == () and plan.unreachable == ()
 
 
-@pytest.mark.parametrize("client", [ClientStatus.ONLINE, ClientStatus.AWAY,
-                                    ClientStatus.OFFLINE])
+@pytest.mark.parametrize("client", [ClientStatus.ONLINE, ClientStatus.AWAY, ClientStatus.OFFLINE])
 def test_other_client_statuses_ring_as_usual(client: ClientStatus) -> None:
     snap = snapshot()
     presence = tracker(snap)
@@ -100,14 +107,17 @@ def test_dnd_of_one_user_does_not_touch_another() -> None:
     assert resolve_plan(snap, rules(), "202", presence=presence).status is PlanStatus.OK
 
 
-@pytest.mark.parametrize(("data", "busy"), [
-    ({"defaults": {"call_waiting": False}}, True),
-    ({"users": {"201": {"call_waiting": False}}}, True),
-    ({"defaults": {"call_waiting": False}, "users": {"201": {"call_waiting": True}}}, False),
-    ({"defaults": {"call_waiting": True}}, False),
-    ({}, False),  # call waiting is on by default
-    ({"defaults": {"call_waiting": False}, "users": {"201": {}}}, True),  # None: the default
-])
+@pytest.mark.parametrize(
+    ("data", "busy"),
+    [
+        ({"defaults": {"call_waiting": False}}, True),
+        ({"users": {"201": {"call_waiting": False}}}, True),
+        ({"defaults": {"call_waiting": False}, "users": {"201": {"call_waiting": True}}}, False),
+        ({"defaults": {"call_waiting": True}}, False),
+        ({}, False),  # call waiting is on by default
+        ({"defaults": {"call_waiting": False}, "users": {"201": {}}}, True),  # None: the default
+    ],
+)
 def test_on_a_call_without_call_waiting_is_busy(data: dict[str, Any], busy: bool) -> None:
     snap = snapshot()
     presence = tracker(snap, anna_desk=D.INUSE)
@@ -124,8 +134,9 @@ def test_on_a_call_without_call_waiting_is_busy(data: dict[str, Any], busy: bool
 def test_every_in_use_state_counts_as_on_a_call(state: DeviceState) -> None:
     snap = snapshot()
     presence = tracker(snap, anna_soft=state)
-    plan = resolve_plan(snap, rules({"defaults": {"call_waiting": False}}), "201",
-                        presence=presence)
+    plan = resolve_plan(
+        snap, rules({"defaults": {"call_waiting": False}}), "201", presence=presence
+    )
     assert plan.status is PlanStatus.BUSY
 
 
@@ -134,16 +145,20 @@ def test_a_call_on_the_workplace_phone_makes_the_logged_in_user_busy() -> None:
     presence = tracker(snap, office1_dect=D.INUSE)
     r = rules({"users": {"202": {"call_waiting": False}}})
     assert resolve_plan(snap, r, "202", presence=presence).status is PlanStatus.BUSY
-    assert resolve_plan(snapshot(), r, "202",
-                        presence=tracker(snapshot(), office1_dect=D.INUSE)).status \
-        is PlanStatus.OK  # not logged in there: not Boris's call
+    assert (
+        resolve_plan(
+            snapshot(), r, "202", presence=tracker(snapshot(), office1_dect=D.INUSE)
+        ).status
+        is PlanStatus.OK
+    )  # not logged in there: not Boris's call
 
 
 def test_ringing_only_is_not_busy() -> None:
     snap = snapshot()
     presence = tracker(snap, anna_desk=D.RINGING)
-    plan = resolve_plan(snap, rules({"defaults": {"call_waiting": False}}), "201",
-                        presence=presence)
+    plan = resolve_plan(
+        snap, rules({"defaults": {"call_waiting": False}}), "201", presence=presence
+    )
     assert plan.status is PlanStatus.OK
 
 
@@ -151,8 +166,9 @@ def test_dnd_wins_over_busy() -> None:
     snap = snapshot()
     presence = tracker(snap, anna_desk=D.INUSE)
     presence.set_client("201", "laptop", ClientStatus.DND)
-    plan = resolve_plan(snap, rules({"defaults": {"call_waiting": False}}), "201",
-                        presence=presence)
+    plan = resolve_plan(
+        snap, rules({"defaults": {"call_waiting": False}}), "201", presence=presence
+    )
     assert plan.status is PlanStatus.DND
 
 
@@ -178,10 +194,18 @@ def test_phones_in_any_other_state_are_rung() -> None:
 
 
 def test_an_unreachable_followme_entry_is_skipped_and_later_entries_move_earlier() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk", "PJSIP/anna-soft"], "timeout": 15},
-        {"ring": ["+4917012345678"], "delay": 15, "timeout": 20},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk", "PJSIP/anna-soft"], "timeout": 15},
+                        {"ring": ["+4917012345678"], "delay": 15, "timeout": 20},
+                    ]
+                }
+            }
+        }
+    )
     snap = snapshot()
     presence = tracker(snap, anna_desk=D.UNAVAILABLE, anna_soft=D.UNAVAILABLE)
     plan = resolve_plan(snap, r, "201", presence=presence)
@@ -191,12 +215,24 @@ def test_an_unreachable_followme_entry_is_skipped_and_later_entries_move_earlier
 
 
 def test_several_skipped_entries_add_up() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk"], "timeout": 10},
-        {"ring": ["PJSIP/anna-soft"], "delay": 10, "timeout": 5},
-        {"ring": ["+4917012345678"], "delay": 15, "timeout": 20},
-        {"ring": ["PJSIP/anna-desk"], "delay": 35, "timeout": 10},  # unreachable at the end
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "timeout": 10},
+                        {"ring": ["PJSIP/anna-soft"], "delay": 10, "timeout": 5},
+                        {"ring": ["+4917012345678"], "delay": 15, "timeout": 20},
+                        {
+                            "ring": ["PJSIP/anna-desk"],
+                            "delay": 35,
+                            "timeout": 10,
+                        },  # unreachable at the end
+                    ]
+                }
+            }
+        }
+    )
     snap = snapshot()
     presence = tracker(snap, anna_desk=D.UNAVAILABLE, anna_soft=D.UNAVAILABLE)
     plan = resolve_plan(snap, r, "201", presence=presence)
@@ -204,11 +240,19 @@ def test_several_skipped_entries_add_up() -> None:
 
 
 def test_nothing_moves_when_another_phone_rings_during_the_skipped_entry() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk"], "timeout": 15},
-        {"ring": ["PJSIP/anna-soft"], "timeout": 25},
-        {"ring": ["+4917012345678"], "delay": 15, "timeout": 20},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "timeout": 15},
+                        {"ring": ["PJSIP/anna-soft"], "timeout": 25},
+                        {"ring": ["+4917012345678"], "delay": 15, "timeout": 20},
+                    ]
+                }
+            }
+        }
+    )
     snap = snapshot()
     plan = resolve_plan(snap, r, "201", presence=tracker(snap, anna_desk=D.UNAVAILABLE))
     assert legs(plan.legs) == [
@@ -257,16 +301,26 @@ def test_mixed_operation_unreachable_workplace_phones_move_nothing() -> None:
 
 def test_mixed_operation_a_skipped_workplace_step_moves_the_later_one() -> None:
     # Nothing of Anna's rings in [5, 10) but the workplace desk phone, which is off.
-    r = rules({
-        "users": {"201": {"followme": [
-            {"ring": ["PJSIP/anna-desk"], "timeout": 5},
-            {"ring": ["workplace"], "delay": 5},
-        ]}},
-        "workplaces": {"office-1": {"ring": [
-            {"ring": ["PJSIP/office1-desk"], "timeout": 5},
-            {"ring": ["PJSIP/office1-dect"], "delay": 5, "timeout": 10},
-        ]}},
-    })
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "timeout": 5},
+                        {"ring": ["workplace"], "delay": 5},
+                    ]
+                }
+            },
+            "workplaces": {
+                "office-1": {
+                    "ring": [
+                        {"ring": ["PJSIP/office1-desk"], "timeout": 5},
+                        {"ring": ["PJSIP/office1-dect"], "delay": 5, "timeout": 10},
+                    ]
+                }
+            },
+        }
+    )
     snap = snapshot(u201="office-1")
     plan = resolve_plan(snap, r, "201", presence=tracker(snap, office1_desk=D.UNAVAILABLE))
     assert legs(plan.legs) == [
@@ -276,11 +330,23 @@ def test_mixed_operation_a_skipped_workplace_step_moves_the_later_one() -> None:
 
 
 def test_legs_of_one_phone_that_the_cut_joins_merge_with_decimal_seconds() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk"], "timeout": 5.3},
-        {"ring": ["PJSIP/anna-soft"], "delay": 5.3, "timeout": 8},  # unreachable
-        {"ring": ["PJSIP/anna-desk", "+4917012345678"], "delay": 13.3, "timeout": 20},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "timeout": 5.3},
+                        {"ring": ["PJSIP/anna-soft"], "delay": 5.3, "timeout": 8},  # unreachable
+                        {
+                            "ring": ["PJSIP/anna-desk", "+4917012345678"],
+                            "delay": 13.3,
+                            "timeout": 20,
+                        },
+                    ]
+                }
+            }
+        }
+    )
     snap = snapshot()
     plan = resolve_plan(snap, r, "201", presence=tracker(snap, anna_soft=D.UNAVAILABLE))
     desk = [leg for leg in plan.legs if leg.endpoint == "PJSIP/anna-desk"]
@@ -289,11 +355,23 @@ def test_legs_of_one_phone_that_the_cut_joins_merge_with_decimal_seconds() -> No
 
 
 def test_legs_of_one_phone_that_the_cut_joins_merge() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk"], "timeout": 5.5},
-        {"ring": ["PJSIP/anna-soft"], "delay": 5.5, "timeout": 8},  # unreachable
-        {"ring": ["PJSIP/anna-desk", "+4917012345678"], "delay": 13.5, "timeout": 20},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "timeout": 5.5},
+                        {"ring": ["PJSIP/anna-soft"], "delay": 5.5, "timeout": 8},  # unreachable
+                        {
+                            "ring": ["PJSIP/anna-desk", "+4917012345678"],
+                            "delay": 13.5,
+                            "timeout": 20,
+                        },
+                    ]
+                }
+            }
+        }
+    )
     snap = snapshot()
     plan = resolve_plan(snap, r, "201", presence=tracker(snap, anna_soft=D.UNAVAILABLE))
     assert legs(plan.legs) == [
@@ -304,11 +382,17 @@ def test_legs_of_one_phone_that_the_cut_joins_merge() -> None:
 
 def test_all_phones_unreachable_is_unreachable() -> None:
     snap = snapshot(u202="office-1")
-    presence = tracker(snap, boris_desk=D.UNAVAILABLE, office1_desk=D.UNAVAILABLE,
-                       office1_dect=D.INVALID)
+    presence = tracker(
+        snap, boris_desk=D.UNAVAILABLE, office1_desk=D.UNAVAILABLE, office1_dect=D.INVALID
+    )
     plan = resolve_plan(snap, rules(), "202", presence=presence)
     assert plan == RingPlan(
-        "202", "Boris Chen", "office-1", PlanStatus.UNREACHABLE, (), (),
+        "202",
+        "Boris Chen",
+        "office-1",
+        PlanStatus.UNREACHABLE,
+        (),
+        (),
         ("PJSIP/boris-desk", "PJSIP/office1-dect", "PJSIP/office1-desk"),
     )
 
@@ -332,9 +416,20 @@ def test_the_callers_own_phone_is_not_listed_as_unreachable() -> None:
 
 
 def test_external_numbers_are_rung_when_every_phone_is_unreachable() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk", "PJSIP/anna-soft", "+4917012345678"], "timeout": 15},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {
+                            "ring": ["PJSIP/anna-desk", "PJSIP/anna-soft", "+4917012345678"],
+                            "timeout": 15,
+                        },
+                    ]
+                }
+            }
+        }
+    )
     snap = snapshot()
     presence = tracker(snap, anna_desk=D.UNAVAILABLE, anna_soft=D.UNAVAILABLE)
     plan = resolve_plan(snap, r, "201", presence=presence)
@@ -346,10 +441,12 @@ def test_external_numbers_are_rung_when_every_phone_is_unreachable() -> None:
 def test_external_numbers_are_never_considered_unreachable() -> None:
     template = "Local/{number}@outbound"
     endpoint = template.replace("{number}", "+4917012345678")
-    r = rules({
-        "defaults": {"external_endpoint": template},
-        "users": {"201": {"followme": [{"ring": ["+4917012345678"], "timeout": 15}]}},
-    })
+    r = rules(
+        {
+            "defaults": {"external_endpoint": template},
+            "users": {"201": {"followme": [{"ring": ["+4917012345678"], "timeout": 15}]}},
+        }
+    )
     snap = snapshot()
     presence = tracker(snap)
     presence.replace_devices({endpoint: D.INVALID, "PJSIP/anna-desk": D.NOT_INUSE})
@@ -390,14 +487,19 @@ class EveryoneIdle:
 USER_PHONES = list(ANNA.phones)
 WORKPLACE_PHONES = list(OFFICE_1.phones)
 entry = st.fixed_dictionaries(
-    {"ring": st.lists(st.sampled_from([*USER_PHONES, "+4917012345678"]), min_size=1,
-                      max_size=3, unique=True),
-     "delay": st.integers(0, 30)},
+    {
+        "ring": st.lists(
+            st.sampled_from([*USER_PHONES, "+4917012345678"]), min_size=1, max_size=3, unique=True
+        ),
+        "delay": st.integers(0, 30),
+    },
     optional={"timeout": st.integers(1, 30)},
 )
 workplace_entry = st.fixed_dictionaries(
-    {"ring": st.lists(st.sampled_from(WORKPLACE_PHONES), min_size=1, unique=True),
-     "delay": st.integers(0, 30)},
+    {
+        "ring": st.lists(st.sampled_from(WORKPLACE_PHONES), min_size=1, unique=True),
+        "delay": st.integers(0, 30),
+    },
     optional={"timeout": st.integers(1, 30)},
 )
 
@@ -410,16 +512,22 @@ def scenarios(draw: st.DrawFn) -> tuple[DirectorySnapshot, RingRules]:
     data = {
         "defaults": {"call_waiting": draw(st.booleans())},
         "users": {"201": {"followme": followme}},
-        "workplaces": {"office-1": {"ring": draw(st.none() | st.lists(workplace_entry,
-                                                                      max_size=3))}},
+        "workplaces": {
+            "office-1": {"ring": draw(st.none() | st.lists(workplace_entry, max_size=3))}
+        },
     }
     snap = snapshot(u201="office-1") if draw(st.booleans()) else snapshot()
     return snap, rules(data)
 
 
 @settings(max_examples=200, deadline=None)
-@given(scenarios(), st.dictionaries(st.sampled_from(USER_PHONES + WORKPLACE_PHONES),
-                                    st.sampled_from([D.NOT_INUSE, D.UNKNOWN, D.RINGING])))
+@given(
+    scenarios(),
+    st.dictionaries(
+        st.sampled_from(USER_PHONES + WORKPLACE_PHONES),
+        st.sampled_from([D.NOT_INUSE, D.UNKNOWN, D.RINGING]),
+    ),
+)
 def test_presence_with_nothing_to_say_changes_no_plan(
     scenario: tuple[DirectorySnapshot, RingRules], states: dict[str, DeviceState]
 ) -> None:
@@ -432,8 +540,12 @@ def test_presence_with_nothing_to_say_changes_no_plan(
 
 
 @settings(max_examples=200, deadline=None)
-@given(scenarios(), st.dictionaries(st.sampled_from(USER_PHONES + WORKPLACE_PHONES),
-                                    st.sampled_from(list(DeviceState))))
+@given(
+    scenarios(),
+    st.dictionaries(
+        st.sampled_from(USER_PHONES + WORKPLACE_PHONES), st.sampled_from(list(DeviceState))
+    ),
+)
 def test_presence_only_ever_removes_and_moves_legs_earlier(
     scenario: tuple[DirectorySnapshot, RingRules], states: dict[str, DeviceState]
 ) -> None:
@@ -443,10 +555,12 @@ def test_presence_only_ever_removes_and_moves_legs_earlier(
     r = r.model_copy(update={"defaults": r.defaults.model_copy(update={"call_waiting": True})})
     alone = resolve_plan(snap, r, "201")
     plan = resolve_plan(snap, r, "201", presence=presence)
-    assert set(plan.unreachable) == {leg.endpoint for leg in alone.legs
-                                     if not presence.reachable(leg.endpoint)}
-    assert {leg.endpoint for leg in plan.legs} == \
-        {leg.endpoint for leg in alone.legs} - set(plan.unreachable)
+    assert set(plan.unreachable) == {
+        leg.endpoint for leg in alone.legs if not presence.reachable(leg.endpoint)
+    }
+    assert {leg.endpoint for leg in plan.legs} == {leg.endpoint for leg in alone.legs} - set(
+        plan.unreachable
+    )
     for endpoint in {leg.endpoint for leg in plan.legs}:  # nothing rings later than before
         before = [leg for leg in alone.legs if leg.endpoint == endpoint]
         after = [leg for leg in plan.legs if leg.endpoint == endpoint]
@@ -466,25 +580,33 @@ def leg(endpoint: str, start: float, stop: float) -> Leg:
     return Leg(endpoint, start, stop, LegSource.FOLLOWME)
 
 
-@pytest.mark.parametrize(("kept", "removed", "expected"), [
-    # the issue's case: entry 1 [0, 15) unreachable, entry 2 at 15 for 20 s
-    ([(15, 35)], [(0, 15)], [(0, 20)]),
-    # another phone rings over the removed one: nothing moves
-    ([(0, 25), (15, 35)], [(0, 15)], [(0, 25), (15, 35)]),
-    # partly covered: only the uncovered part is cut
-    ([(5, 25), (15, 40)], [(0, 15)], [(0, 20), (10, 35)]),
-    # a gap the rule itself leaves (no removed leg there) stays
-    ([(0, 5), (20, 30)], [], [(0, 5), (20, 30)]),
-    ([(0, 5), (20, 30)], [(10, 15)], [(0, 5), (15, 25)]),
-    # a removed leg after everything else moves nothing
-    ([(0, 10)], [(10, 30)], [(0, 10)]),
-    # two removed stretches, overlapping removed legs count once
-    ([(10, 15), (30, 40)], [(0, 10), (5, 10), (15, 30)], [(0, 5), (5, 15)]),
-])
-def test_cut_dead_air_table(kept: list[tuple[float, float]], removed: list[tuple[float, float]],
-                            expected: list[tuple[float, float]]) -> None:
-    result = cut_dead_air([leg(f"PJSIP/k{i}", a, b) for i, (a, b) in enumerate(kept)],
-                          [leg(f"PJSIP/r{i}", a, b) for i, (a, b) in enumerate(removed)])
+@pytest.mark.parametrize(
+    ("kept", "removed", "expected"),
+    [
+        # the issue's case: entry 1 [0, 15) unreachable, entry 2 at 15 for 20 s
+        ([(15, 35)], [(0, 15)], [(0, 20)]),
+        # another phone rings over the removed one: nothing moves
+        ([(0, 25), (15, 35)], [(0, 15)], [(0, 25), (15, 35)]),
+        # partly covered: only the uncovered part is cut
+        ([(5, 25), (15, 40)], [(0, 15)], [(0, 20), (10, 35)]),
+        # a gap the rule itself leaves (no removed leg there) stays
+        ([(0, 5), (20, 30)], [], [(0, 5), (20, 30)]),
+        ([(0, 5), (20, 30)], [(10, 15)], [(0, 5), (15, 25)]),
+        # a removed leg after everything else moves nothing
+        ([(0, 10)], [(10, 30)], [(0, 10)]),
+        # two removed stretches, overlapping removed legs count once
+        ([(10, 15), (30, 40)], [(0, 10), (5, 10), (15, 30)], [(0, 5), (5, 15)]),
+    ],
+)
+def test_cut_dead_air_table(
+    kept: list[tuple[float, float]],
+    removed: list[tuple[float, float]],
+    expected: list[tuple[float, float]],
+) -> None:
+    result = cut_dead_air(
+        [leg(f"PJSIP/k{i}", a, b) for i, (a, b) in enumerate(kept)],
+        [leg(f"PJSIP/r{i}", a, b) for i, (a, b) in enumerate(removed)],
+    )
     assert [(x.start, x.stop) for x in result] == expected
     assert [x.endpoint for x in result] == [f"PJSIP/k{i}" for i in range(len(kept))]
 
@@ -492,7 +614,8 @@ def test_cut_dead_air_table(kept: list[tuple[float, float]], removed: list[tuple
 def test_cut_dead_air_keeps_endpoint_and_source() -> None:
     kept = [Leg("PJSIP/w", 10, 20, LegSource.WORKPLACE)]
     assert cut_dead_air(kept, [leg("PJSIP/r", 0, 10)]) == [
-        Leg("PJSIP/w", 0, 10, LegSource.WORKPLACE)]
+        Leg("PJSIP/w", 0, 10, LegSource.WORKPLACE)
+    ]
 
 
 def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -522,15 +645,16 @@ def _length(intervals: Iterable[tuple[float, float]]) -> float:
 
 
 spans = st.tuples(st.integers(0, 60), st.integers(1, 30)).map(
-    lambda t: (float(t[0]), float(t[0] + t[1])))
+    lambda t: (float(t[0]), float(t[0] + t[1]))
+)
 
 
 @st.composite
 def kept_and_removed(draw: st.DrawFn) -> tuple[list[Leg], list[Leg]]:
-    kept = [leg(f"PJSIP/k{i}", a, b) for i, (a, b) in enumerate(draw(st.lists(spans,
-                                                                              max_size=6)))]
-    removed = [leg(f"PJSIP/r{i}", a, b)
-               for i, (a, b) in enumerate(draw(st.lists(spans, max_size=6)))]
+    kept = [leg(f"PJSIP/k{i}", a, b) for i, (a, b) in enumerate(draw(st.lists(spans, max_size=6)))]
+    removed = [
+        leg(f"PJSIP/r{i}", a, b) for i, (a, b) in enumerate(draw(st.lists(spans, max_size=6)))
+    ]
     return kept, removed
 
 
@@ -556,17 +680,20 @@ def test_cut_dead_air_properties(case: tuple[list[Leg], list[Leg]]) -> None:
     old_end = max(x.stop for x in kept)
     new_end = max(x.stop for x in result)
     everything = [(x.start, x.stop) for x in kept + removed]
-    assert _length(_silence(((x.start, x.stop) for x in result), new_end)) == \
-        _length(_silence(everything, old_end))
+    assert _length(_silence(((x.start, x.stop) for x in result), new_end)) == _length(
+        _silence(everything, old_end)
+    )
     # and the timeline got shorter by the dead air that was cut
-    dead = _length(_silence(((x.start, x.stop) for x in kept), old_end)) - \
-        _length(_silence(everything, old_end))
+    dead = _length(_silence(((x.start, x.stop) for x in kept), old_end)) - _length(
+        _silence(everything, old_end)
+    )
     assert new_end == old_end - dead
 
 
 @given(st.lists(spans, max_size=8))
-def test_cut_dead_air_without_removed_legs_changes_nothing(spans_: list[tuple[float, float]]
-                                                           ) -> None:
+def test_cut_dead_air_without_removed_legs_changes_nothing(
+    spans_: list[tuple[float, float]],
+) -> None:
     kept = [leg(f"PJSIP/k{i}", a, b) for i, (a, b) in enumerate(spans_)]
     assert cut_dead_air(kept, []) == kept
 
@@ -581,13 +708,17 @@ def test_removed_legs_inside_kept_time_change_nothing(case: tuple[list[Leg], lis
 # --- the call flow turns these plans into results at once ------------------------------------
 
 
-@pytest.mark.parametrize(("status", "result"), [
-    (PlanStatus.DND, CallResult.DND),
-    (PlanStatus.BUSY, CallResult.BUSY),
-    (PlanStatus.UNREACHABLE, CallResult.NOPHONES),
-])
-def test_call_flow_continues_in_the_dialplan_at_once(status: PlanStatus,
-                                                     result: CallResult) -> None:
+@pytest.mark.parametrize(
+    ("status", "result"),
+    [
+        (PlanStatus.DND, CallResult.DND),
+        (PlanStatus.BUSY, CallResult.BUSY),
+        (PlanStatus.UNREACHABLE, CallResult.NOPHONES),
+    ],
+)
+def test_call_flow_continues_in_the_dialplan_at_once(
+    status: PlanStatus, result: CallResult
+) -> None:
     plan = RingPlan("201", "Anna Berger", None, status, unreachable=("PJSIP/anna-desk",))
     counter = itertools.count(1)
     flow = CallFlow("call-1", plan, lambda: f"leg-{next(counter)}")
@@ -608,8 +739,8 @@ def test_call_flow_from_resolved_plans() -> None:
     dnd = tracker(snap)
     dnd.set_client("201", "laptop", ClientStatus.DND)
     assert first_commands(dnd) == [ContinueInDialplan(CallResult.DND)]
-    assert first_commands(tracker(snap, anna_desk=D.INUSE)) == \
-        [ContinueInDialplan(CallResult.BUSY)]
-    assert first_commands(tracker(snap, anna_desk=D.UNAVAILABLE, anna_soft=D.UNAVAILABLE)) == \
-        [ContinueInDialplan(CallResult.NOPHONES)]
+    assert first_commands(tracker(snap, anna_desk=D.INUSE)) == [ContinueInDialplan(CallResult.BUSY)]
+    assert first_commands(tracker(snap, anna_desk=D.UNAVAILABLE, anna_soft=D.UNAVAILABLE)) == [
+        ContinueInDialplan(CallResult.NOPHONES)
+    ]
     assert first_commands(tracker(snap))[0] == IndicateRinging()

@@ -104,9 +104,7 @@ def test_user_is_unavailable_only_when_every_phone_is(tracker: PresenceTracker) 
     assert not tracker.reachable("PJSIP/anna-soft")
 
 
-def test_set_device_returns_only_users_whose_merged_state_changed(
-    tracker: PresenceTracker
-) -> None:
+def test_set_device_returns_only_users_whose_merged_state_changed(tracker: PresenceTracker) -> None:
     assert extensions(tracker.set_device("PJSIP/anna-desk", D.INUSE)) == ["201"]
     # The same state again: nothing to publish.
     assert tracker.set_device("PJSIP/anna-desk", D.INUSE) == []
@@ -135,7 +133,7 @@ def test_a_shared_device_changes_every_owner_and_only_them(clock: Clock) -> None
 
 
 def test_a_login_brings_the_workplace_phones_and_a_logout_takes_them(
-    tracker: PresenceTracker
+    tracker: PresenceTracker,
 ) -> None:
     tracker.set_device("PJSIP/office1-desk", D.INUSE)
     assert not phone(tracker, "202").on_call  # not logged in there: not Boris's phone
@@ -171,16 +169,12 @@ def test_moving_to_another_workplace_swaps_the_phones(tracker: PresenceTracker) 
     assert tracker.set_device("PJSIP/office1-desk", D.NOT_INUSE) == []
 
 
-def test_a_snapshot_that_changes_nobodys_phones_reports_nobody(
-    tracker: PresenceTracker
-) -> None:
+def test_a_snapshot_that_changes_nobodys_phones_reports_nobody(tracker: PresenceTracker) -> None:
     tracker.set_snapshot(snapshot(u201="office-1"))
     assert tracker.set_snapshot(replace(snapshot(u201="office-1"), revision=7)) == []
 
 
-def test_a_login_reports_only_users_whose_merged_state_changed(
-    tracker: PresenceTracker
-) -> None:
+def test_a_login_reports_only_users_whose_merged_state_changed(tracker: PresenceTracker) -> None:
     # The workplace's phones are idle and so are Boris's: logging in changes nothing visible.
     assert tracker.set_snapshot(snapshot(u202="office-2")) == []
     assert tracker.set_device("PJSIP/office2-desk", D.INUSE) != []  # but they are his now
@@ -348,15 +342,26 @@ def test_the_default_heartbeat_timeout() -> None:
 # --- the incremental state equals a fresh computation --------------------------------------
 
 ENDPOINTS = [*ANNA.phones, *BORIS.phones, *OFFICE_1.phones, *OFFICE_2.phones, "PJSIP/spare-1"]
-operations = st.lists(st.one_of(
-    st.tuples(st.just("device"), st.sampled_from(ENDPOINTS), st.sampled_from(list(DeviceState))),
-    st.tuples(st.just("login"), st.sampled_from(["201", "202", "203"]),
-              st.sampled_from([None, "office-1", "office-2"])),
-    st.tuples(st.just("client"), st.sampled_from(["201", "202"]),
-              st.sampled_from(list(ClientStatus))),
-    st.tuples(st.just("resync"), st.dictionaries(st.sampled_from(ENDPOINTS),
-                                                 st.sampled_from(list(DeviceState)))),
-), max_size=25)
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("device"), st.sampled_from(ENDPOINTS), st.sampled_from(list(DeviceState))
+        ),
+        st.tuples(
+            st.just("login"),
+            st.sampled_from(["201", "202", "203"]),
+            st.sampled_from([None, "office-1", "office-2"]),
+        ),
+        st.tuples(
+            st.just("client"), st.sampled_from(["201", "202"]), st.sampled_from(list(ClientStatus))
+        ),
+        st.tuples(
+            st.just("resync"),
+            st.dictionaries(st.sampled_from(ENDPOINTS), st.sampled_from(list(DeviceState))),
+        ),
+    ),
+    max_size=25,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -396,12 +401,23 @@ def test_reported_changes_replay_to_a_fresh_trackers_state(ops: list[tuple[Any, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["201", "202", "203"]),
-                          st.sampled_from([None, "office-1", "office-2"])), max_size=8),
-       st.lists(st.tuples(st.sampled_from(["PJSIP/anna-desk", "PJSIP/office1-desk",
-                                           "PJSIP/office2-desk", "PJSIP/boris-desk"]),
-                          st.sampled_from([D.INUSE, D.UNAVAILABLE, D.NOT_INUSE])),
-                max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["201", "202", "203"]), st.sampled_from([None, "office-1", "office-2"])
+        ),
+        max_size=8,
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["PJSIP/anna-desk", "PJSIP/office1-desk", "PJSIP/office2-desk", "PJSIP/boris-desk"]
+            ),
+            st.sampled_from([D.INUSE, D.UNAVAILABLE, D.NOT_INUSE]),
+        ),
+        max_size=6,
+    ),
+)
 def test_updating_only_the_users_a_login_concerns_equals_a_rebuild(
     moves: list[tuple[str, str | None]], devices: list[tuple[str, DeviceState]]
 ) -> None:

@@ -74,15 +74,26 @@ def test_issue_example_mixed_operation() -> None:
         ("PJSIP/+4917012345678@trunk", 15, 40, "followme"),
     ]
     assert plan.to_json()["legs"][0] == {
-        "endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme",
+        "endpoint": "PJSIP/anna-desk",
+        "start": 0,
+        "stop": 15,
+        "source": "followme",
     }
 
 
 def test_entry_makes_one_leg_per_target_over_delay_to_delay_plus_timeout() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk"], "delay": 3, "timeout": 7},
-        {"ring": ["PJSIP/anna-soft"], "delay": 12.5},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "delay": 3, "timeout": 7},
+                        {"ring": ["PJSIP/anna-soft"], "delay": 12.5},
+                    ]
+                }
+            }
+        }
+    )
     plan = resolve_plan(snapshot(), r, "201")
     assert legs(plan.legs) == [
         ("PJSIP/anna-desk", 3, 10, "followme"),
@@ -117,16 +128,26 @@ def test_workplace_phones_ring_only_while_logged_in_there() -> None:
 
 
 def test_workplace_timeline_starts_at_delay_of_followme_workplace_entry() -> None:
-    r = rules({
-        "users": {"202": {"followme": [
-            {"ring": ["PJSIP/boris-desk"], "timeout": 10},
-            {"ring": ["workplace"], "delay": 8},
-        ]}},
-        "workplaces": {"office-1": {"ring": [
-            {"ring": ["PJSIP/office1-desk"], "timeout": 5},
-            {"ring": ["PJSIP/office1-dect"], "delay": 5, "timeout": 5},
-        ]}},
-    })
+    r = rules(
+        {
+            "users": {
+                "202": {
+                    "followme": [
+                        {"ring": ["PJSIP/boris-desk"], "timeout": 10},
+                        {"ring": ["workplace"], "delay": 8},
+                    ]
+                }
+            },
+            "workplaces": {
+                "office-1": {
+                    "ring": [
+                        {"ring": ["PJSIP/office1-desk"], "timeout": 5},
+                        {"ring": ["PJSIP/office1-dect"], "delay": 5, "timeout": 5},
+                    ]
+                }
+            },
+        }
+    )
     plan = resolve_plan(snapshot(u202="office-1"), r, "202")
     assert legs(plan.legs) == [
         ("PJSIP/boris-desk", 0, 10, "followme"),
@@ -136,13 +157,19 @@ def test_workplace_timeline_starts_at_delay_of_followme_workplace_entry() -> Non
 
 
 def test_explicit_timeout_on_workplace_entry_caps_the_workplace_timeline() -> None:
-    r = rules({
-        "users": {"202": {"followme": [{"ring": ["workplace"], "delay": 2, "timeout": 6}]}},
-        "workplaces": {"office-1": {"ring": [
-            {"ring": ["PJSIP/office1-desk"], "timeout": 10},
-            {"ring": ["PJSIP/office1-dect"], "delay": 7},
-        ]}},
-    })
+    r = rules(
+        {
+            "users": {"202": {"followme": [{"ring": ["workplace"], "delay": 2, "timeout": 6}]}},
+            "workplaces": {
+                "office-1": {
+                    "ring": [
+                        {"ring": ["PJSIP/office1-desk"], "timeout": 10},
+                        {"ring": ["PJSIP/office1-dect"], "delay": 7},
+                    ]
+                }
+            },
+        }
+    )
     plan = resolve_plan(snapshot(u202="office-1"), r, "202")
     assert legs(plan.legs) == [("PJSIP/office1-desk", 2, 8, "workplace")]
 
@@ -157,10 +184,12 @@ def test_followme_without_workplace_entry_runs_both_timelines_from_zero() -> Non
 
 
 def test_foreign_phones_are_skipped_with_a_warning() -> None:
-    r = rules({
-        "users": {"201": {"followme": [{"ring": ["PJSIP/anna-desk", "PJSIP/boris-desk"]}]}},
-        "workplaces": {"office-1": {"ring": [{"ring": ["PJSIP/office2-desk"]}]}},
-    })
+    r = rules(
+        {
+            "users": {"201": {"followme": [{"ring": ["PJSIP/anna-desk", "PJSIP/boris-desk"]}]}},
+            "workplaces": {"office-1": {"ring": [{"ring": ["PJSIP/office2-desk"]}]}},
+        }
+    )
     plan = resolve_plan(snapshot(u201="office-1"), r, "201")
     assert [leg.endpoint for leg in plan.legs] == ["PJSIP/anna-desk"]
     assert len(plan.warnings) == 2
@@ -198,10 +227,22 @@ def test_legs_of_one_endpoint_that_overlap_or_touch_merge(
 
 
 def test_same_phone_in_two_entries_merges() -> None:
-    r = rules({"users": {"201": {"followme": [
-        {"ring": ["PJSIP/anna-desk"], "timeout": 10},
-        {"ring": ["PJSIP/anna-desk", "PJSIP/anna-soft"], "delay": 10, "timeout": 10},
-    ]}}})
+    r = rules(
+        {
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"], "timeout": 10},
+                        {
+                            "ring": ["PJSIP/anna-desk", "PJSIP/anna-soft"],
+                            "delay": 10,
+                            "timeout": 10,
+                        },
+                    ]
+                }
+            }
+        }
+    )
     plan = resolve_plan(snapshot(), r, "201")
     assert legs(plan.legs) == [
         ("PJSIP/anna-desk", 0, 20, "followme"),
@@ -210,10 +251,12 @@ def test_same_phone_in_two_entries_merges() -> None:
 
 
 def test_external_numbers_expand_through_the_template() -> None:
-    r = rules({
-        "defaults": {"external_endpoint": "Local/{number}@outbound"},
-        "users": {"203": {"followme": [{"ring": ["+4930123456"], "timeout": 9}]}},
-    })
+    r = rules(
+        {
+            "defaults": {"external_endpoint": "Local/{number}@outbound"},
+            "users": {"203": {"followme": [{"ring": ["+4930123456"], "timeout": 9}]}},
+        }
+    )
     plan = resolve_plan(snapshot(), r, "203")
     assert legs(plan.legs) == [("Local/+4930123456@outbound", 0, 9, "followme")]
 
@@ -222,8 +265,12 @@ def test_unknown_extension() -> None:
     plan = resolve_plan(snapshot(), rules(), "999")
     assert plan.status is PlanStatus.UNKNOWN_EXTENSION
     assert plan.to_json() == {
-        "extension": "999", "user": None, "workplace": None,
-        "status": "unknown-extension", "legs": [], "unreachable": [],
+        "extension": "999",
+        "user": None,
+        "workplace": None,
+        "status": "unknown-extension",
+        "legs": [],
+        "unreachable": [],
     }
 
 
@@ -244,8 +291,10 @@ durations = st.integers(min_value=1, max_value=30).map(float)
 
 def entries(targets: list[str]) -> st.SearchStrategy[list[dict[str, Any]]]:
     entry = st.fixed_dictionaries(
-        {"ring": st.lists(st.sampled_from(targets), min_size=1, max_size=4, unique=True),
-         "delay": times},
+        {
+            "ring": st.lists(st.sampled_from(targets), min_size=1, max_size=4, unique=True),
+            "delay": times,
+        },
         optional={"timeout": durations},
     )
     return st.lists(entry, max_size=5)
@@ -253,10 +302,12 @@ def entries(targets: list[str]) -> st.SearchStrategy[list[dict[str, Any]]]:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[DirectorySnapshot, RingRules, str | None]:
-    user = User("100", "Hypo", None, tuple(draw(st.lists(
-        st.sampled_from(USER_PHONES), unique=True))))
-    workplace = Workplace("desk", "Desk", "900", tuple(draw(st.lists(
-        st.sampled_from(WORKPLACE_PHONES), unique=True))))
+    user = User(
+        "100", "Hypo", None, tuple(draw(st.lists(st.sampled_from(USER_PHONES), unique=True)))
+    )
+    workplace = Workplace(
+        "desk", "Desk", "900", tuple(draw(st.lists(st.sampled_from(WORKPLACE_PHONES), unique=True)))
+    )
     logged_in = draw(st.booleans())
     followme = draw(st.none() | entries(USER_PHONES + FOREIGN + ["+491701234"]))
     if followme and draw(st.booleans()):

@@ -46,51 +46,94 @@ def workplace_rule(workplace_id: str, *entries: list[str]) -> dict[str, Any]:
 
 
 CASES: list[tuple[str, dict[str, Any], list[Problem]]] = [
-    ("own phones, an external number and the workplace are fine",
-     followme("201", ["PJSIP/anna-desk"], ["PJSIP/anna-soft", "+4917012345678", "workplace"]),
-     []),
-    ("a workplace's own phones are fine",
-     workplace_rule("office-1", ["PJSIP/office1-desk"], ["+4930123456"]),
-     []),
-    ("another user's phone",
-     followme("201", ["PJSIP/anna-desk", "PJSIP/boris-desk"]),
-     [Problem(("users", "201", "followme", 0, "ring", 1),
-              "PJSIP/boris-desk belongs to user 202 (Boris Chen), not to user 201")]),
-    ("a workplace's phone in a FollowMe rule",
-     followme("201", ["PJSIP/anna-desk"], ["PJSIP/office2-desk"]),
-     [Problem(("users", "201", "followme", 1, "ring", 0),
-              "PJSIP/office2-desk belongs to workplace office-2, not to user 201")]),
-    ("a phone not in the directory",
-     followme("203", ["PJSIP/ghost"]),
-     [Problem(("users", "203", "followme", 0, "ring", 0),
-              "PJSIP/ghost is not in the directory")]),
-    ("an unassigned phone",
-     followme("203", ["PJSIP/spare-1"]),
-     [Problem(("users", "203", "followme", 0, "ring", 0),
-              "PJSIP/spare-1 is an unassigned phone, not one of user 203's phones")]),
-    ("a rule for an unknown extension, at its key",
-     followme("299", ["PJSIP/anna-desk"]),
-     [Problem(("users", "299"), "no user has the extension 299", at_key=True)]),
-    ("a user's phone in a workplace rule",
-     workplace_rule("office-1", ["PJSIP/office1-desk", "PJSIP/anna-desk"]),
-     [Problem(("workplaces", "office-1", "ring", 0, "ring", 1),
-              "PJSIP/anna-desk belongs to user 201 (Anna Berger), not to workplace office-1")]),
-    ("another workplace's phone in a workplace rule",
-     workplace_rule("office-1", ["PJSIP/office1-desk"], ["PJSIP/office2-desk"]),
-     [Problem(("workplaces", "office-1", "ring", 1, "ring", 0),
-              "PJSIP/office2-desk belongs to workplace office-2, not to workplace office-1")]),
-    ("a rule for an unknown workplace, at its key",
-     workplace_rule("office-9", ["PJSIP/office1-desk"]),
-     [Problem(("workplaces", "office-9"), "no workplace has the id office-9", at_key=True)]),
-    ("users without FollowMe and workplaces without a ring rule need nothing",
-     {"users": {"201": {}}, "workplaces": {"office-1": {}}},
-     []),
+    (
+        "own phones, an external number and the workplace are fine",
+        followme("201", ["PJSIP/anna-desk"], ["PJSIP/anna-soft", "+4917012345678", "workplace"]),
+        [],
+    ),
+    (
+        "a workplace's own phones are fine",
+        workplace_rule("office-1", ["PJSIP/office1-desk"], ["+4930123456"]),
+        [],
+    ),
+    (
+        "another user's phone",
+        followme("201", ["PJSIP/anna-desk", "PJSIP/boris-desk"]),
+        [
+            Problem(
+                ("users", "201", "followme", 0, "ring", 1),
+                "PJSIP/boris-desk belongs to user 202 (Boris Chen), not to user 201",
+            )
+        ],
+    ),
+    (
+        "a workplace's phone in a FollowMe rule",
+        followme("201", ["PJSIP/anna-desk"], ["PJSIP/office2-desk"]),
+        [
+            Problem(
+                ("users", "201", "followme", 1, "ring", 0),
+                "PJSIP/office2-desk belongs to workplace office-2, not to user 201",
+            )
+        ],
+    ),
+    (
+        "a phone not in the directory",
+        followme("203", ["PJSIP/ghost"]),
+        [
+            Problem(
+                ("users", "203", "followme", 0, "ring", 0), "PJSIP/ghost is not in the directory"
+            )
+        ],
+    ),
+    (
+        "an unassigned phone",
+        followme("203", ["PJSIP/spare-1"]),
+        [
+            Problem(
+                ("users", "203", "followme", 0, "ring", 0),
+                "PJSIP/spare-1 is an unassigned phone, not one of user 203's phones",
+            )
+        ],
+    ),
+    (
+        "a rule for an unknown extension, at its key",
+        followme("299", ["PJSIP/anna-desk"]),
+        [Problem(("users", "299"), "no user has the extension 299", at_key=True)],
+    ),
+    (
+        "a user's phone in a workplace rule",
+        workplace_rule("office-1", ["PJSIP/office1-desk", "PJSIP/anna-desk"]),
+        [
+            Problem(
+                ("workplaces", "office-1", "ring", 0, "ring", 1),
+                "PJSIP/anna-desk belongs to user 201 (Anna Berger), not to workplace office-1",
+            )
+        ],
+    ),
+    (
+        "another workplace's phone in a workplace rule",
+        workplace_rule("office-1", ["PJSIP/office1-desk"], ["PJSIP/office2-desk"]),
+        [
+            Problem(
+                ("workplaces", "office-1", "ring", 1, "ring", 0),
+                "PJSIP/office2-desk belongs to workplace office-2, not to workplace office-1",
+            )
+        ],
+    ),
+    (
+        "a rule for an unknown workplace, at its key",
+        workplace_rule("office-9", ["PJSIP/office1-desk"]),
+        [Problem(("workplaces", "office-9"), "no workplace has the id office-9", at_key=True)],
+    ),
+    (
+        "users without FollowMe and workplaces without a ring rule need nothing",
+        {"users": {"201": {}}, "workplaces": {"office-1": {}}},
+        [],
+    ),
 ]
 
 
-@pytest.mark.parametrize(
-    ("data", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_check_rules(data: dict[str, Any], expected: list[Problem]) -> None:
     assert check_rules(rules(data), SNAPSHOT) == expected
 

@@ -42,86 +42,158 @@ def test_an_empty_file_is_the_default_rules(tmp_path: Path) -> None:
 
 
 BAD_RULES: list[tuple[str, str, list[str]]] = [
-    ("timeout must be positive",
-     'users:\n  "201":\n    followme:\n      - ring: [PJSIP/a]\n      - ring: [PJSIP/b]\n'
-     "        timeout: 0\n",
-     ['rules.yaml:6:18: users."201".followme[1].timeout: Input should be greater than 0']),
-    ("delay may not be negative",
-     "users:\n  '201':\n    followme:\n      - {ring: [PJSIP/a], delay: -5}\n",
-     ['rules.yaml:4:34: users."201".followme[0].delay: '
-      "Input should be greater than or equal to 0"]),
-    ("a misspelt key, with a suggestion",
-     "workplaces:\n  office-1:\n    ring:\n      - ring: [PJSIP/a]\n        tiemout: 3\n",
-     ["rules.yaml:5:9: workplaces.office-1.ring[0].tiemout: unknown key; "
-      "did you mean 'timeout'?"]),
-    ("an unknown top-level key",
-     "user:\n  '201': {}\n",
-     ["rules.yaml:1:1: user: unknown key; did you mean 'users'?"]),
-    ("an extension that is not digits, at the key",
-     "users:\n  '201': {}\n  anna: {}\n",
-     ["rules.yaml:3:3: users.anna: extension 'anna' must be 1 to 20 digits"]),
-    ("a workplace id that is not a slug",
-     "workplaces:\n  Office_1: {}\n",
-     ["rules.yaml:2:3: workplaces.Office_1: workplace id 'Office_1' must be a slug: "
-      "lower-case letters, digits and inner hyphens"]),
-    ("an unquoted number as a target",
-     TEMPLATE + "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a, 4917012345678]\n",
-     ["rules.yaml:6:25: users.\"201\".followme[0].ring[1]: 4917012345678 is a number: "
-      'write external numbers in quotes with a leading +, e.g. "+4917012345678"']),
-    ("a bad external number",
-     TEMPLATE + "users:\n  '201':\n    followme:\n      - ring: ['+1']\n",
-     ["rules.yaml:6:16: users.\"201\".followme[0].ring[0]: '+1' is not an external "
-      "number: + and 2 to 20 digits, e.g. +4917012345678"]),
-    ("an endpoint that would change a Dial string",
-     "users:\n  '201':\n    followme:\n      - ring: ['PJSIP/a&PJSIP/b']\n",
-     ["rules.yaml:4:16: users.\"201\".followme[0].ring[0]: endpoint 'PJSIP/a&PJSIP/b' "
-      "contains '&', which would change a Dial string"]),
-    ("an unknown technology",
-     "users:\n  '201':\n    followme:\n      - ring: [SKYPE/anna]\n",
-     ["rules.yaml:4:16: users.\"201\".followme[0].ring[0]: endpoint 'SKYPE/anna' must "
-      "start with a technology (PJSIP, SIP, IAX2, DAHDI, Local) and a slash, "
-      "e.g. PJSIP/desk-12"]),
-    ("an external number needs the template, pointed at the number",
-     "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a]\n      - ring: ['+4930123456']\n",
-     ["rules.yaml:5:16: users.\"201\".followme[1].ring[0]: external number +4930123456 "
-      "needs defaults.external_endpoint, e.g. PJSIP/{number}@trunk"]),
-    ("a bad template",
-     "defaults:\n  external_endpoint: PJSIP/trunk\n",
-     ["rules.yaml:2:22: defaults.external_endpoint: external_endpoint must contain "
-      "{number} exactly once, e.g. PJSIP/{number}@trunk"]),
-    ("a target twice in one entry, at the second",
-     "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a, PJSIP/b, PJSIP/a]\n",
-     ['rules.yaml:4:34: users."201".followme[0].ring[2]: '
-      "PJSIP/a is listed twice in the same entry"]),
-    ("workplace named in two FollowMe entries",
-     "users:\n  '201':\n    followme:\n      - ring: [workplace]\n      - ring: [workplace]\n",
-     ["rules.yaml:3:5: users.\"201\".followme: 'workplace' may start the workplace "
-      "timeline in one entry only"]),
-    ("workplace as a target of a workplace rule",
-     "workplaces:\n  office-1:\n    ring:\n      - ring: [workplace]\n",
-     ["rules.yaml:3:5: workplaces.office-1.ring: 'workplace' is a FollowMe target; "
-      "a workplace rule names phones"]),
-    ("an entry without ring",
-     "users:\n  '201':\n    followme:\n      - timeout: 5\n",
-     ['rules.yaml:4:9: users."201".followme[0].ring: required, but missing']),
-    ("an empty ring",
-     "users:\n  '201':\n    followme:\n      - ring: []\n",
-     ['rules.yaml:4:9: users."201".followme[0].ring: '
-      "Tuple should have at least 1 item after validation, not 0"]),
-    ("followme written as a mapping",
-     "users:\n  '201':\n    followme:\n      ring: [PJSIP/a]\n",
-     ['rules.yaml:3:5: users."201".followme: expected a list, got a mapping']),
-    ("a timeout in words",
-     "defaults:\n  timeout: twenty\n",
-     ["rules.yaml:2:12: defaults.timeout: expected a number, got text"]),
-    ("a duplicate extension (YAML would keep the last)",
-     "users:\n  '201': {}\n  201: {}\n",
-     ['rules.yaml:3:3: users."201": duplicate key: already given at line 2, column 3; '
-      "YAML would silently keep only the last"]),
-    ("a syntax error",
-     "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a\n",
-     ["rules.yaml:5:1: YAML syntax error: expected ',' or ']', but got '<stream end>' "
-      "(while parsing a flow sequence at line 4, column 15)"]),
+    (
+        "timeout must be positive",
+        'users:\n  "201":\n    followme:\n      - ring: [PJSIP/a]\n      - ring: [PJSIP/b]\n'
+        "        timeout: 0\n",
+        ['rules.yaml:6:18: users."201".followme[1].timeout: Input should be greater than 0'],
+    ),
+    (
+        "delay may not be negative",
+        "users:\n  '201':\n    followme:\n      - {ring: [PJSIP/a], delay: -5}\n",
+        [
+            'rules.yaml:4:34: users."201".followme[0].delay: '
+            "Input should be greater than or equal to 0"
+        ],
+    ),
+    (
+        "a misspelt key, with a suggestion",
+        "workplaces:\n  office-1:\n    ring:\n      - ring: [PJSIP/a]\n        tiemout: 3\n",
+        [
+            "rules.yaml:5:9: workplaces.office-1.ring[0].tiemout: unknown key; "
+            "did you mean 'timeout'?"
+        ],
+    ),
+    (
+        "an unknown top-level key",
+        "user:\n  '201': {}\n",
+        ["rules.yaml:1:1: user: unknown key; did you mean 'users'?"],
+    ),
+    (
+        "an extension that is not digits, at the key",
+        "users:\n  '201': {}\n  anna: {}\n",
+        ["rules.yaml:3:3: users.anna: extension 'anna' must be 1 to 20 digits"],
+    ),
+    (
+        "a workplace id that is not a slug",
+        "workplaces:\n  Office_1: {}\n",
+        [
+            "rules.yaml:2:3: workplaces.Office_1: workplace id 'Office_1' must be a slug: "
+            "lower-case letters, digits and inner hyphens"
+        ],
+    ),
+    (
+        "an unquoted number as a target",
+        TEMPLATE + "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a, 4917012345678]\n",
+        [
+            'rules.yaml:6:25: users."201".followme[0].ring[1]: 4917012345678 is a number: '
+            'write external numbers in quotes with a leading +, e.g. "+4917012345678"'
+        ],
+    ),
+    (
+        "a bad external number",
+        TEMPLATE + "users:\n  '201':\n    followme:\n      - ring: ['+1']\n",
+        [
+            "rules.yaml:6:16: users.\"201\".followme[0].ring[0]: '+1' is not an external "
+            "number: + and 2 to 20 digits, e.g. +4917012345678"
+        ],
+    ),
+    (
+        "an endpoint that would change a Dial string",
+        "users:\n  '201':\n    followme:\n      - ring: ['PJSIP/a&PJSIP/b']\n",
+        [
+            "rules.yaml:4:16: users.\"201\".followme[0].ring[0]: endpoint 'PJSIP/a&PJSIP/b' "
+            "contains '&', which would change a Dial string"
+        ],
+    ),
+    (
+        "an unknown technology",
+        "users:\n  '201':\n    followme:\n      - ring: [SKYPE/anna]\n",
+        [
+            "rules.yaml:4:16: users.\"201\".followme[0].ring[0]: endpoint 'SKYPE/anna' must "
+            "start with a technology (PJSIP, SIP, IAX2, DAHDI, Local) and a slash, "
+            "e.g. PJSIP/desk-12"
+        ],
+    ),
+    (
+        "an external number needs the template, pointed at the number",
+        "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a]\n      - ring: ['+4930123456']\n",
+        [
+            'rules.yaml:5:16: users."201".followme[1].ring[0]: external number +4930123456 '
+            "needs defaults.external_endpoint, e.g. PJSIP/{number}@trunk"
+        ],
+    ),
+    (
+        "a bad template",
+        "defaults:\n  external_endpoint: PJSIP/trunk\n",
+        [
+            "rules.yaml:2:22: defaults.external_endpoint: external_endpoint must contain "
+            "{number} exactly once, e.g. PJSIP/{number}@trunk"
+        ],
+    ),
+    (
+        "a target twice in one entry, at the second",
+        "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a, PJSIP/b, PJSIP/a]\n",
+        [
+            'rules.yaml:4:34: users."201".followme[0].ring[2]: '
+            "PJSIP/a is listed twice in the same entry"
+        ],
+    ),
+    (
+        "workplace named in two FollowMe entries",
+        "users:\n  '201':\n    followme:\n      - ring: [workplace]\n      - ring: [workplace]\n",
+        [
+            "rules.yaml:3:5: users.\"201\".followme: 'workplace' may start the workplace "
+            "timeline in one entry only"
+        ],
+    ),
+    (
+        "workplace as a target of a workplace rule",
+        "workplaces:\n  office-1:\n    ring:\n      - ring: [workplace]\n",
+        [
+            "rules.yaml:3:5: workplaces.office-1.ring: 'workplace' is a FollowMe target; "
+            "a workplace rule names phones"
+        ],
+    ),
+    (
+        "an entry without ring",
+        "users:\n  '201':\n    followme:\n      - timeout: 5\n",
+        ['rules.yaml:4:9: users."201".followme[0].ring: required, but missing'],
+    ),
+    (
+        "an empty ring",
+        "users:\n  '201':\n    followme:\n      - ring: []\n",
+        [
+            'rules.yaml:4:9: users."201".followme[0].ring: '
+            "Tuple should have at least 1 item after validation, not 0"
+        ],
+    ),
+    (
+        "followme written as a mapping",
+        "users:\n  '201':\n    followme:\n      ring: [PJSIP/a]\n",
+        ['rules.yaml:3:5: users."201".followme: expected a list, got a mapping'],
+    ),
+    (
+        "a timeout in words",
+        "defaults:\n  timeout: twenty\n",
+        ["rules.yaml:2:12: defaults.timeout: expected a number, got text"],
+    ),
+    (
+        "a duplicate extension (YAML would keep the last)",
+        "users:\n  '201': {}\n  201: {}\n",
+        [
+            'rules.yaml:3:3: users."201": duplicate key: already given at line 2, column 3; '
+            "YAML would silently keep only the last"
+        ],
+    ),
+    (
+        "a syntax error",
+        "users:\n  '201':\n    followme:\n      - ring: [PJSIP/a\n",
+        [
+            "rules.yaml:5:1: YAML syntax error: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence at line 4, column 15)"
+        ],
+    ),
 ]
 
 

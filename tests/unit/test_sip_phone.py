@@ -46,7 +46,10 @@ def test_parse_request() -> None:
     message = parse_message(INVITE)
     assert message.is_request
     assert (message.method, message.kind, message.uri) == (
-        "INVITE", "INVITE", "sip:alice@127.0.0.1:5062")
+        "INVITE",
+        "INVITE",
+        "sip:alice@127.0.0.1:5062",
+    )
     assert message.call_id == "call-1@127.0.0.1"
     assert message.cseq == (7, "INVITE")
     assert message.branch == "z9hG4bK-top"
@@ -69,7 +72,11 @@ def test_parse_response_with_compact_and_folded_headers() -> None:
     )
     assert not message.is_request
     assert (message.status, message.reason, message.kind, message.method) == (
-        486, "Busy Here", "486", "INVITE")
+        486,
+        "Busy Here",
+        "486",
+        "INVITE",
+    )
     assert message.header("To") == "<sip:alice@127.0.0.1> ;tag=b"
     assert message.to_tag == "b"
     assert message.header("Content-Length") == "0"
@@ -124,8 +131,9 @@ def test_uri_helpers(value: str, uri: str, user: str) -> None:
 
 def test_build_response_copies_the_transaction_and_adds_a_to_tag() -> None:
     request = parse_message(INVITE)
-    response = build_response(request, 180, to_tag="mine",
-                              headers=[("Contact", "<sip:alice@127.0.0.1:5062>")])
+    response = build_response(
+        request, 180, to_tag="mine", headers=[("Contact", "<sip:alice@127.0.0.1:5062>")]
+    )
     again = parse_message(response.to_bytes())
     assert again.start_line == "SIP/2.0 180 Ringing"
     assert again.headers_named("Via") == request.headers_named("Via")
@@ -135,8 +143,9 @@ def test_build_response_copies_the_transaction_and_adds_a_to_tag() -> None:
     assert again.header("Content-Length") == "0"
     # A 100 Trying carries no To tag; a tag already there is kept.
     assert build_response(request, 100, to_tag="mine").to_tag is None
-    tagged = SipMessage(request.start_line, [
-        (n, f"{v};tag=old" if n == "To" else v) for n, v in request.headers])
+    tagged = SipMessage(
+        request.start_line, [(n, f"{v};tag=old" if n == "To" else v) for n, v in request.headers]
+    )
     assert build_response(tagged, 200, to_tag="new").to_tag == "old"
 
 
@@ -264,8 +273,11 @@ async def test_answer_now_and_dtmf(bank: PhoneBank) -> None:
 
 async def test_wait_for_times_out_with_what_happened(bank: PhoneBank) -> None:
     phone = await bank.add("lonely")
-    with pytest.raises(PhoneTimeout, match=r"lonely: no in CANCEL #1 within 0.05 s; events: "
-                                           r"nothing"):
+    with pytest.raises(
+        PhoneTimeout,
+        match=r"lonely: no in CANCEL #1 within 0.05 s; events: "
+        r"nothing",
+    ):
         await phone.wait_for("CANCEL", timeout=0.05)
 
 
@@ -287,14 +299,14 @@ class RawPeer(asyncio.DatagramProtocol):
 @pytest.fixture
 async def raw() -> AsyncIterator[tuple[RawPeer, asyncio.DatagramTransport]]:
     loop = asyncio.get_running_loop()
-    transport, peer = await loop.create_datagram_endpoint(RawPeer,
-                                                          local_addr=("127.0.0.1", 0))
+    transport, peer = await loop.create_datagram_endpoint(RawPeer, local_addr=("127.0.0.1", 0))
     yield peer, transport
     transport.close()
 
 
 async def test_invite_retransmission_repeats_the_response(
-        bank: PhoneBank, raw: tuple[RawPeer, asyncio.DatagramTransport]) -> None:
+    bank: PhoneBank, raw: tuple[RawPeer, asyncio.DatagramTransport]
+) -> None:
     peer, transport = raw
     phone = await bank.add("alice")
     transport.sendto(INVITE, ("127.0.0.1", phone.port))
@@ -309,7 +321,8 @@ async def test_invite_retransmission_repeats_the_response(
 
 
 async def test_200_is_retransmitted_until_ack(
-        bank: PhoneBank, raw: tuple[RawPeer, asyncio.DatagramTransport]) -> None:
+    bank: PhoneBank, raw: tuple[RawPeer, asyncio.DatagramTransport]
+) -> None:
     peer, transport = raw
     phone = await bank.add("alice", behaviour=Answer())
     transport.sendto(INVITE, ("127.0.0.1", phone.port))
@@ -317,11 +330,13 @@ async def test_200_is_retransmitted_until_ack(
     ok = await peer.next()
     assert ok.status == 200 and ok.body.startswith(b"v=0")
     assert (await peer.next()).status == 200  # no ACK yet: retransmitted
-    ack = (f"ACK sip:alice@127.0.0.1:{phone.port} SIP/2.0\r\n"
-           "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-ack\r\n"
-           "From: <sip:asterisk@127.0.0.1>;tag=from-tag\r\n"
-           f"To: <sip:alice@127.0.0.1:5062>;tag={ok.to_tag}\r\n"
-           "Call-ID: call-1@127.0.0.1\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n")
+    ack = (
+        f"ACK sip:alice@127.0.0.1:{phone.port} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-ack\r\n"
+        "From: <sip:asterisk@127.0.0.1>;tag=from-tag\r\n"
+        f"To: <sip:alice@127.0.0.1:5062>;tag={ok.to_tag}\r\n"
+        "Call-ID: call-1@127.0.0.1\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n"
+    )
     transport.sendto(ack.encode(), ("127.0.0.1", phone.port))
     await phone.wait_for("ACK")
     while not peer.received.empty():  # retransmissions already under way
@@ -332,7 +347,8 @@ async def test_200_is_retransmitted_until_ack(
 
 
 async def test_options_unknown_dialog_and_garbage(
-        bank: PhoneBank, raw: tuple[RawPeer, asyncio.DatagramTransport]) -> None:
+    bank: PhoneBank, raw: tuple[RawPeer, asyncio.DatagramTransport]
+) -> None:
     peer, transport = raw
     phone = await bank.add("alice")
     transport.sendto(b"\r\n\r\n", ("127.0.0.1", phone.port))  # keep-alive: ignored

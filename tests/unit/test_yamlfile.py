@@ -108,60 +108,120 @@ def test_aliases_repeat_their_anchor() -> None:
 
 
 LOAD_ERRORS: list[tuple[str, str | bytes, list[str]]] = [
-    ("duplicate key", "a: 1\nb: 2\na: 3\n", [
-        "f.yaml:3:1: a: duplicate key: already given at line 1, column 1; "
-        "YAML would silently keep only the last",
-    ]),
-    ("duplicate raw key, quoted and not", 'users:\n  201: {}\n  "201": {}\n', [
-        'f.yaml:3:3: users."201": duplicate key: already given at line 2, column 3; '
-        "YAML would silently keep only the last",
-    ]),
-    ("every duplicate, nested too", "a: {x: 1, x: 2}\nb:\n  - y: 1\n    y: 2\n", [
-        "f.yaml:1:11: a.x: duplicate key: already given at line 1, column 5; "
-        "YAML would silently keep only the last",
-        "f.yaml:4:5: b[0].y: duplicate key: already given at line 3, column 5; "
-        "YAML would silently keep only the last",
-    ]),
-    ("syntax: unclosed flow list", "a: [1, 2\nb: 3\n", [
-        "f.yaml:2:2: YAML syntax error: expected ',' or ']', but got ':' "
-        "(while parsing a flow sequence at line 1, column 4)",
-    ]),
-    ("syntax: mapping value in a plain scalar", "a: b: c\n", [
-        "f.yaml:1:5: YAML syntax error: mapping values are not allowed here",
-    ]),
-    ("syntax: tab indentation", "a:\n\t- x\n", [
-        "f.yaml:2:1: YAML syntax error: a tab; indent with spaces only",
-    ]),
-    ("two documents", "a: 1\n---\nb: 2\n", [
-        "f.yaml:2:1: YAML syntax error: expected a single document in the stream at "
-        "line 1, column 1, but found another document",
-    ]),
-    ("python tag is never constructed", "x: !!python/object/apply:os.system [ls]\n", [
-        "f.yaml:1:4: x: the tag tag:yaml.org,2002:python/object/apply:os.system "
-        "is not supported here",
-    ]),
-    ("unknown scalar tag", "x: !secret abc\n", [
-        "f.yaml:1:4: x: cannot read this value: could not determine a constructor "
-        "for the tag '!secret'",
-    ]),
-    ("recursive alias", "a: &a [*a]\n", [
-        "f.yaml:1:4: a[0]: an alias (*name) refers to a value that contains itself",
-    ]),
-    ("merge key", "base: &b {timeout: 5}\nentry:\n  <<: *b\n", [
-        "f.yaml:3:3: entry: merge keys (<<) are not supported: write the keys out",
-    ]),
-    ("a list as a key", "? [a, b]\n: 1\n", [
-        "f.yaml:1:3: a key must be a plain name or number, not a list or a mapping",
-    ]),
-    ("impossible date", "since: 2024-13-45\n", [
-        "f.yaml:1:8: since: cannot read this value: month must be in 1..12",
-    ]),
-    ("control character", "name: a\x07b\n", [
-        "f.yaml:1:8: character U+0007 is not allowed in a YAML file",
-    ]),
-    ("not UTF-8", b"name: Gr\xfc\xdfe\n", [
-        "f.yaml:1:9: not UTF-8 text (byte 0xFC): save the file as UTF-8",
-    ]),
+    (
+        "duplicate key",
+        "a: 1\nb: 2\na: 3\n",
+        [
+            "f.yaml:3:1: a: duplicate key: already given at line 1, column 1; "
+            "YAML would silently keep only the last",
+        ],
+    ),
+    (
+        "duplicate raw key, quoted and not",
+        'users:\n  201: {}\n  "201": {}\n',
+        [
+            'f.yaml:3:3: users."201": duplicate key: already given at line 2, column 3; '
+            "YAML would silently keep only the last",
+        ],
+    ),
+    (
+        "every duplicate, nested too",
+        "a: {x: 1, x: 2}\nb:\n  - y: 1\n    y: 2\n",
+        [
+            "f.yaml:1:11: a.x: duplicate key: already given at line 1, column 5; "
+            "YAML would silently keep only the last",
+            "f.yaml:4:5: b[0].y: duplicate key: already given at line 3, column 5; "
+            "YAML would silently keep only the last",
+        ],
+    ),
+    (
+        "syntax: unclosed flow list",
+        "a: [1, 2\nb: 3\n",
+        [
+            "f.yaml:2:2: YAML syntax error: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence at line 1, column 4)",
+        ],
+    ),
+    (
+        "syntax: mapping value in a plain scalar",
+        "a: b: c\n",
+        [
+            "f.yaml:1:5: YAML syntax error: mapping values are not allowed here",
+        ],
+    ),
+    (
+        "syntax: tab indentation",
+        "a:\n\t- x\n",
+        [
+            "f.yaml:2:1: YAML syntax error: a tab; indent with spaces only",
+        ],
+    ),
+    (
+        "two documents",
+        "a: 1\n---\nb: 2\n",
+        [
+            "f.yaml:2:1: YAML syntax error: expected a single document in the stream at "
+            "line 1, column 1, but found another document",
+        ],
+    ),
+    (
+        "python tag is never constructed",
+        "x: !!python/object/apply:os.system [ls]\n",
+        [
+            "f.yaml:1:4: x: the tag tag:yaml.org,2002:python/object/apply:os.system "
+            "is not supported here",
+        ],
+    ),
+    (
+        "unknown scalar tag",
+        "x: !secret abc\n",
+        [
+            "f.yaml:1:4: x: cannot read this value: could not determine a constructor "
+            "for the tag '!secret'",
+        ],
+    ),
+    (
+        "recursive alias",
+        "a: &a [*a]\n",
+        [
+            "f.yaml:1:4: a[0]: an alias (*name) refers to a value that contains itself",
+        ],
+    ),
+    (
+        "merge key",
+        "base: &b {timeout: 5}\nentry:\n  <<: *b\n",
+        [
+            "f.yaml:3:3: entry: merge keys (<<) are not supported: write the keys out",
+        ],
+    ),
+    (
+        "a list as a key",
+        "? [a, b]\n: 1\n",
+        [
+            "f.yaml:1:3: a key must be a plain name or number, not a list or a mapping",
+        ],
+    ),
+    (
+        "impossible date",
+        "since: 2024-13-45\n",
+        [
+            "f.yaml:1:8: since: cannot read this value: month must be in 1..12",
+        ],
+    ),
+    (
+        "control character",
+        "name: a\x07b\n",
+        [
+            "f.yaml:1:8: character U+0007 is not allowed in a YAML file",
+        ],
+    ),
+    (
+        "not UTF-8",
+        b"name: Gr\xfc\xdfe\n",
+        [
+            "f.yaml:1:9: not UTF-8 text (byte 0xFC): save the file as UTF-8",
+        ],
+    ),
 ]
 
 
@@ -224,45 +284,73 @@ class Sample(BaseModel):
 
 
 VALIDATION_ERRORS: list[tuple[str, str, list[str]]] = [
-    ("greater than 0 (the issue's example)",
-     'users:\n  "201":\n    name: Anna\n    followme:\n      - ring: [a]\n'
-     "      - ring: [b]\n        timeout: 0\n",
-     ['f.yaml:7:18: users."201".followme[1].timeout: Input should be greater than 0']),
-    ("unknown key points at the key and suggests",
-     "users:\n  '201':\n    name: Anna\n    folowme: []\n",
-     ['f.yaml:4:5: users."201".folowme: unknown key; did you mean \'followme\'?']),
-    ("unknown key without a close match lists the allowed keys",
-     "colour: blue\n",
-     ["f.yaml:1:1: colour: unknown key; allowed here: users, title"]),
-    ("missing key: at its mapping, named in the path",
-     "users:\n  '201':\n    pin: '1234'\n",
-     ['f.yaml:2:3: users."201".name: required, but missing']),
-    ("a number where text belongs: the raw text, quoted",
-     "title: 0755\nusers:\n  '201': {name: 12.50}\n",  # 0755: YAML 1.1 octal, 493
-     ["f.yaml:1:8: title: expected text, but YAML reads 0755 as a number: "
-      'write it in quotes, "0755"',
-      'f.yaml:3:17: users."201".name: expected text, but YAML reads 12.50 as a number: '
-      'write it in quotes, "12.50"']),
-    ("yes/no are booleans in YAML 1.1",
-     "title: no\n",
-     ['f.yaml:1:8: title: expected text, but YAML reads no as a true/false value: '
-      'write it in quotes, "no"']),
-    ("a secret is never echoed",
-     "users:\n  '201': {name: Anna, pin: 4711}\n",
-     ['f.yaml:2:28: users."201".pin: expected text, got a number']),
-    ("a mapping key validated on its own, pointed at",
-     "users:\n  '201': {name: A}\n  2x: {name: B}\n",
-     ["f.yaml:3:3: users.\"2x\": extension '2x' must be digits"]),
-    ("wrong container types",
-     "users:\n  '201': [name]\n  '202':\n    name: B\n    followme: {ring: a}\n",
-     ['f.yaml:2:3: users."201": expected a mapping (key: value), got a list',
-      'f.yaml:5:5: users."202".followme: expected a list, got a mapping']),
-    ("a validator may point deeper through its context path",
-     "users:\n  '201':\n    name: anonymous\n",
-     ['f.yaml:3:11: users."201".name: no anonymous users']),
-    ("the file is not a mapping",
-     "- a\n- b\n",
-     ["f.yaml:1:1: expected a mapping (key: value), got a list"]),
+    (
+        "greater than 0 (the issue's example)",
+        'users:\n  "201":\n    name: Anna\n    followme:\n      - ring: [a]\n'
+        "      - ring: [b]\n        timeout: 0\n",
+        ['f.yaml:7:18: users."201".followme[1].timeout: Input should be greater than 0'],
+    ),
+    (
+        "unknown key points at the key and suggests",
+        "users:\n  '201':\n    name: Anna\n    folowme: []\n",
+        ["f.yaml:4:5: users.\"201\".folowme: unknown key; did you mean 'followme'?"],
+    ),
+    (
+        "unknown key without a close match lists the allowed keys",
+        "colour: blue\n",
+        ["f.yaml:1:1: colour: unknown key; allowed here: users, title"],
+    ),
+    (
+        "missing key: at its mapping, named in the path",
+        "users:\n  '201':\n    pin: '1234'\n",
+        ['f.yaml:2:3: users."201".name: required, but missing'],
+    ),
+    (
+        "a number where text belongs: the raw text, quoted",
+        "title: 0755\nusers:\n  '201': {name: 12.50}\n",  # 0755: YAML 1.1 octal, 493
+        [
+            "f.yaml:1:8: title: expected text, but YAML reads 0755 as a number: "
+            'write it in quotes, "0755"',
+            'f.yaml:3:17: users."201".name: expected text, but YAML reads 12.50 as a number: '
+            'write it in quotes, "12.50"',
+        ],
+    ),
+    (
+        "yes/no are booleans in YAML 1.1",
+        "title: no\n",
+        [
+            "f.yaml:1:8: title: expected text, but YAML reads no as a true/false value: "
+            'write it in quotes, "no"'
+        ],
+    ),
+    (
+        "a secret is never echoed",
+        "users:\n  '201': {name: Anna, pin: 4711}\n",
+        ['f.yaml:2:28: users."201".pin: expected text, got a number'],
+    ),
+    (
+        "a mapping key validated on its own, pointed at",
+        "users:\n  '201': {name: A}\n  2x: {name: B}\n",
+        ["f.yaml:3:3: users.\"2x\": extension '2x' must be digits"],
+    ),
+    (
+        "wrong container types",
+        "users:\n  '201': [name]\n  '202':\n    name: B\n    followme: {ring: a}\n",
+        [
+            'f.yaml:2:3: users."201": expected a mapping (key: value), got a list',
+            'f.yaml:5:5: users."202".followme: expected a list, got a mapping',
+        ],
+    ),
+    (
+        "a validator may point deeper through its context path",
+        "users:\n  '201':\n    name: anonymous\n",
+        ['f.yaml:3:11: users."201".name: no anonymous users'],
+    ),
+    (
+        "the file is not a mapping",
+        "- a\n- b\n",
+        ["f.yaml:1:1: expected a mapping (key: value), got a list"],
+    ),
 ]
 
 
@@ -306,8 +394,10 @@ def test_validate_returns_the_model(tmp_path: Path) -> None:
 
 
 def test_locate_problems(tmp_path: Path) -> None:
-    path = write(tmp_path, "users:\n  '201':\n    followme:\n      - ring: [a, b]\nlogins:\n"
-                           "  '299': office-1\n")
+    path = write(
+        tmp_path,
+        "users:\n  '201':\n    followme:\n      - ring: [a, b]\nlogins:\n  '299': office-1\n",
+    )
     problems = [
         Problem(("logins", "299"), "no user has the extension 299", at_key=True),
         Problem(("logins", "299"), "unknown workplace"),
@@ -365,7 +455,12 @@ def test_salvage_drops_the_invalid_and_maps_paths_back() -> None:
     assert set(partial.model.users) == {"201"}
     assert partial.model.title == ""
     assert partial.original_path(("users", "201", "followme", 0, "ring", 0)) == (
-        "users", "201", "followme", 1, "ring", 0,
+        "users",
+        "201",
+        "followme",
+        1,
+        "ring",
+        0,
     )
     assert ("users", "202") in partial.removed
 
