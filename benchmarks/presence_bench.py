@@ -34,9 +34,9 @@ import time
 
 from callrouter.ami import AmiClient
 from callrouter.ami.protocol import AmiMessage
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.presence.live import AMI_EVENTS, PresenceService
 from callrouter.presence.tracker import PresenceTracker
-from callrouter.routing.directory import DirectorySnapshot, User, Workplace
 from tests.fakes.fake_ami import FakeAmi, event_list
 
 P99_GOAL_MS = 20.0

@@ -37,7 +37,7 @@ from callrouter.directory import schema as s
 from callrouter.directory.database import begin_write, create_engine, upgrade
 from callrouter.directory.pins import hash_pin
 from callrouter.directory.store import load_snapshot
-from callrouter.routing.directory import DirectorySnapshot
+from callrouter.domain.directory import DirectorySnapshot
 from callrouter.routing.resolver import resolve_plan
 from callrouter.rules.model import RingRules
 
@@ -322,8 +322,8 @@ async def login_figures(url: str, snapshot: DirectorySnapshot) -> list[Figure]:
 
     from callrouter.directory.database import create_engine
     from callrouter.directory.store import load_logins, set_login
+    from callrouter.fallback.entries import fallback_entries
     from callrouter.presence.tracker import PresenceTracker
-    from callrouter.routing.fallback import fallback_entries
 
     rules = benchmark_rules(snapshot)
     tracker = PresenceTracker(snapshot)

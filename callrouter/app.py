@@ -30,20 +30,20 @@ from callrouter.api.server import ApiServer
 from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError
 from callrouter.ari.events import AriEvent, Channel
-from callrouter.astdb import FallbackPublisher
 from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.store import load_logins, load_snapshot, read_revisions
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.domain.endpoint import caller_endpoint
+from callrouter.fallback.astdb import FallbackPublisher
+from callrouter.fallback.entries import fallback_entries
 from callrouter.logins.feature_codes import FeatureCodes
 from callrouter.logins.lockout import DatabaseLockout
 from callrouter.logins.service import LoginService
 from callrouter.logs import register_secret, setup_logging
 from callrouter.presence.live import AMI_EVENTS, PresenceService
 from callrouter.presence.tracker import PresenceTracker
-from callrouter.routing.directory import DirectorySnapshot
-from callrouter.routing.endpoint import caller_endpoint
-from callrouter.routing.fallback import fallback_entries
 from callrouter.routing.resolver import resolve_plan
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules

@@ -23,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from callrouter.api.tokens import TokenSigner
 from callrouter.directory.database import DatabaseError
 from callrouter.directory.store import LoginChange
+from callrouter.domain.identifiers import CLIENT_ID_PATTERN, Extension, WorkplaceId
+from callrouter.domain.presence import ClientStatus, UserPresence
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
 from callrouter.presence.live import PresenceService
-from callrouter.presence.model import ClientStatus, UserPresence
 
 ADMIN = "admin"
 
@@ -41,11 +42,6 @@ _STATUS = {
     Refusal.BAD_INPUT: 422,
 }
 
-Extension = Annotated[str, Field(pattern=r"^[0-9]{1,20}$", examples=["201"])]
-WorkplaceId = Annotated[
-    str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$", examples=["hotdesk-1"])
-]
-
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +49,7 @@ class _Body(BaseModel):
 
 class SessionRequest(_Body):
     extension: Extension
+    # Bounded, not pattern-checked: a malformed PIN is a wrong PIN (401), like any other.
     pin: str = Field(max_length=32, json_schema_extra={"format": "password"})
 
 
@@ -116,7 +113,7 @@ class ClientStatusRequest(_Body):
     """A client's status; send it again within the heartbeat time-out (90 s by
     default) or the client counts as offline."""
 
-    client_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", examples=["anna-laptop"])
+    client_id: str = Field(pattern=f"^{CLIENT_ID_PATTERN.pattern}$", examples=["anna-laptop"])
     status: ClientStatus
     extension: Extension | None = None  # the admin names the user; users omit it
 

@@ -15,8 +15,12 @@ import secrets
 import time
 from collections.abc import Callable
 
+from callrouter.domain.identifiers import EXTENSION_PATTERN
+
 _PREFIX = "cr1"
-_TOKEN = re.compile(rf"{_PREFIX}\.([0-9]{{1,20}})\.([0-9]{{1,12}})\.([A-Za-z0-9_-]{{43}})")
+_TOKEN = re.compile(
+    rf"{_PREFIX}\.({EXTENSION_PATTERN.pattern})\.([0-9]{{1,12}})\.([A-Za-z0-9_-]{{43}})"
+)
 
 
 class TokenSigner:

@@ -250,7 +250,7 @@ def plan(
     Presence (unreachable phones, do-not-disturb, busy) comes from the running
     router; without one, or with --ignore-presence, the rule alone is shown.
     """
-    from callrouter.routing.endpoint import endpoint_problem
+    from callrouter.domain.endpoint import endpoint_problem
     from callrouter.routing.resolver import resolve_plan
     from callrouter.routing.timeline import format_plan
     from callrouter.rules.loader import load_rules
@@ -285,7 +285,7 @@ def _live_presence(snapshot: Any, extension: str, router_url: str) -> tuple[Any,
 
     import httpx
 
-    from callrouter.presence.model import ClientStatus, DeviceState
+    from callrouter.domain.presence import ClientStatus, DeviceState
     from callrouter.presence.tracker import PresenceTracker
 
     token = os.environ.get("CALLROUTER_API_ADMIN_TOKEN")
@@ -317,7 +317,7 @@ _EXTENSION_ARG = click.argument("extension")
 
 
 def _check_extension(extension: str) -> None:
-    from callrouter.rules.model import EXTENSION_PATTERN
+    from callrouter.domain.identifiers import EXTENSION_PATTERN
 
     if not EXTENSION_PATTERN.fullmatch(extension):
         raise click.BadParameter(

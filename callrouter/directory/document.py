@@ -10,103 +10,20 @@ both.
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from callrouter.directory.pins import is_pin_hash
-from callrouter.routing.endpoint import endpoint_problem
-from callrouter.rules.model import EXTENSION_PATTERN, WORKPLACE_ID_PATTERN
-
-PIN_PATTERN = re.compile(r"[0-9]{4,12}")
-CODE_PATTERN = re.compile(r"[0-9]{1,10}")
-# The sizes of the database columns these values go into.
-MAX_NAME_LENGTH = 200
-MAX_ROLE_NAME_LENGTH = 64
-MAX_ENDPOINT_LENGTH = 255
-
-
-def _not_a_number(what: str, example: str) -> Callable[[Any], Any]:
-    """Refuse a YAML number where digits must be text: leading zeros would be lost."""
-
-    def check(value: Any) -> Any:
-        if isinstance(value, int | float):  # bool too
-            raise ValueError(
-                f'write the {what} in quotes, e.g. "{example}": unquoted, YAML reads it '
-                "as a number and leading zeros would be lost"
-            )
-        return value
-
-    return check
-
-
-def _name_checker(what: str, max_length: int) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if not value.strip():
-            raise ValueError(f"the {what} must not be empty")
-        control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
-        if control is not None:
-            raise ValueError(
-                f"the {what} must not contain control characters (found U+{ord(control):04X})"
-            )
-        if len(value) > max_length:
-            raise ValueError(f"the {what} is longer than {max_length} characters")
-        return value
-
-    return check
-
-
-def _extension(value: str) -> str:
-    if not EXTENSION_PATTERN.fullmatch(value):
-        raise ValueError(f"extension {value!r} must be 1 to 20 digits")
-    return value
-
-
-def _workplace_id(value: str) -> str:
-    if not WORKPLACE_ID_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"workplace id {value!r} must be a slug: lower-case letters, digits and inner "
-            "hyphens, at most 64 characters, e.g. office-1"
-        )
-    return value
-
-
-def _code(value: str) -> str:
-    if not CODE_PATTERN.fullmatch(value):
-        raise ValueError(f"workplace code {value!r} must be 1 to 10 digits")
-    return value
-
-
-def _endpoint(value: str) -> str:
-    problem = endpoint_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    if len(value) > MAX_ENDPOINT_LENGTH:
-        raise ValueError(f"endpoint {value!r} is longer than {MAX_ENDPOINT_LENGTH} characters")
-    return value
-
-
-Extension = Annotated[
-    str, BeforeValidator(_not_a_number("extension", "201")), AfterValidator(_extension)
-]
-WorkplaceId = Annotated[str, AfterValidator(_workplace_id)]
-WorkplaceCode = Annotated[
-    str, BeforeValidator(_not_a_number("workplace code", "801")), AfterValidator(_code)
-]
-Endpoint = Annotated[str, AfterValidator(_endpoint)]
-DisplayName = Annotated[str, AfterValidator(_name_checker("name", MAX_NAME_LENGTH))]
-RoleName = Annotated[str, AfterValidator(_name_checker("role name", MAX_ROLE_NAME_LENGTH))]
+from callrouter.domain.identifiers import (
+    PIN_PATTERN,
+    DisplayName,
+    Endpoint,
+    Extension,
+    RoleName,
+    WorkplaceCode,
+    WorkplaceId,
+)
 
 
 class _Strict(BaseModel):

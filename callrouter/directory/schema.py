@@ -42,6 +42,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from callrouter.domain.identifiers import (
+    ENDPOINT_LENGTH,
+    NAME_LENGTH,
+    ROLE_NAME_LENGTH,
+    WORKPLACE_ID_LENGTH,
+)
+
 # Stable constraint names: Alembic needs them to alter constraints later (SQLite
 # batch mode included), and they make IntegrityError messages recognisable.
 NAMING_CONVENTION = {
@@ -52,12 +59,13 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-EXTENSION_LENGTH = 32
-NAME_LENGTH = 200
-SLUG_LENGTH = 64
-CODE_LENGTH = 32
-ENDPOINT_LENGTH = 255
+# Columns for an extension or a workplace code were made wider than the identifiers
+# (20 and 10 digits, callrouter.domain.identifiers): room to grow without a migration.
+# tests/unit/test_migrations.py checks that every column fits its identifier.
+EXTENSION_COLUMN_LENGTH = 32
+WORKPLACE_CODE_COLUMN_LENGTH = 32
 PIN_HASH_LENGTH = 255
+ACTION_LENGTH = 64
 ACTOR_LENGTH = 200
 
 
@@ -95,7 +103,7 @@ class RoleRow(Base):
     __tablename__ = "roles"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(SLUG_LENGTH), unique=True)
+    name: Mapped[str] = mapped_column(String(ROLE_NAME_LENGTH), unique=True)
     # False: users of this role may log in anywhere (role_workplaces is ignored).
     # True: only at the workplaces listed in role_workplaces (none listed: nowhere).
     restricted: Mapped[bool] = mapped_column(Boolean, server_default=false())
@@ -120,7 +128,7 @@ class UserRow(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    extension: Mapped[str] = mapped_column(String(EXTENSION_LENGTH), unique=True)
+    extension: Mapped[str] = mapped_column(String(EXTENSION_COLUMN_LENGTH), unique=True)
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     role_id: Mapped[int | None] = mapped_column(
         ForeignKey("roles.id", ondelete="RESTRICT"), index=True
@@ -135,9 +143,11 @@ class WorkplaceRow(Base):
     __tablename__ = "workplaces"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    slug: Mapped[str] = mapped_column(String(SLUG_LENGTH), unique=True)  # e.g. "office-1"
+    slug: Mapped[str] = mapped_column(String(WORKPLACE_ID_LENGTH), unique=True)  # e.g. "office-1"
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
-    code: Mapped[str] = mapped_column(String(CODE_LENGTH), unique=True)  # numeric dial code
+    code: Mapped[str] = mapped_column(
+        String(WORKPLACE_CODE_COLUMN_LENGTH), unique=True
+    )  # numeric dial code
 
 
 class PhoneRow(Base):
@@ -184,10 +194,10 @@ class AuditRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))  # who: "admin", an extension, ...
     source: Mapped[str] = mapped_column(Text)  # from where: "import", "cli", "phone PJSIP/x", ...
-    action: Mapped[str] = mapped_column(String(SLUG_LENGTH))  # "login", "logout", "displaced"
-    extension: Mapped[str | None] = mapped_column(String(EXTENSION_LENGTH), index=True)
-    old_workplace: Mapped[str | None] = mapped_column(String(SLUG_LENGTH))
-    new_workplace: Mapped[str | None] = mapped_column(String(SLUG_LENGTH))
+    action: Mapped[str] = mapped_column(String(ACTION_LENGTH))  # "login", "logout", "displaced"
+    extension: Mapped[str | None] = mapped_column(String(EXTENSION_COLUMN_LENGTH), index=True)
+    old_workplace: Mapped[str | None] = mapped_column(String(WORKPLACE_ID_LENGTH))
+    new_workplace: Mapped[str | None] = mapped_column(String(WORKPLACE_ID_LENGTH))
     detail: Mapped[str | None] = mapped_column(Text)
 
 

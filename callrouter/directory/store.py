@@ -39,13 +39,14 @@ from callrouter.directory.document import (
     WorkplaceEntry,
 )
 from callrouter.directory.pins import hash_pin, is_pin_hash, verify_pin
+from callrouter.domain import identifiers as ids
+from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
+from callrouter.domain.endpoint import endpoint_problem
+from callrouter.domain.identifiers import PIN_PATTERN
 from callrouter.logins.policy import OccupiedPolicy, Refusal, login_refusal
-from callrouter.routing.directory import DirectorySnapshot, Role, User, Workplace
-from callrouter.routing.endpoint import endpoint_problem
 
 # SQLite's limit on bound parameters is 32766; stay well below it for IN (...) lists.
 _CHUNK = 500
-_PIN = re.compile(r"[0-9]{4,12}")
 
 
 # --- errors and results ------------------------------------------------------------
@@ -324,18 +325,21 @@ def _document_problems(doc: DirectoryDocument) -> list[str]:
     for user in doc.users:
         if user.pin is not None and user.pin_hash is not None:
             problems.append(f"user {user.extension}: give either pin or pin_hash, not both")
-        elif user.pin is not None and not _PIN.fullmatch(user.pin):
+        elif user.pin is not None and not PIN_PATTERN.fullmatch(user.pin):
             problems.append(f"user {user.extension}: the PIN must be 4 to 12 digits")
         elif user.pin_hash is not None and not is_pin_hash(user.pin_hash):
             problems.append(f"user {user.extension}: pin_hash is not a callrouter PIN hash")
     lengths = [
-        *((f"user {u.extension}", "extension", u.extension, s.EXTENSION_LENGTH) for u in doc.users),
-        *((f"user {u.extension}", "name", u.name, s.NAME_LENGTH) for u in doc.users),
-        *((f"role {r.name}", "name", r.name, s.SLUG_LENGTH) for r in doc.roles),
-        *((f"workplace {w.id}", "id", w.id, s.SLUG_LENGTH) for w in doc.workplaces),
-        *((f"workplace {w.id}", "name", w.name, s.NAME_LENGTH) for w in doc.workplaces),
-        *((f"workplace {w.id}", "code", w.code, s.CODE_LENGTH) for w in doc.workplaces),
-        *(("phone", "endpoint", e, s.ENDPOINT_LENGTH) for e in _named_phones(doc)),
+        *(
+            (f"user {u.extension}", "extension", u.extension, ids.EXTENSION_LENGTH)
+            for u in doc.users
+        ),
+        *((f"user {u.extension}", "name", u.name, ids.NAME_LENGTH) for u in doc.users),
+        *((f"role {r.name}", "name", r.name, ids.ROLE_NAME_LENGTH) for r in doc.roles),
+        *((f"workplace {w.id}", "id", w.id, ids.WORKPLACE_ID_LENGTH) for w in doc.workplaces),
+        *((f"workplace {w.id}", "name", w.name, ids.NAME_LENGTH) for w in doc.workplaces),
+        *((f"workplace {w.id}", "code", w.code, ids.WORKPLACE_CODE_LENGTH) for w in doc.workplaces),
+        *(("phone", "endpoint", e, ids.ENDPOINT_LENGTH) for e in _named_phones(doc)),
     ]
     for owner, what, value, limit in lengths:
         if len(value) > limit:

@@ -20,17 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from callrouter.agi import AgiCommandFailed, AgiError, AgiHangup, AgiSession, Handler
+from callrouter.domain.directory import DirectorySnapshot, Workplace
+from callrouter.domain.endpoint import caller_endpoint
+from callrouter.domain.identifiers import EXTENSION_PATTERN, PIN_LENGTH
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
-from callrouter.routing.directory import DirectorySnapshot, Workplace
-from callrouter.routing.endpoint import caller_endpoint
 
 log = logging.getLogger(__name__)
 
 AGI_SCRIPT = "workplace-login"
 MAX_DIALED = 64  # more than prefix + 20-digit extension + # + 12-digit PIN is garbage
 PIN_TIMEOUT_MS = 10_000
-MAX_PIN_DIGITS = 12
+MAX_PIN_DIGITS = PIN_LENGTH
 
 # Asterisk core sounds (English), by what they say.
 ASK_PIN = "agent-pass"  # "Please enter your password followed by the pound key."
@@ -62,7 +63,8 @@ class LoginCode:
     pin: str | None = None
 
 
-_CODE = re.compile(r"([0-9]{1,20})(?:#([0-9]{0,12}))?")
+# The extension, then maybe "#" and the PIN (none yet: it is asked for).
+_CODE = re.compile(rf"({EXTENSION_PATTERN.pattern})(?:#([0-9]{{0,{PIN_LENGTH}}}))?")
 
 
 def parse_login_code(dialed: str, prefix: str) -> LoginCode | None:

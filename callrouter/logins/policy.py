@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from callrouter.routing.directory import Role
+from callrouter.domain.directory import Role
 
 # What logging in at an occupied workplace does to the user already there.
 OccupiedPolicy = Literal["displace", "refuse"]

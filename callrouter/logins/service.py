@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, tzinfo
 
@@ -18,15 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory import store
 from callrouter.directory.pins import hash_pin, verify_pin
+from callrouter.domain.directory import DirectorySnapshot, User
+from callrouter.domain.identifiers import PIN_INPUT_PATTERN
 from callrouter.logins.autologout import logout_cutoffs
 from callrouter.logins.lockout import Lockout, MemoryLockout, source_key, user_key
 from callrouter.logins.policy import OccupiedPolicy, Refusal
-from callrouter.routing.directory import DirectorySnapshot, User
 from callrouter.rules.model import RingRules
 
 log = logging.getLogger(__name__)
 
-PIN_PATTERN = re.compile(r"[0-9]{1,12}")
 # Verified when the extension is unknown or has no PIN, so that the answer takes as
 # long as for a real user: timing must not tell which extensions exist.
 _DECOY_HASH = hash_pin("000000")
@@ -85,7 +84,7 @@ class LoginService:
             )
         user = self.snapshot.users.get(extension)
         stored = user.pin_hash if user is not None else None
-        well_formed = PIN_PATTERN.fullmatch(pin) is not None
+        well_formed = PIN_INPUT_PATTERN.fullmatch(pin) is not None
         # scrypt takes milliseconds: keep it off the event loop.
         matches = await asyncio.to_thread(
             verify_pin, pin if well_formed else "0", stored or _DECOY_HASH

@@ -20,9 +20,9 @@ from typing import Any
 
 from callrouter.ami import AmiClient, AmiError
 from callrouter.ami.protocol import AmiMessage
-from callrouter.presence.model import ClientStatus, DeviceState, UserPresence
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.domain.presence import ClientStatus, DeviceState, UserPresence
 from callrouter.presence.tracker import PresenceTracker
-from callrouter.routing.directory import DirectorySnapshot
 
 log = logging.getLogger(__name__)
 

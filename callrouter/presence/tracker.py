@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from callrouter.presence.model import (
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.domain.presence import (
     ClientStatus,
     DeviceState,
     UserPresence,
     merge_client,
     merge_phone,
 )
-from callrouter.routing.directory import DirectorySnapshot
 
 DEFAULT_HEARTBEAT_TIMEOUT = 90.0
 
@@ -130,9 +130,8 @@ class PresenceTracker:
         if only is not None:
             return self._update_users(snapshot, only)
         phones: dict[str, tuple[str, ...]] = {}
-        for user in snapshot.users.values():
-            workplace = snapshot.workplace_of(user.extension)
-            phones[user.extension] = user.phones + (workplace.phones if workplace else ())
+        for extension in snapshot.users:
+            phones[extension] = snapshot.phones_of(extension)
         owners: dict[str, list[str]] = {}
         for extension, endpoints in phones.items():
             for endpoint in endpoints:
@@ -152,15 +151,12 @@ class PresenceTracker:
         touched = []
         for extension in extensions:
             old = self._phones.get(extension, ())
-            user = snapshot.users.get(extension)
-            if user is None:
-                new: tuple[str, ...] = ()
+            new = snapshot.phones_of(extension)
+            if extension not in snapshot.users:
                 self._phones.pop(extension, None)
                 self._users.pop(extension, None)
                 self._clients.pop(extension, None)
             else:
-                workplace = snapshot.workplace_of(extension)
-                new = user.phones + (workplace.phones if workplace else ())
                 self._phones[extension] = new
             if new == old:
                 continue

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from callrouter.presence.model import ClientStatus, UserPresence
-from callrouter.routing.directory import DirectorySnapshot, Workplace
-from callrouter.routing.endpoint import expand_external, is_external_number
+from callrouter.domain.directory import DirectorySnapshot, Workplace
+from callrouter.domain.endpoint import expand_external, is_external_number
+from callrouter.domain.presence import ClientStatus, UserPresence
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules, call_waiting
 

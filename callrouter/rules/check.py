@@ -8,8 +8,8 @@ time the resolver skips the same targets with a warning.
 
 from __future__ import annotations
 
-from callrouter.routing.directory import DirectorySnapshot, PhoneOwner
-from callrouter.routing.endpoint import is_external_number
+from callrouter.domain.directory import DirectorySnapshot, PhoneOwner
+from callrouter.domain.endpoint import is_external_number
 from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules
 from callrouter.yamlfile import Path, Problem
 

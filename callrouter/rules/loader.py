@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from callrouter.routing.directory import DirectorySnapshot
+from callrouter.domain.directory import DirectorySnapshot
 from callrouter.rules.check import check_rules
 from callrouter.rules.model import RingRules
 from callrouter.yamlfile import (

@@ -12,7 +12,6 @@ from datetime import time
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,32 +21,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from callrouter.routing.endpoint import (
+from callrouter.domain.endpoint import (
     endpoint_problem,
     external_endpoint_problem,
     is_external_number,
 )
+from callrouter.domain.identifiers import Extension, WorkplaceId
 
 WORKPLACE_TARGET = "workplace"
-EXTENSION_PATTERN = re.compile(r"[0-9]{1,20}")
-WORKPLACE_ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 
 Seconds = Annotated[float, Field(ge=0, le=86400)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
-
-
-def _extension(value: str) -> str:
-    if not EXTENSION_PATTERN.fullmatch(value):
-        raise ValueError(f"extension {value!r} must be 1 to 20 digits")
-    return value
-
-
-def _workplace_id(value: str) -> str:
-    if not WORKPLACE_ID_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"workplace id {value!r} must be a slug: lower-case letters, digits and inner hyphens"
-        )
-    return value
 
 
 _TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
@@ -64,11 +48,6 @@ def _time_of_day(value: Any) -> Any:
 
 # A time of day such as "03:00", in the router's time zone.
 TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
-
-
-# As mapping keys, each checked on its own: every bad key is reported, at that key.
-ExtensionKey = Annotated[str, AfterValidator(_extension)]
-WorkplaceIdKey = Annotated[str, AfterValidator(_workplace_id)]
 
 
 class _Strict(BaseModel):
@@ -180,8 +159,8 @@ class WorkplaceRule(_Strict):
 
 class RingRules(_Strict):
     defaults: Defaults = Defaults()
-    users: dict[ExtensionKey, UserRule] = {}  # by extension
-    workplaces: dict[WorkplaceIdKey, WorkplaceRule] = {}  # by workplace id
+    users: dict[Extension, UserRule] = {}  # by extension
+    workplaces: dict[WorkplaceId, WorkplaceRule] = {}  # by workplace id
 
     @model_validator(mode="after")
     def _external_numbers_need_a_template(self) -> RingRules:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from callrouter.presence.model import DeviceState
+from callrouter.domain.presence import DeviceState
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed
 from sandbox.router import RunningRouter

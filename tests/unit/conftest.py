@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory.store import import_document, load_snapshot
-from callrouter.routing.directory import DirectorySnapshot
+from callrouter.domain.directory import DirectorySnapshot
 from tests.unit.test_directory_store import document, engine  # noqa: F401 (fixture)
 
 

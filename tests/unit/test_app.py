@@ -13,8 +13,8 @@ from callrouter.config import load_settings
 from callrouter.directory.database import create_engine, upgrade
 from callrouter.directory.loader import load_document
 from callrouter.directory.store import import_document, set_login
+from callrouter.domain.endpoint import caller_endpoint
 from callrouter.logs import mask, register_secret
-from callrouter.routing.endpoint import caller_endpoint
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -33,7 +33,7 @@ from callrouter.directory.store import (
     read_revision,
     set_login,
 )
-from callrouter.routing.directory import Role, User, Workplace
+from callrouter.domain.directory import Role, User, Workplace
 
 POSTGRES_URL = os.environ.get("CALLROUTER_TEST_POSTGRES")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from callrouter.astdb import FallbackPublisher
-from callrouter.routing.directory import DirectorySnapshot, User, Workplace
-from callrouter.routing.fallback import FallbackEntry, fallback_entries
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
+from callrouter.fallback.astdb import FallbackPublisher
+from callrouter.fallback.entries import FallbackEntry, fallback_entries
 from callrouter.rules.model import RingRules
 
 SNAPSHOT = DirectorySnapshot(

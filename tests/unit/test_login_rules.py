@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from callrouter.domain.directory import Role
 from callrouter.logins.autologout import latest_cutoff, logout_cutoffs
 from callrouter.logins.feature_codes import LoginCode, parse_login_code
 from callrouter.logins.lockout import PinLockout, source_key, user_key
 from callrouter.logins.policy import Refusal, login_refusal
-from callrouter.routing.directory import Role
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
 from callrouter.yamlfile import YamlFileError

@@ -15,10 +15,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, String, inspect, text
 from sqlalchemy.engine import make_url
 
-from callrouter.directory import database
+from callrouter.directory import database, schema
 from callrouter.directory.database import (
     DatabaseUnavailable,
     DatabaseUrlError,
@@ -308,3 +308,20 @@ async def test_an_unreachable_server_is_reported_without_the_password() -> None:
     message = str(caught.value)
     assert message.startswith("cannot open database postgresql://router:***@127.0.0.1:1/")
     assert "s3cret" not in message
+
+
+def test_every_identifier_fits_its_column() -> None:
+    from callrouter.domain import identifiers as ids
+
+    fits = {
+        (schema.UserRow.__table__.c.extension, ids.EXTENSION_LENGTH),
+        (schema.AuditRow.__table__.c.extension, ids.EXTENSION_LENGTH),
+        (schema.WorkplaceRow.__table__.c.code, ids.WORKPLACE_CODE_LENGTH),
+        (schema.WorkplaceRow.__table__.c.slug, ids.WORKPLACE_ID_LENGTH),
+        (schema.RoleRow.__table__.c.name, ids.ROLE_NAME_LENGTH),
+        (schema.UserRow.__table__.c.name, ids.NAME_LENGTH),
+        (schema.PhoneRow.__table__.c.endpoint, ids.ENDPOINT_LENGTH),
+    }
+    for column, length in fits:
+        assert isinstance(column.type, String)
+        assert column.type.length is not None and column.type.length >= length, column

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 
 from callrouter.api import TokenSigner, create_api
 from callrouter.api.server import ApiServer
+from callrouter.domain.presence import ClientStatus, DeviceState
 from callrouter.logins.service import LoginService
 from callrouter.presence.live import Listener, PresenceService
-from callrouter.presence.model import ClientStatus, DeviceState
 from callrouter.presence.tracker import PresenceTracker
 from tests.unit.conftest import Live
 

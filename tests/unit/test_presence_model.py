@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callrouter.presence.model import (
+from callrouter.domain.presence import (
     ClientStatus,
     DeviceState,
     PhoneStatus,

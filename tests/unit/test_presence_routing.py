@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callrouter.calls.flow import CallFlow, CallResult, ContinueInDialplan, IndicateRinging
-from callrouter.presence.model import ClientStatus, DeviceState, UserPresence
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
+from callrouter.domain.presence import ClientStatus, DeviceState, UserPresence
 from callrouter.presence.tracker import PresenceTracker
-from callrouter.routing.directory import DirectorySnapshot, User, Workplace
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 from callrouter.routing.resolver import cut_dead_air, resolve_plan
 from callrouter.rules.model import RingRules

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callrouter.presence.model import ClientStatus, DeviceState, PhoneStatus, UserPresence
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
+from callrouter.domain.presence import ClientStatus, DeviceState, PhoneStatus, UserPresence
 from callrouter.presence.tracker import DEFAULT_HEARTBEAT_TIMEOUT, PresenceTracker
-from callrouter.routing.directory import DirectorySnapshot, User, Workplace
 
 D = DeviceState
 C = ClientStatus

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callrouter.routing.directory import DirectorySnapshot, User, Workplace
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.routing.plan import Leg, LegSource, PlanStatus
 from callrouter.routing.resolver import merge_legs, resolve_plan
 from callrouter.rules.model import RingRules

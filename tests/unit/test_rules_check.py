@@ -9,7 +9,7 @@ import pytest
 
 from callrouter.directory.document import DirectoryDocument
 from callrouter.directory.loader import load_document
-from callrouter.routing.directory import DirectorySnapshot, Role, User, Workplace
+from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
 from callrouter.rules.check import check_rules
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules

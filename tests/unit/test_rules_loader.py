@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from callrouter.routing.directory import DirectorySnapshot, User, Workplace
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
 from callrouter.yamlfile import YamlFileError
@@ -79,7 +79,7 @@ BAD_RULES: list[tuple[str, str, list[str]]] = [
         "workplaces:\n  Office_1: {}\n",
         [
             "rules.yaml:2:3: workplaces.Office_1: workplace id 'Office_1' must be a slug: "
-            "lower-case letters, digits and inner hyphens"
+            "lower-case letters, digits and inner hyphens, at most 64 characters, e.g. office-1"
         ],
     ),
     (

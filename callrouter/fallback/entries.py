@@ -2,7 +2,7 @@
 
 ``Stasis()`` fails at once when the app is not connected; the shipped dialplan then
 dials ``${DB(callrouter/EXTENSION)}`` for ``${DB(callrouter-timeout/EXTENSION)}``
-seconds.  This module computes those entries (pure); ``callrouter.astdb`` keeps
+seconds.  This module computes those entries (pure); ``callrouter.fallback.astdb`` keeps
 AstDB in step with them.
 """
 
@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from callrouter.routing.directory import DirectorySnapshot
-from callrouter.routing.endpoint import is_endpoint
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.domain.endpoint import is_endpoint
 from callrouter.routing.resolver import resolve_plan
 from callrouter.rules.model import RingRules
 
@@ -33,18 +33,10 @@ def fallback_entries(
     """For every user with a phone (or those in ``only``): all their phones at once
     (direct and current workplace), for as long as their ring plan would ring."""
     entries: dict[str, FallbackEntry] = {}
-    users = (
-        snapshot.users.items()
-        if only is None
-        else ((ext, snapshot.users[ext]) for ext in only if ext in snapshot.users)
-    )
-    for extension, user in users:
-        phones = list(user.phones)
-        workplace = snapshot.workplace_of(extension)
-        if workplace is not None:
-            phones += [p for p in workplace.phones if p not in phones]
+    extensions = snapshot.users if only is None else (e for e in only if e in snapshot.users)
+    for extension in extensions:
         # Validated on the way in; checked again because this ends up in Dial().
-        phones = [p for p in phones if is_endpoint(p)]
+        phones = [p for p in snapshot.phones_of(extension) if is_endpoint(p)]
         if not phones:
             continue
         plan = resolve_plan(snapshot, rules, extension)

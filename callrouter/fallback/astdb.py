@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from callrouter.ami import AmiError
 from callrouter.ami.client import AmiClient
-from callrouter.routing.fallback import DIAL_FAMILY, TIMEOUT_FAMILY, FallbackEntry
+from callrouter.fallback.entries import DIAL_FAMILY, TIMEOUT_FAMILY, FallbackEntry
 
 log = logging.getLogger(__name__)
 

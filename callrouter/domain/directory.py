@@ -1,6 +1,6 @@
 """The directory as the router sees it: an immutable in-memory snapshot.
 
-Loaded from SQL by ``callrouter.directory.store`` and swapped atomically when the
+Loaded from SQL by ``callrouter.directory`` and swapped atomically when the
 database changes; the resolver only ever reads it.  Plain slotted dataclasses and
 tuples keep 100,000 users within a modest memory budget.
 """
@@ -60,6 +60,16 @@ class DirectorySnapshot:
         """The workplace the user is logged in to now, if any."""
         workplace_id = self.logins.get(extension)
         return None if workplace_id is None else self.workplaces.get(workplace_id)
+
+    def phones_of(self, extension: str) -> tuple[str, ...]:
+        """The user's phones now: directly assigned ones, then their workplace's."""
+        user = self.users.get(extension)
+        if user is None:
+            return ()
+        workplace = self.workplace_of(extension)
+        if workplace is None:
+            return user.phones
+        return user.phones + tuple(p for p in workplace.phones if p not in user.phones)
 
     def phone_owners(self) -> dict[str, PhoneOwner]:
         """Every assigned phone with its owner (computed; used for checks, not per call)."""
