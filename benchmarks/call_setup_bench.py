@@ -106,7 +106,7 @@ def ms(seconds: float) -> str:
 
 def instrument(router: Router, trace: RouterTrace) -> None:
     """Stamp StasisStart and the ARI requests that originate a leg."""
-    take_call = router._take_call
+    take_call = router.intake.take_call
     ari = router.ari
     originate = ari.originate
 
@@ -124,7 +124,7 @@ def instrument(router: Router, trace: RouterTrace) -> None:
             trace.originate_done = time.monotonic()
         return result
 
-    router._take_call = timed_take_call  # type: ignore[method-assign]
+    router.intake.take_call = timed_take_call  # type: ignore[method-assign]
     ari.originate = timed_originate  # type: ignore[method-assign]
 
 

@@ -1,9 +1,10 @@
 """``callrouter serve``: builds the router from its settings and runs it.
 
-The wiring in one place:
+This module only composes; each feature builds itself (``<feature>/build.py``):
+
   directory (SQL) ──▶ LiveDirectory (snapshot + rules, reloaded on change) ──▶ calls
-  ARI websocket ──StasisStart──▶ Router ──▶ one CallDriver task per call
-  AMI ◀── FallbackPublisher (AstDB dial strings for when the router is down)
+  ARI websocket ──StasisStart──▶ CallIntake ──▶ one CallDriver task per call
+  AMI ◀── FallbackService (AstDB dial strings for when the router is down)
   FastAGI (feature codes) ─┐
   HTTP API (client, admin) ┴──▶ LoginService ──▶ directory (SQL) ──▶ LiveDirectory
   AMI DeviceStateChange ──▶ PresenceService (tracker) ──▶ routing, API, Custom:user-EXT
@@ -14,140 +15,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine
-from dataclasses import replace
-from datetime import datetime, tzinfo
-from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from callrouter.agi import AgiServer
 from callrouter.ami.client import AmiClient
-from callrouter.api import TokenSigner, create_api
-from callrouter.api.server import ApiServer
+from callrouter.api.build import build as build_api
 from callrouter.ari.client import AriClient
-from callrouter.ari.errors import AriError
-from callrouter.ari.events import AriEvent, Channel
-from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
+from callrouter.calls.build import build as build_calls
+from callrouter.calls.driver import CallDriver
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
-from callrouter.directory.store import load_logins, load_snapshot, read_revisions
-from callrouter.domain.directory import DirectorySnapshot
-from callrouter.domain.endpoint import caller_endpoint
-from callrouter.fallback.astdb import FallbackPublisher
-from callrouter.fallback.entries import fallback_entries
-from callrouter.logins.feature_codes import FeatureCodes
-from callrouter.logins.lockout import DatabaseLockout
-from callrouter.logins.service import LoginService
+from callrouter.directory.live import LiveDirectory
+from callrouter.fallback.build import build as build_fallback
+from callrouter.logins.build import build as build_logins
 from callrouter.logs import register_secret, setup_logging
-from callrouter.presence.live import AMI_EVENTS, PresenceService
-from callrouter.presence.tracker import PresenceTracker
-from callrouter.routing.resolver import resolve_plan
-from callrouter.rules.loader import load_rules
-from callrouter.rules.model import RingRules
+from callrouter.presence.build import build as build_presence
+from callrouter.presence.live import AMI_EVENTS
 from callrouter.yamlfile import YamlFileError
 
 log = logging.getLogger(__name__)
 
 
-class LiveDirectory:
-    """The snapshot and the rules every new call is routed by, kept current.
-
-    The directory is re-read when its revision counter moves (so changes made by
-    another router or the CLI arrive within one poll interval); the rules file when
-    its modification time changes or on SIGHUP.  A rules file that fails validation
-    is refused and the previous rules keep serving.
-    """
-
-    def __init__(self, engine: AsyncEngine, rules_path: Path) -> None:
-        self.engine = engine
-        self.rules_path = rules_path
-        self.snapshot = DirectorySnapshot()
-        self.rules = RingRules()
-        self._rules_mtime: float | None = None
-        self._refreshing = asyncio.Lock()  # the poll loop and login changes both refresh
-        # Called after every change with the extensions it concerns (None: anyone).
-        self.listeners: list[Callable[[frozenset[str] | None], None]] = []
-
-    async def load(self) -> None:
-        """The first load: errors here stop the daemon."""
-        self.rules = load_rules(self.rules_path)
-        self._rules_mtime = self._mtime()
-        self.snapshot = await load_snapshot(self.engine)
-        log.info(
-            "directory revision %d: %d users, %d workplaces; rules from %s",
-            self.snapshot.revision,
-            len(self.snapshot.users),
-            len(self.snapshot.workplaces),
-            self.rules_path,
-        )
-
-    async def refresh(self, *, force: bool = False) -> bool:
-        """Reload what changed; True if anything did."""
-        async with self._refreshing:
-            return await self._refresh(force)
-
-    async def _refresh(self, force: bool) -> bool:
-        changed = False
-        concerned: frozenset[str] | None = None  # None: everyone
-        mtime = self._mtime()
-        if force or mtime != self._rules_mtime:
-            self._rules_mtime = mtime
-            try:
-                self.rules = load_rules(self.rules_path)
-            except YamlFileError as exc:
-                log.error("rules refused, the previous rules stay in force:\n%s", exc)
-            except OSError as exc:
-                log.error(
-                    "rules file %s unreadable (%s), the previous rules stay in force",
-                    self.rules_path,
-                    exc.strerror,
-                )
-            else:
-                log.info("rules reloaded from %s", self.rules_path)
-                changed = True
-        rules_changed = changed
-        revision, content_revision = await read_revisions(self.engine)
-        old = self.snapshot
-        if not force and content_revision == old.content_revision and revision != old.revision:
-            # Only logins changed: read just those (a full reload of 100,000 users
-            # would hold up calls for most of a second).
-            logins, revision, content_revision = await load_logins(self.engine)
-            if content_revision == old.content_revision:
-                self.snapshot = replace(old, logins=logins, revision=revision)
-                log.info("logins reloaded at revision %d", revision)
-                concerned = frozenset(
-                    ext
-                    for ext in logins.keys() | old.logins.keys()
-                    if logins.get(ext) != old.logins.get(ext)
-                )
-                changed = True
-        if (
-            force
-            or self.snapshot.revision != revision
-            or self.snapshot.content_revision != content_revision
-        ):
-            self.snapshot = await load_snapshot(self.engine)
-            log.info("directory reloaded at revision %d", self.snapshot.revision)
-            concerned = None
-            changed = True
-        if changed:
-            if rules_changed:
-                concerned = None
-            for listener in self.listeners:
-                listener(concerned)
-        return changed
-
-    def _mtime(self) -> float | None:
-        try:
-            return self.rules_path.stat().st_mtime
-        except OSError:
-            return None
-
-
 class Router:
+    """Every running part of one router, built from its settings and the live directory."""
+
     def __init__(self, settings: Settings, live: LiveDirectory) -> None:
         self.settings = settings
         self.live = live
@@ -157,8 +47,6 @@ class Router:
             settings.ari_user,
             settings.ari_password.get_secret_value(),
             settings.ari_app,
-            on_event=self._on_unrouted_event,
-            on_connected=self._on_ari_connected,
         )
         self.ami = AmiClient(
             settings.ami_host,
@@ -166,48 +54,22 @@ class Router:
             settings.ami_user,
             settings.ami_secret.get_secret_value(),
             events=AMI_EVENTS,  # presence; everything else is actions
-            on_connected=self._on_ami_connected,
         )
-        self.presence = PresenceService(
-            PresenceTracker(live.snapshot, heartbeat_timeout=settings.client_heartbeat_timeout),
-            self.ami,
+        self.presence = build_presence(
+            self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout
         )
-        self.fallback = FallbackPublisher(self.ami)
-        self.logins = LoginService(
-            live.engine,
-            lambda: live.snapshot,
-            policy=settings.occupied_workplace,
-            lockout=DatabaseLockout(live.engine),  # shared by all routers of the directory
-            on_change=live.refresh,  # this router sees its own changes at once
-        )
-        self.feature_codes = FeatureCodes(self.logins, settings.login_prefix)
-        self.agi_server: AgiServer | None = None
-        if settings.agi_enabled:
-            self.agi_server = AgiServer(
-                self.feature_codes.handlers, host=settings.agi_host, port=settings.agi_port
-            )
-        self.api_server: ApiServer | None = None
-        if settings.api_enabled:
-            secret = settings.api_token_secret
-            signer = TokenSigner(
-                None if secret is None else secret.get_secret_value().encode(),
-                ttl=settings.api_token_ttl,
-            )
-            admin = settings.api_admin_token
-            api = create_api(
-                self.logins,
-                signer,
-                None if admin is None else admin.get_secret_value(),
-                presence=self.presence,
-            )
-            self.api_server = ApiServer(api, settings.api_host, settings.api_port)
-        self._sweeper: asyncio.Future[None] | None = None
-        self.calls: dict[str, CallDriver] = {}  # by caller channel id
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._accepting = True
-        live.listeners.append(self._directory_changed)
+        self.fallback = build_fallback(self.ami, live)
+        self.intake = build_calls(self.ari, live, self.presence.tracker)
+        self.login_parts = build_logins(settings, live)
+        self.logins = self.login_parts.service
+        self.feature_codes = self.login_parts.feature_codes
+        self.agi_server = self.login_parts.agi_server
+        self.api_server = build_api(settings, self.logins, self.presence)
 
-    # --- lifecycle ----------------------------------------------------------------
+    @property
+    def calls(self) -> dict[str, CallDriver]:
+        """The calls in progress, by the caller's channel id."""
+        return self.intake.calls
 
     async def start(self) -> None:
         self.presence.start()
@@ -215,135 +77,23 @@ class Router:
         await self.ari.start()
         if self.agi_server is not None:
             await self.agi_server.start()
-            log.info("FastAGI listening on %s:%d", self.settings.agi_host, self.agi_server.port)
         if self.api_server is not None:
             await self.api_server.start()
-        self._sweeper = asyncio.ensure_future(self._sweep_logins())
+        self.login_parts.auto_logout.start()
 
-    async def stop(self, grace: float) -> None:
-        """Stop taking calls, let ringing calls finish within ``grace``, then hand the
-        rest back to the dialplan's fallback."""
-        self._accepting = False
+    async def stop(self, grace: float, *, force: asyncio.Event | None = None) -> None:
+        """Stop taking calls and logins, let ringing calls finish within ``grace`` (cut
+        short when ``force`` is set), hand the rest back, then close the connections."""
         if self.api_server is not None:
             await self.api_server.close()
         if self.agi_server is not None:
             await self.agi_server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-        running = [t for t in self._tasks if not t.done()]
-        if running:
-            log.info("shutting down: waiting up to %.0f s for %d call(s)", grace, len(running))
-            _, pending = await asyncio.wait(running, timeout=grace)
-            for driver in list(self.calls.values()):
-                await driver.hand_back()
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.login_parts.auto_logout.close()
+        await self.intake.stop(grace, force=force)
+        await self.fallback.close()
         await self.ari.close()
         await self.ami.close()
         await self.presence.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    # --- calls --------------------------------------------------------------------
-
-    async def _on_unrouted_event(self, event: AriEvent) -> None:
-        if event.type != "StasisStart" or event.channel is None:
-            return
-        channel = event.channel
-        if channel.id.startswith(LEG_PREFIX) or channel.id in self.calls:
-            return
-        extension = event.args[0] if event.args else (channel.exten or "")
-        self._take_call(channel, extension)
-
-    def _take_call(self, channel: Channel, extension: str) -> None:
-        if not self._accepting:
-            return
-        live = self.live
-        caller = caller_endpoint(channel.name)
-        plan = resolve_plan(
-            live.snapshot, live.rules, extension, caller, presence=self.presence.tracker
-        )
-        driver = CallDriver(self.ari, channel, plan)
-        self.calls[channel.id] = driver
-        task = self._spawn(driver.run())
-        task.add_done_callback(lambda _t: self.calls.pop(channel.id, None))
-
-    async def _on_ari_connected(self) -> None:
-        """After every (re)connect: Asterisk's lists are the truth, not our memory."""
-        try:
-            channels, bridges = await self.ari.resync()
-        except AriError as exc:
-            log.warning("resync after ARI connect failed: %s", exc)
-            return
-        alive = {c.id for c in channels}
-        owned: set[str] = set()
-        for driver in list(self.calls.values()):
-            driver.resync(alive)
-            owned |= driver.channel_ids()
-        for channel in channels:
-            if channel.id in owned:
-                continue
-            if channel.id.startswith(LEG_PREFIX):
-                log.info("resync: hanging up orphaned leg %s", channel.id)
-                await self.ari.hangup(channel.id)
-            elif channel.app_name == "Stasis" and (channel.app_data or "").split(",")[0] == (
-                self.settings.ari_app
-            ):
-                # A caller waiting in our app that no task owns (the router restarted).
-                args = (channel.app_data or "").split(",")
-                log.info("resync: taking over waiting call %s", channel.id)
-                self._take_call(channel, args[1] if len(args) > 1 else channel.exten or "")
-        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
-        for bridge in bridges:
-            if bridge.id.startswith(BRIDGE_PREFIX) and bridge.id not in owned_bridges:
-                log.info("resync: destroying orphaned bridge %s", bridge.id)
-                await self.ari.destroy_bridge(bridge.id)
-
-    # --- automatic logout ---------------------------------------------------------
-
-    def time_zone(self) -> tzinfo:
-        if self.settings.timezone is not None:
-            return ZoneInfo(self.settings.timezone)
-        zone = datetime.now().astimezone().tzinfo  # asked each time: follows DST
-        assert zone is not None
-        return zone
-
-    async def _sweep_logins(self) -> None:
-        """End logins past their workplace's auto_logout, now and every interval."""
-        while True:
-            try:
-                await self.logins.expire(self.live.rules, self.time_zone())
-            except Exception:
-                log.exception("automatic logout failed; trying again next interval")
-            await asyncio.sleep(self.settings.auto_logout_interval)
-
-    # --- fallback -----------------------------------------------------------------
-
-    async def _on_ami_connected(self) -> None:
-        entries = fallback_entries(self.live.snapshot, self.live.rules)
-        await self.fallback.resync(entries)
-        try:
-            await self.presence.resync()
-        except Exception as exc:  # AMI went again: the next connect resyncs
-            log.warning("presence resync failed: %s", exc)
-
-    def _directory_changed(self, concerned: frozenset[str] | None) -> None:
-        """Only the users a change concerns are worked out again (None: everyone)."""
-        self.presence.set_snapshot(self.live.snapshot, concerned)
-        entries = fallback_entries(self.live.snapshot, self.live.rules, concerned)
-        self._spawn(self._publish(entries, concerned))
-
-    async def _publish(self, entries: Any, concerned: frozenset[str] | None) -> None:
-        try:
-            await self.fallback.publish(entries, concerned)
-        except Exception as exc:  # AMI down: the next resync catches up
-            log.warning("AstDB fallback not updated: %s", exc)
 
 
 async def run_router(
@@ -351,7 +101,11 @@ async def run_router(
     stop: asyncio.Event,
     reload: asyncio.Event,
     on_started: Callable[[Router], None] | None = None,
+    *,
+    force: asyncio.Event | None = None,
 ) -> int:
+    """Serve until ``stop`` is set; ``reload`` re-reads directory and rules at once,
+    ``force`` (set while stopping) ends the shutdown grace."""
     engine = create_engine(settings.db)
     try:
         await check_schema(engine)
@@ -379,7 +133,7 @@ async def run_router(
                 except Exception:
                     log.exception("directory refresh failed; the current snapshot stays")
         finally:
-            await router.stop(settings.shutdown_grace)
+            await router.stop(settings.shutdown_grace, force=force)
     finally:
         await engine.dispose()
     log.info("callrouter stopped")
@@ -399,11 +153,19 @@ def serve(settings: Settings) -> int:
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        stop, reload = asyncio.Event(), asyncio.Event()
+        stop, reload, force = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        def on_stop_signal() -> None:
+            if not stop.is_set():
+                stop.set()
+            elif not force.is_set():  # a second SIGTERM or SIGINT: no more waiting
+                log.warning("second stop signal: handing every call back now")
+                force.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
-        return await run_router(settings, stop, reload)
+        return await run_router(settings, stop, reload, force=force)
 
     try:
         return asyncio.run(main())

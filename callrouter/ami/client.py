@@ -216,7 +216,7 @@ class AmiClient:
         else:
             self._events = None
             self._event_names = ()
-        self._on_connected = on_connected
+        self.on_connected = on_connected  # may be assigned after construction, like ARI's
         self._connect_timeout = connect_timeout
         self._action_timeout = action_timeout
         self._ping_interval = ping_interval
@@ -547,8 +547,8 @@ class AmiClient:
         self._connected.set()
         if self._ping_interval is not None:
             conn.spawn(self._ping_loop(conn, self._ping_interval), f"ami-ping-{self.peer}")
-        if self._on_connected is not None:
-            conn.spawn(self._run_on_connected(self._on_connected), f"ami-on-connected-{self.peer}")
+        if self.on_connected is not None:
+            conn.spawn(self._run_on_connected(self.on_connected), f"ami-on-connected-{self.peer}")
         try:
             await conn.lost.wait()
         finally:

@@ -180,9 +180,9 @@ async def _event_stream(
             queue.put_nowait(state)
         except asyncio.QueueFull:  # a reader that does not keep up is cut off
             cut_off = True
-            live.listeners.remove(listener)
+            unsubscribe()
 
-    live.listeners.append(listener)
+    unsubscribe = live.subscribe(listener)
     try:
         everyone = [view(s).model_dump(mode="json") for s in live.tracker.users().values()]
         yield f"event: snapshot\ndata: {json.dumps(everyone)}\n\n"
@@ -196,8 +196,7 @@ async def _event_stream(
                 continue
             yield f"event: presence\ndata: {view(state).model_dump_json()}\n\n"
     finally:
-        if listener in live.listeners:
-            live.listeners.remove(listener)
+        unsubscribe()
 
 
 def create_api(

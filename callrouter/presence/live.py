@@ -1,28 +1,27 @@
 """Presence from and to Asterisk, over AMI.
 
-In: ``DeviceStateChange`` events move the tracker; after every AMI (re)connect a
-``DeviceStateList`` resyncs all device states, since events missed while we were
-away (or an Asterisk restart) are not replayed.  Out: each user's merged state is
-published as the custom device state ``Custom:user-EXT`` and the presence state
-``CustomPresence:user-EXT`` (hints in ``[callrouter-hints]`` light BLF keys for the
-person).  Publishing is coalesced per user, so a burst of device changes costs one
-AMI action per user, not one per event.
+In: ``DeviceStateChange`` events move the tracker; on every AMI (re)connect, when
+Asterisk says ``FullyBooted``, ``DeviceStateList`` resyncs all device states, since
+events missed while we were away (or an Asterisk restart) are not replayed.
+Out: each user's merged state is published as the custom device state
+``Custom:user-EXT`` and the presence state ``CustomPresence:user-EXT`` (hints in
+``[callrouter-hints]`` light BLF keys for the person).  Publishing is coalesced per
+user, so a burst of device changes costs one AMI action per user, not one per event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from callrouter.ami import AmiClient, AmiError
 from callrouter.ami.protocol import AmiMessage
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.presence import ClientStatus, DeviceState, UserPresence
 from callrouter.presence.tracker import PresenceTracker
+from callrouter.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class PresenceService:
         # PJSIP contacts by endpoint (URI -> up?): an endpoint whose every contact is
         # down is UNAVAILABLE, whatever its last device state event said.
         self._contacts: dict[str, dict[str, bool]] = {}
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = TaskSet("presence")
         # Time from an event's arrival to the tracker holding its result (seconds),
         # for the benchmark and for operators; a bounded window.
         self.update_latencies: list[float] = []
@@ -59,24 +58,22 @@ class PresenceService:
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._expirer())]
+        self._tasks.spawn(self._expirer(), "presence-expirer")
         if self.ami is not None:
             self.ami.subscribe(self._on_ami_event)
-            self._tasks.append(asyncio.ensure_future(self._publisher()))
+            self._tasks.spawn(self._publisher(), "presence-publisher")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     # --- inputs -----------------------------------------------------------------------
 
     def _on_ami_event(self, event: AmiMessage) -> None:
         received = time.perf_counter()
         if event.event == "FullyBooted":
-            task = asyncio.ensure_future(self._resync_quietly())
-            self._tasks.append(task)
-            task.add_done_callback(self._forget)
+            # Asterisk sends it to every new AMI session once it is booted (at once
+            # when it already is): one resync per connection, with every module loaded.
+            self._tasks.spawn(self._resync_quietly(), "presence-resync")
             return
         if event.event == "ContactStatus":
             self._on_contact_status(event)
@@ -108,10 +105,6 @@ class PresenceService:
         elif any(contacts.values()) and not self.tracker.reachable(endpoint):
             # Back: free until a device state event says more.
             self._changed(self.tracker.set_device(endpoint, DeviceState.NOT_INUSE))
-
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        with contextlib.suppress(ValueError):
-            self._tasks.remove(task)
 
     async def _resync_quietly(self) -> None:
         assert self.ami is not None
@@ -146,6 +139,12 @@ class PresenceService:
         self._published.clear()  # Asterisk may have restarted: publish everybody again
         self._changed(list(self.tracker.users().values()), notify=False)
         self._notify(changed)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(presence)`` for every user whose state changed; returns an
+        unsubscribe."""
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener) if listener in self.listeners else None
 
     def set_snapshot(self, snapshot: DirectorySnapshot, only: Iterable[str] | None = None) -> None:
         self._changed(self.tracker.set_snapshot(snapshot, only))
@@ -206,5 +205,7 @@ class PresenceService:
             due = self.tracker.next_expiry()
             delay = 5.0 if due is None else max(0.0, min(5.0, due - self.tracker.clock()))
             await asyncio.sleep(delay)
-            with contextlib.suppress(Exception):
+            try:
                 self._changed(self.tracker.expire_clients())
+            except Exception:  # keep expiring: a bad entry must not freeze everyone's status
+                log.exception("presence: expiring clients failed")

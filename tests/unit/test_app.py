@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from callrouter.app import LiveDirectory
 from callrouter.config import load_settings
 from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.live import LiveDirectory
 from callrouter.directory.loader import load_document
 from callrouter.directory.store import import_document, set_login
 from callrouter.domain.endpoint import caller_endpoint
@@ -47,7 +47,7 @@ async def test_live_directory_follows_changes_and_refuses_bad_rules(
         live = LiveDirectory(engine, rules)
         await live.load()
         calls: list[frozenset[str] | None] = []
-        live.listeners.append(calls.append)
+        live.subscribe(calls.append)
         assert not await live.refresh()
 
         # A login made elsewhere (CLI, another router) arrives with the next refresh;

@@ -1,0 +1,25 @@
+"""Wires the HTTP API: user tokens, the admin token, logins and presence."""
+
+from __future__ import annotations
+
+from callrouter.api.app import create_api
+from callrouter.api.server import ApiServer
+from callrouter.api.tokens import TokenSigner
+from callrouter.config import Settings
+from callrouter.logins.service import LoginService
+from callrouter.presence.live import PresenceService
+
+
+def build(settings: Settings, logins: LoginService, presence: PresenceService) -> ApiServer | None:
+    if not settings.api_enabled:
+        return None
+    secret = settings.api_token_secret
+    signer = TokenSigner(
+        None if secret is None else secret.get_secret_value().encode(),
+        ttl=settings.api_token_ttl,
+    )
+    admin = settings.api_admin_token
+    api = create_api(
+        logins, signer, None if admin is None else admin.get_secret_value(), presence=presence
+    )
+    return ApiServer(api, settings.api_host, settings.api_port)

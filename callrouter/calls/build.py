@@ -1,0 +1,15 @@
+"""Wires call intake: new callers from ARI, routed by the live directory and presence."""
+
+from __future__ import annotations
+
+from callrouter.ari.client import AriClient
+from callrouter.calls.intake import CallIntake
+from callrouter.directory.live import LiveDirectory
+from callrouter.routing.resolver import PresenceView
+
+
+def build(ari: AriClient, live: LiveDirectory, presence: PresenceView | None) -> CallIntake:
+    intake = CallIntake(ari, lambda: (live.snapshot, live.rules), presence)
+    ari.on_event = intake.on_event
+    ari.on_connected = intake.on_connected
+    return intake

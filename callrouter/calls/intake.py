@@ -1,0 +1,113 @@
+"""Call intake: every caller that enters the Stasis app becomes one CallDriver task.
+
+``CallIntake`` owns the registry of running calls (by the caller's channel id),
+resolves each new call's plan from the live directory at the moment it arrives,
+reconciles with Asterisk's own lists after every ARI (re)connect, and at shutdown
+lets ringing calls finish within a grace period before handing the rest back to
+the dialplan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from callrouter.ari.client import AriClient
+from callrouter.ari.errors import AriError
+from callrouter.ari.events import AriEvent, Channel
+from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.domain.endpoint import caller_endpoint
+from callrouter.routing.resolver import PresenceView, resolve_plan
+from callrouter.rules.model import RingRules
+from callrouter.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+_HAND_BACK_TIME = 2.0  # seconds for the calls to stop ringing and leave the app
+
+
+class CallIntake:
+    def __init__(
+        self,
+        ari: AriClient,
+        routing_state: Callable[[], tuple[DirectorySnapshot, RingRules]],
+        presence: PresenceView | None = None,
+    ) -> None:
+        self.ari = ari
+        self.routing_state = routing_state  # the snapshot and rules in force now
+        self.presence = presence
+        self.calls: dict[str, CallDriver] = {}  # by caller channel id
+        self.tasks = TaskSet("calls")
+        self.accepting = True
+
+    # --- from ARI -----------------------------------------------------------------
+
+    async def on_event(self, event: AriEvent) -> None:
+        """An event no running call owns: a new caller's ``StasisStart`` starts a call."""
+        if event.type != "StasisStart" or event.channel is None:
+            return
+        channel = event.channel
+        if channel.id.startswith(LEG_PREFIX) or channel.id in self.calls:
+            return
+        extension = event.args[0] if event.args else (channel.exten or "")
+        self.take_call(channel, extension)
+
+    def take_call(self, channel: Channel, extension: str) -> None:
+        if not self.accepting:
+            return
+        snapshot, rules = self.routing_state()
+        plan = resolve_plan(
+            snapshot, rules, extension, caller_endpoint(channel.name), presence=self.presence
+        )
+        driver = CallDriver(self.ari, channel, plan)
+        self.calls[channel.id] = driver
+        task = self.tasks.spawn(driver.run(), f"call {channel.id}")
+        task.add_done_callback(lambda _t: self.calls.pop(channel.id, None))
+
+    async def on_connected(self) -> None:
+        """After every (re)connect: Asterisk's lists are the truth, not our memory."""
+        try:
+            channels, bridges = await self.ari.resync()
+        except AriError as exc:
+            log.warning("resync after ARI connect failed: %s", exc)
+            return
+        alive = {c.id for c in channels}
+        owned: set[str] = set()
+        for driver in list(self.calls.values()):
+            driver.resync(alive)
+            owned |= driver.channel_ids()
+        for channel in channels:
+            if channel.id in owned:
+                continue
+            if channel.id.startswith(LEG_PREFIX):
+                log.info("resync: hanging up orphaned leg %s", channel.id)
+                await self.ari.hangup(channel.id)
+                continue
+            app, _, args = (channel.app_data or "").partition(",")
+            if channel.app_name == "Stasis" and app == self.ari.app:
+                # A caller waiting in our app that no task owns (the router restarted).
+                log.info("resync: taking over waiting call %s", channel.id)
+                self.take_call(channel, args.split(",")[0] if args else channel.exten or "")
+        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
+        for bridge in bridges:
+            if bridge.id.startswith(BRIDGE_PREFIX) and bridge.id not in owned_bridges:
+                log.info("resync: destroying orphaned bridge %s", bridge.id)
+                await self.ari.destroy_bridge(bridge.id)
+
+    # --- shutdown -----------------------------------------------------------------
+
+    async def stop(self, grace: float, *, force: asyncio.Event | None = None) -> None:
+        """Stop taking calls, let ringing calls finish within ``grace`` seconds (less
+        once ``force`` is set: a second SIGTERM), then hand the rest back to the
+        dialplan's fallback; connected calls go on in Asterisk without us."""
+        self.accepting = False
+        if not len(self.tasks):
+            return
+        log.info("shutting down: waiting up to %.0f s for %d call(s)", grace, len(self.tasks))
+        await self.tasks.wait(grace, until=force)
+        for driver in list(self.calls.values()):
+            await driver.hand_back()
+        # Each call's own task sends its hand-back: a moment for that, then cancel.
+        await self.tasks.close(grace=_HAND_BACK_TIME)

@@ -1,0 +1,125 @@
+"""The snapshot and the rules every new call is routed by, kept current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callrouter.directory.store import load_logins, load_snapshot, read_revisions
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.rules.loader import load_rules
+from callrouter.rules.model import RingRules
+from callrouter.yamlfile import YamlFileError
+
+log = logging.getLogger(__name__)
+
+# Told which users a change concerns (None: anyone, e.g. new rules or a full reload).
+ChangeListener = Callable[[frozenset[str] | None], None]
+
+
+class LiveDirectory:
+    """The snapshot and the rules every new call is routed by, kept current.
+
+    The directory is re-read when its revision counter moves (so changes made by
+    another router or the CLI arrive within one poll interval); the rules file when
+    its modification time changes or on SIGHUP.  A rules file that fails validation
+    is refused and the previous rules keep serving.
+    """
+
+    def __init__(self, engine: AsyncEngine, rules_path: Path) -> None:
+        self.engine = engine
+        self.rules_path = rules_path
+        self.snapshot = DirectorySnapshot()
+        self.rules = RingRules()
+        self._rules_mtime: float | None = None
+        self._refreshing = asyncio.Lock()  # the poll loop and login changes both refresh
+        # Called after every change with the extensions it concerns (None: anyone).
+        self.listeners: list[ChangeListener] = []
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(concerned)`` after every change; returns an unsubscribe."""
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener) if listener in self.listeners else None
+
+    async def load(self) -> None:
+        """The first load: errors here stop the daemon."""
+        self.rules = load_rules(self.rules_path)
+        self._rules_mtime = self._mtime()
+        self.snapshot = await load_snapshot(self.engine)
+        log.info(
+            "directory revision %d: %d users, %d workplaces; rules from %s",
+            self.snapshot.revision,
+            len(self.snapshot.users),
+            len(self.snapshot.workplaces),
+            self.rules_path,
+        )
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Reload what changed; True if anything did."""
+        async with self._refreshing:
+            return await self._refresh(force)
+
+    async def _refresh(self, force: bool) -> bool:
+        changed = False
+        concerned: frozenset[str] | None = None  # None: everyone
+        mtime = self._mtime()
+        if force or mtime != self._rules_mtime:
+            self._rules_mtime = mtime
+            try:
+                self.rules = load_rules(self.rules_path)
+            except YamlFileError as exc:
+                log.error("rules refused, the previous rules stay in force:\n%s", exc)
+            except OSError as exc:
+                log.error(
+                    "rules file %s unreadable (%s), the previous rules stay in force",
+                    self.rules_path,
+                    exc.strerror,
+                )
+            else:
+                log.info("rules reloaded from %s", self.rules_path)
+                changed = True
+        rules_changed = changed
+        revision, content_revision = await read_revisions(self.engine)
+        old = self.snapshot
+        if not force and content_revision == old.content_revision and revision != old.revision:
+            # Only logins changed: read just those (a full reload of 100,000 users
+            # would hold up calls for most of a second).
+            logins, revision, content_revision = await load_logins(self.engine)
+            if content_revision == old.content_revision:
+                self.snapshot = replace(old, logins=logins, revision=revision)
+                log.info("logins reloaded at revision %d", revision)
+                concerned = frozenset(
+                    ext
+                    for ext in logins.keys() | old.logins.keys()
+                    if logins.get(ext) != old.logins.get(ext)
+                )
+                changed = True
+        if (
+            force
+            or self.snapshot.revision != revision
+            or self.snapshot.content_revision != content_revision
+        ):
+            self.snapshot = await load_snapshot(self.engine)
+            log.info("directory reloaded at revision %d", self.snapshot.revision)
+            concerned = None
+            changed = True
+        if changed:
+            if rules_changed:
+                concerned = None
+            for listener in list(self.listeners):
+                try:
+                    listener(concerned)
+                except Exception:  # one broken listener must not stop the others
+                    log.exception("directory change listener failed")
+        return changed
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.rules_path.stat().st_mtime
+        except OSError:
+            return None

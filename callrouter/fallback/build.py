@@ -1,0 +1,14 @@
+"""Wires the fallback: directory changes and AMI logins publish to AstDB."""
+
+from __future__ import annotations
+
+from callrouter.ami.client import AmiClient
+from callrouter.directory.live import LiveDirectory
+from callrouter.fallback.service import FallbackService
+
+
+def build(ami: AmiClient, live: LiveDirectory) -> FallbackService:
+    service = FallbackService(ami, live)
+    live.subscribe(service.directory_changed)
+    ami.on_connected = service.on_ami_connected
+    return service
