@@ -96,6 +96,22 @@ class Router:
         await self.presence.close()
 
 
+class StopSignals:
+    """SIGTERM or SIGINT stops the router gracefully; a second one ends the grace."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+
+    def received(self) -> None:
+        if not self.stop.is_set():
+            log.info("stop signal: no new calls; ringing calls may finish")
+            self.stop.set()
+        elif not self.force.is_set():
+            log.warning("second stop signal: handing every call back now")
+            self.force.set()
+
+
 async def run_router(
     settings: Settings,
     stop: asyncio.Event,
@@ -153,19 +169,11 @@ def serve(settings: Settings) -> int:
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        stop, reload, force = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-        def on_stop_signal() -> None:
-            if not stop.is_set():
-                stop.set()
-            elif not force.is_set():  # a second SIGTERM or SIGINT: no more waiting
-                log.warning("second stop signal: handing every call back now")
-                force.set()
-
+        signals, reload = StopSignals(), asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_stop_signal)
+            loop.add_signal_handler(sig, signals.received)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
-        return await run_router(settings, stop, reload, force=force)
+        return await run_router(settings, signals.stop, reload, force=signals.force)
 
     try:
         return asyncio.run(main())

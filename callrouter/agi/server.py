@@ -32,6 +32,7 @@ from callrouter.agi.protocol import (
     is_usage_end,
     parse_reply,
 )
+from callrouter.tasks import TaskSet
 
 __all__ = ["AgiServer", "AgiSession", "Handler"]
 
@@ -313,7 +314,7 @@ class AgiServer:
         self.max_sessions = max_sessions
         self._port = port
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("FastAGI")  # one per call being served
         self._closing = False
 
     @property
@@ -352,13 +353,10 @@ class AgiServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            if pending:
-                log.warning("FastAGI: cancelling %d call(s) still running", len(pending))
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        pending = await self._tasks.wait(grace)
+        if pending:
+            log.warning("FastAGI: cancelling %d call(s) still running", len(pending))
+            await self._tasks.close()
         if server is not None:
             await server.wait_closed()
 
@@ -376,9 +374,7 @@ class AgiServer:
             )
             writer.close()
             return
-        task = asyncio.create_task(self._serve(reader, writer, peer), name=f"agi {peer}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._serve(reader, writer, peer), f"agi {peer}")
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str

@@ -29,8 +29,8 @@ import itertools
 import logging
 import random as _random
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Final
 
 from callrouter.ami.protocol import (
     AmiError,
@@ -44,6 +44,7 @@ from callrouter.ami.protocol import (
     mask_secrets,
 )
 from callrouter.backoff import backoff_delay
+from callrouter.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +124,11 @@ class _Connection:
         self.banner: asyncio.Future[str] = loop.create_future()
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskSet(f"AMI {peer}")  # ping loop, on_connected handler
         self.fully_booted = False
 
-    def spawn(self, coro: Awaitable[None], name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.spawn(coro, name)
 
     def mark_lost(self, reason: str) -> None:
         """Fail everything that waits on this connection; called once, from the reader."""

@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -55,6 +55,7 @@ from callrouter.ari.errors import (
 )
 from callrouter.ari.events import AriEvent, Bridge, Channel, parse_event, routing_ids
 from callrouter.backoff import backoff_delay
+from callrouter.tasks import TaskSet
 
 __all__ = [
     "AriClient",
@@ -209,9 +210,8 @@ class AriClient:
         )
         self._rest_prefix = f"{path}/ari"
         self._warm_connections = min(warm_connections, max_connections)
-        self._warming: asyncio.Task[None] | None = None
         self._routes: dict[str, EventSink] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(f"ARI {app}")  # the websocket reader, the HTTP pool's warmer
         self._connected = asyncio.Event()
         self._websocket: ClientConnection | None = None
         self._started = False
@@ -237,26 +237,18 @@ class AriClient:
         if self._started:
             return
         self._started = True
-        self._spawn(self._run_events(), name=f"ari-events-{self.app}")
+        self._tasks.spawn(self._run_events(), f"ari-events-{self.app}")
         if self._warm_connections > 0:
-            self._warming = asyncio.get_running_loop().create_task(
+            self._tasks.spawn(
                 self._http.keep_warm(self._warm_connections, _WARM_INTERVAL),
-                name=f"ari-http-{self.app}",
+                f"ari-http-{self.app}",
             )
 
     async def close(self) -> None:
         """Stop the reader, close the websocket and the HTTP client. Idempotent."""
         self._closed = True
-        if self._warming is not None:
-            self._warming.cancel()
-            await asyncio.gather(self._warming, return_exceptions=True)
-        current = asyncio.current_task()
-        others = [task for task in self._tasks if task is not current]
-        for task in others:
-            task.cancel()
-        if others:
-            await asyncio.gather(*others, return_exceptions=True)
-        if current in self._tasks:
+        await self._tasks.close()  # all but the current task
+        if asyncio.current_task() in self._tasks:
             # Called from on_event/on_connected, i.e. by the reader itself: close the
             # websocket; the reader ends once the handler returns.
             websocket = self._websocket
@@ -570,11 +562,6 @@ class AriClient:
         return channels, bridges
 
     # ------------------------------------------------------------------ websocket
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _run_events(self) -> None:
         attempt = 0

@@ -700,8 +700,13 @@ async def test_wait_connected_times_out_while_asterisk_refuses(fake: FakeAri) ->
 # ---------------------------------------------------------------------------- shutdown, logs
 
 
+def _reader_task(client: AriClient) -> asyncio.Task[object]:
+    (reader,) = (t for t in client._tasks if t.get_name().startswith("ari-events"))
+    return reader
+
+
 async def test_close_is_clean_and_idempotent(fake: FakeAri, connected: AriClient) -> None:
-    (reader,) = connected._tasks
+    reader = _reader_task(connected)
     await connected.close()
     await connected.close()
     assert reader.done() and not connected._tasks
@@ -721,7 +726,7 @@ async def test_close_from_inside_on_event_does_not_deadlock(
     client.on_event = on_event
     await client.start()
     await client.wait_connected(WAIT)
-    (reader,) = client._tasks
+    reader = _reader_task(client)
     await fake.send_event(stasis_start("c1"))
     async with asyncio.timeout(WAIT):
         await closed.wait()
