@@ -256,6 +256,34 @@ async def test_router_down_the_astdb_fallback_still_rings(
     await call.hangup()
 
 
+async def test_shutdown_hands_a_ringing_call_back_to_the_fallback(
+    asterisk: AsteriskSandbox, start_router: StartRouter, make_phones: MakePhones
+) -> None:
+    caller, a = await make_phones("rt-caller7b", "rt-a7b")
+    a.ring()
+    running = await start_router(
+        directory("""
+        - {extension: "317", name: Greta, phones: [PJSIP/rt-a7b]}
+    """),
+        "defaults: {timeout: 60}\n",
+    )
+    for _ in range(100):  # published through AMI when the router connected
+        if asterisk.db_get("callrouter", "317"):
+            break
+        await asyncio.sleep(0.05)
+    call = await caller.call("317", asterisk_port(caller))
+    await a.wait_for("INVITE")  # rung by the router
+    # The router stops while the phone rings (grace 2 s in the sandbox settings): the
+    # router's leg is cancelled and the dialplan's fallback rings the phone again.
+    await running.shut_down()
+    await a.wait_for("CANCEL")
+    await a.wait_for("INVITE", n=2, timeout=10)
+    a.answer_now()
+    await call.wait_answered(timeout=10)
+    await call.hangup()
+    await a.wait_for("BYE")
+
+
 async def test_ari_websocket_dropped_and_back_routes_new_calls(
     start_router: StartRouter, make_phones: MakePhones
 ) -> None:
