@@ -3,6 +3,10 @@
 One asyncio task per call.  The task owns an ordered queue that the ARI reader
 fills with the events of the call's channels; the leg channel ids are chosen here
 and routed *before* the channels are created, so no early event is lost.
+
+The flow keeps all the state of the call and its legs' channels (created, hung up by
+us, gone, the last hang-up cause); the driver keeps only transport: the task of each
+leg's originate request and the bridge id.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from callrouter.calls.flow import (
     Command,
     Connect,
     ContinueInDialplan,
+    ContinueInFallback,
     HangupCaller,
     IndicateRinging,
     LegEnd,
     StartLeg,
+    StartOutcome,
     StopLeg,
 )
 from callrouter.routing.plan import RingPlan
@@ -49,7 +55,6 @@ _DIAL_ENDS = {
     "CANCEL": LegEnd.FAILED,
     "INVALIDARGS": LegEnd.FAILED,
 }
-_CAUSE_BUSY = 17  # AST_CAUSE_USER_BUSY
 # appArgs of an originated leg (its StasisStart, on answer, carries it).
 LEG_APP_ARG = "leg"
 # The ringing indication waits for the first leg's request to be answered (its INVITE
@@ -100,10 +105,8 @@ class CallDriver:
         self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
         self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
         self.bridge_id: str | None = None
-        self._created: dict[str, asyncio.Task[bool]] = {}  # leg id -> originate
-        self._gone: set[str] = set()  # leg channels known to be destroyed
-        self._hung_up: set[str] = set()  # leg channels we sent a hang-up
-        self._causes: dict[str, int] = {}  # leg id -> hang-up cause seen
+        # Transport only: leg id -> its originate request (the flow hears the outcome).
+        self._originates: dict[str, asyncio.Task[StartOutcome]] = {}
         self._ring_timeout_cap = ring_timeout_cap
         self._t0 = 0.0
         self._announce = False
@@ -128,7 +131,7 @@ class CallDriver:
                     await self._execute(self.flow.tick(self.now()))
                 else:
                     if isinstance(event, _HandBack):
-                        await self._hand_back_now()
+                        await self._execute(self._on_hand_back())
                     elif isinstance(event, _Vanished):
                         await self._execute(self._on_vanished(event.channel_ids))
                     else:
@@ -161,7 +164,7 @@ class CallDriver:
 
     def channel_ids(self) -> set[str]:
         """The channels this call owns in Asterisk."""
-        return {self.caller.id, *self._created}
+        return {self.caller.id, *self.flow.leg_channel_ids()}
 
     def resync(self, alive: set[str]) -> None:
         """After an ARI reconnect: channels that went away while we were deaf."""
@@ -174,26 +177,21 @@ class CallDriver:
         self.queue.put_nowait(_HandBack())
 
     def _on_vanished(self, gone: frozenset[str]) -> list[Command]:
-        self._gone |= gone - {self.caller.id}
-        if self.caller.id in gone:
-            return self.flow.caller_gone()
-        commands: list[Command] = []
-        for leg_id in gone:
-            commands += self.flow.leg_ended(leg_id, LegEnd.FAILED, self.now())
+        # The caller first: vanished legs then end as part of its hang-up, not as a
+        # last leg ending (which would send the caller to the dialplan).
+        commands = self.flow.caller_gone() if self.caller.id in gone else []
+        now = self.now()
+        for channel_id in gone:
+            commands += self.flow.leg_gone(channel_id, now)
         return commands
 
-    async def _hand_back_now(self) -> None:
-        if self.flow.winner is not None:
-            return  # connected calls are left to finish
-        stops = [c for c in self.flow.caller_gone() if isinstance(c, StopLeg)]
-        await self._execute(stops)
-        self.log.info("call %s: handed back to the dialplan fallback", self.call_id)
-        try:
-            await self.ari.continue_in_dialplan(
-                self.caller.id, FALLBACK_CONTEXT, self.plan.extension, label=FALLBACK_LABEL
+    def _on_hand_back(self) -> list[Command]:
+        commands = self.flow.hand_back()
+        if not commands and not self.flow.finished:
+            self.log.info(
+                "call %s: shutting down, %s call left to finish", self.call_id, self.flow.phase
             )
-        except AriError as exc:
-            self.log.warning("call %s: hand-back failed: %s", self.call_id, exc)
+        return commands
 
     # --- events -------------------------------------------------------------------
 
@@ -229,14 +227,10 @@ class CallDriver:
             if channel.state == "Ringing":
                 return self.flow.leg_ringing(leg_id)
         elif event.type == "ChannelHangupRequest":
-            # StasisEnd, which follows, carries no cause: remember it from here.
-            if event.cause is not None:
-                self._causes[leg_id] = event.cause
+            # StasisEnd, which follows, carries no cause: the flow keeps this one.
+            return self.flow.leg_hangup_requested(leg_id, event.cause)
         elif event.type in _LEG_GONE:
-            self._gone.add(leg_id)
-            cause = event.cause if event.cause is not None else self._causes.get(leg_id)
-            end = LegEnd.BUSY if cause == _CAUSE_BUSY else LegEnd.FAILED
-            return self.flow.leg_ended(leg_id, end, self.now())
+            return self.flow.leg_gone(leg_id, self.now(), event.cause)
         return []
 
     def _on_dial_status(self, leg_id: str, status: str) -> list[Command]:
@@ -254,11 +248,11 @@ class CallDriver:
         # New legs go out first, each in its own task: the time to the first INVITE is
         # what callers hear. The ringing indication to the caller follows as soon as the
         # first of them is answered (about a millisecond later).
-        legs: list[tuple[str, asyncio.Task[bool]]] = []
+        legs: list[tuple[str, asyncio.Task[StartOutcome]]] = []
         for command in commands:
             if isinstance(command, StartLeg):
                 task = asyncio.ensure_future(self._originate(command))
-                self._created[command.leg_id] = task
+                self._originates[command.leg_id] = task
                 legs.append((command.leg_id, task))
         ring = any(isinstance(c, IndicateRinging) for c in commands)
         if legs and (ring or self._announce):
@@ -269,8 +263,9 @@ class CallDriver:
         if ring:
             await self._quietly(self.ari.ring(self.caller.id))
         for leg_id, task in legs:
-            if not await task:
-                await self._execute(self.flow.leg_ended(leg_id, LegEnd.FAILED, self.now()))
+            follow = self.flow.leg_created(leg_id, await task, self.now())
+            if follow:
+                await self._execute(follow)
         for command in commands:
             if isinstance(command, StopLeg):
                 await self._stop_leg(command.leg_id)
@@ -278,10 +273,12 @@ class CallDriver:
                 await self._connect(command)
             elif isinstance(command, ContinueInDialplan):
                 await self._continue(command)
+            elif isinstance(command, ContinueInFallback):
+                await self._continue_in_fallback()
             elif isinstance(command, HangupCaller):
                 await self._quietly(self.ari.hangup(self.caller.id))
 
-    async def _originate(self, command: StartLeg) -> bool:
+    async def _originate(self, command: StartLeg) -> StartOutcome:
         """One request per leg: ``POST /channels`` with ``app`` dials at once.
 
         Asterisk sends the INVITE before it answers the request. Until the phone answers
@@ -313,11 +310,10 @@ class CallDriver:
                 command.endpoint,
                 exc,
             )
-            self._gone.add(command.leg_id)
-            return False
+            return StartOutcome.REFUSED
         except AriError as exc:
-            # No answer: Asterisk may have dialled all the same. Hang it up by its id
-            # (404 if it never existed), so no phone is left ringing.
+            # No answer: Asterisk may have dialled all the same. The flow has it hung
+            # up by its id (404 if it never existed), so no phone is left ringing.
             self.log.warning(
                 "call %s: leg %s to %s failed: %s",
                 self.call_id,
@@ -325,9 +321,7 @@ class CallDriver:
                 command.endpoint,
                 exc,
             )
-            self._hung_up.add(command.leg_id)
-            await self._quietly(self.ari.hangup(command.leg_id))
-            return False
+            return StartOutcome.UNANSWERED
         self._announce_start()
         self.log.info(
             "call %s: ringing %s (leg %s, t=%.3f)",
@@ -336,16 +330,15 @@ class CallDriver:
             command.leg_id,
             self.now(),
         )
-        return True
+        return StartOutcome.CREATED
 
     async def _stop_leg(self, leg_id: str) -> None:
-        task = self._created.get(leg_id)
+        task = self._originates.get(leg_id)
         if task is not None and not task.done():
             await asyncio.wait([task])  # never hang up before the originate went out
-        if leg_id in self._gone or leg_id in self._hung_up:
-            return
+        if not self.flow.leg_hangup_sent(leg_id):
+            return  # gone already, refused, or hung up before
         self.log.info("call %s: stopping leg %s", self.call_id, leg_id)
-        self._hung_up.add(leg_id)
         await self._quietly(self.ari.hangup(leg_id))
 
     async def _connect(self, command: Connect) -> None:
@@ -365,8 +358,7 @@ class CallDriver:
             self.log.warning(
                 "call %s: could not connect %s: %s", self.call_id, command.endpoint, exc
             )
-            await self._execute(self.flow.caller_gone())
-            await self._quietly(self.ari.hangup(self.caller.id))
+            await self._execute(self.flow.connect_failed())
             return
         self.log.info("call %s: connected with %s", self.call_id, command.endpoint)
         await self._execute(self.flow.connected())
@@ -382,22 +374,25 @@ class CallDriver:
         except AriError as exc:
             self.log.warning("call %s: could not continue in the dialplan: %s", self.call_id, exc)
 
+    async def _continue_in_fallback(self) -> None:
+        self.log.info("call %s: handed back to the dialplan fallback", self.call_id)
+        try:
+            await self.ari.continue_in_dialplan(
+                self.caller.id, FALLBACK_CONTEXT, self.plan.extension, label=FALLBACK_LABEL
+            )
+        except AriError as exc:
+            self.log.warning("call %s: hand-back failed: %s", self.call_id, exc)
+
     async def _clean_up(self) -> None:
         """Leave nothing behind: every leg hung up, the bridge destroyed."""
-        for task in self._created.values():
-            if not task.done():
-                await asyncio.wait([task])
-        leftover = [
-            leg_id
-            for leg_id, task in self._created.items()
-            if leg_id not in self._gone
-            and leg_id not in self._hung_up
-            and not task.cancelled()
-            and task.exception() is None
-            and task.result()
-        ]
-        for leg_id in leftover:
-            await self._quietly(self.ari.hangup(leg_id))
+        pending = [task for task in self._originates.values() if not task.done()]
+        if pending:  # never hang up before the originate went out
+            await asyncio.wait(pending)
+        # A leg still "requested" here lost its outcome to a cancelled call task: it
+        # is hung up by its id too (404 if it was refused).
+        for leg_id in self.flow.legs_to_clean_up():
+            if self.flow.leg_hangup_sent(leg_id):
+                await self._quietly(self.ari.hangup(leg_id))
         if self.bridge_id is not None:
             await self._quietly(self.ari.destroy_bridge(self.bridge_id))
 

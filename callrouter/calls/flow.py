@@ -1,12 +1,23 @@
 """The life of one routed call as a pure state machine (no I/O, no clock).
 
-``CallFlow`` takes a RingPlan and is fed what happens — leg events from Asterisk and
-the passing of time, as seconds since the call reached the router — and answers
-each input with the commands to carry out.  ``callrouter.calls.driver`` turns those
-commands into ARI requests and ARI events back into inputs; this module decides.
+``CallFlow`` takes a RingPlan and is fed what happens — leg events from Asterisk, the
+answers to the driver's requests, the router's own shutdown, and the passing of time
+as seconds since the call reached the router — and answers each input with the
+commands to carry out.  ``callrouter.calls.driver`` turns those commands into ARI
+requests and ARI events back into inputs; this module decides, and it alone keeps the
+state of the call and of each leg's channel.
 
 Phases:   RINGING ──leg answers──▶ CONNECTING ──bridged──▶ CONNECTED ──hang-up──▶ FINISHED
-             └──── caller hangs up / every leg ended ─────────────────────────▶ FINISHED
+             │                         └──── bridge failed (FAILED) ─────────────▶ FINISHED
+             └──── caller hangs up / every leg ended / hand-back ────────────────▶ FINISHED
+
+Results (``CallResult``): the dialplan sees ANSWERED (set on the caller once bridged)
+and NOANSWER, BUSY, UNKNOWN, NOPHONES, DND (in [callrouter-result]) in
+CALLROUTER_RESULT.  Three results are the router's own record only (logs,
+``flow.result``), never set on the channel: HANGUP (the caller hung up first),
+HANDED_BACK (the router shut down while the call was ringing and gave the caller to
+the dialplan's fallback, which rings the phones itself) and FAILED (a phone answered
+but the caller could not be bridged with it: both were hung up).
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from callrouter.routing.plan import Leg, PlanStatus, RingPlan
 
 log = logging.getLogger(__name__)
 
+CAUSE_USER_BUSY = 17  # Q.850 hang-up cause of a busy phone (AST_CAUSE_USER_BUSY)
+
 
 class CallPhase(StrEnum):
     RINGING = "ringing"
@@ -30,7 +43,7 @@ class CallPhase(StrEnum):
 
 class LegPhase(StrEnum):
     PENDING = "pending"  # not started yet
-    DIALLING = "dialling"  # channel created, INVITE on its way
+    DIALLING = "dialling"  # channel asked for, INVITE on its way
     RINGING = "ringing"  # the phone signalled ringing
     ANSWERED = "answered"  # the winner
     ENDED = "ended"
@@ -39,12 +52,35 @@ class LegPhase(StrEnum):
 class LegEnd(StrEnum):
     TIMEOUT = "timeout"  # rang until its stop time
     BUSY = "busy"
-    FAILED = "failed"  # unreachable, rejected, congestion, a REST error
-    CANCELLED = "cancelled"  # another leg won, or the caller hung up
+    FAILED = "failed"  # unreachable, rejected, congestion, a REST error, no bridge
+    CANCELLED = "cancelled"  # another leg won, the caller hung up, or a hand-back
+
+
+class LegChannel(StrEnum):
+    """A leg's channel in Asterisk, as far as the router knows."""
+
+    NONE = "none"  # never asked for
+    REQUESTED = "requested"  # asked for, Asterisk's answer to that not in yet
+    CREATED = "created"
+    UNCERTAIN = "uncertain"  # the request went unanswered: it may exist all the same
+    HUNG_UP = "hung-up"  # we sent its hang-up
+    GONE = "gone"  # destroyed, or refused: nothing left in Asterisk
+
+
+# A leg's channel that may be in Asterisk and that we have not hung up.
+_MAY_EXIST = frozenset({LegChannel.REQUESTED, LegChannel.CREATED, LegChannel.UNCERTAIN})
+
+
+class StartOutcome(StrEnum):
+    """Asterisk's answer to the request that creates a leg's channel."""
+
+    CREATED = "created"
+    REFUSED = "refused"  # an error answer: there is no such channel
+    UNANSWERED = "unanswered"  # no answer: Asterisk may have dialled all the same
 
 
 class CallResult(StrEnum):
-    """What the dialplan sees in CALLROUTER_RESULT."""
+    """How the call ended (the module docstring says which ones the dialplan sees)."""
 
     ANSWERED = "ANSWERED"
     NOANSWER = "NOANSWER"
@@ -53,6 +89,8 @@ class CallResult(StrEnum):
     NOPHONES = "NOPHONES"
     DND = "DND"  # the user set do-not-disturb
     HANGUP = "HANGUP"  # the caller hung up first (nobody continues in the dialplan)
+    HANDED_BACK = "HANDED_BACK"  # shutdown: the dialplan's fallback rings instead
+    FAILED = "FAILED"  # answered, but the bridge could not be made: both hung up
 
 
 # Plans that end before any phone rings, and what the dialplan is told.
@@ -81,6 +119,8 @@ class StartLeg:
 
 @dataclass(frozen=True, slots=True)
 class StopLeg:
+    """Hang up the leg's channel, unless ``leg_hangup_sent`` says there is none."""
+
     leg_id: str
 
 
@@ -100,11 +140,24 @@ class ContinueInDialplan:
 
 
 @dataclass(frozen=True, slots=True)
+class ContinueInFallback:
+    """Hand-back: the caller continues at the dialplan's fallback, which rings itself."""
+
+
+@dataclass(frozen=True, slots=True)
 class HangupCaller:
     pass
 
 
-Command = IndicateRinging | StartLeg | StopLeg | Connect | ContinueInDialplan | HangupCaller
+Command = (
+    IndicateRinging
+    | StartLeg
+    | StopLeg
+    | Connect
+    | ContinueInDialplan
+    | ContinueInFallback
+    | HangupCaller
+)
 
 
 @dataclass(slots=True)
@@ -115,6 +168,8 @@ class LegRun:
     stop_at: float
     phase: LegPhase = LegPhase.PENDING
     end: LegEnd | None = None
+    channel: LegChannel = LegChannel.NONE
+    cause: int | None = None  # the last hang-up cause Asterisk gave for its channel
 
     @property
     def active(self) -> bool:
@@ -133,7 +188,7 @@ class CallFlow:
             leg_id = new_leg_id()
             self.legs[leg_id] = LegRun(leg, leg_id, leg.start, leg.stop)
 
-    # --- inputs -------------------------------------------------------------------
+    # --- inputs: the call -----------------------------------------------------------
 
     def start(self, now: float) -> list[Command]:
         """The call reached the router."""
@@ -155,11 +210,68 @@ class CallFlow:
         for run in self.legs.values():
             if run.phase is LegPhase.PENDING and run.start_at <= now:
                 if run.stop_at <= now:  # its whole window has passed
-                    run.phase, run.end = LegPhase.ENDED, LegEnd.TIMEOUT
+                    self._end_leg(run, LegEnd.TIMEOUT, stop=False)
                     continue
                 self._leg_to(run, LegPhase.DIALLING, "due")
+                self._channel_to(run, LegChannel.REQUESTED, "start")
                 commands.append(StartLeg(run.leg_id, run.leg.endpoint))
         return commands + self._settle(now)
+
+    def connected(self) -> list[Command]:
+        """The driver bridged the caller with the winner."""
+        if self.phase is CallPhase.CONNECTING:
+            self._to(CallPhase.CONNECTED, "bridged")
+        return []
+
+    def connect_failed(self) -> list[Command]:
+        """The driver could not bridge the caller with the winner: hang both up."""
+        if self.phase is not CallPhase.CONNECTING:
+            return []
+        commands = self._stop_every_leg(LegEnd.FAILED)
+        commands.append(HangupCaller())
+        return self._finish(CallResult.FAILED, commands)
+
+    def caller_gone(self) -> list[Command]:
+        """The caller hung up (or its channel left the app)."""
+        if self.phase is CallPhase.FINISHED:
+            return []
+        commands = self._stop_every_leg(LegEnd.CANCELLED)
+        result = CallResult.ANSWERED if self.winner is not None else CallResult.HANGUP
+        return self._finish(result, commands)
+
+    def hand_back(self) -> list[Command]:
+        """The router shuts down: a ringing call goes to the dialplan's fallback.
+
+        A call that is being connected or is connected is left to finish.
+        """
+        if self.phase is not CallPhase.RINGING:
+            return []
+        commands = self._stop_every_leg(LegEnd.CANCELLED)
+        commands.append(ContinueInFallback())
+        return self._finish(CallResult.HANDED_BACK, commands)
+
+    # --- inputs: a leg --------------------------------------------------------------
+
+    def leg_created(self, leg_id: str, outcome: StartOutcome, now: float) -> list[Command]:
+        """Asterisk answered the request for a leg's channel (or did not)."""
+        run = self.legs.get(leg_id)
+        if run is None or run.channel is not LegChannel.REQUESTED:
+            return []  # its events came first (gone), or we hung it up already
+        if outcome is StartOutcome.CREATED:
+            self._channel_to(run, LegChannel.CREATED, "created")
+            return []
+        refused = outcome is StartOutcome.REFUSED
+        channel = LegChannel.GONE if refused else LegChannel.UNCERTAIN
+        self._channel_to(run, channel, outcome.value)
+        ends_here = run.active
+        if ends_here:
+            self._end_leg(run, LegEnd.FAILED, stop=False)
+        commands: list[Command] = []
+        if not refused:
+            commands.append(StopLeg(leg_id))  # by its id: no phone may be left ringing
+        if ends_here:
+            commands += self._settle(now)
+        return commands
 
     def leg_ringing(self, leg_id: str) -> list[Command]:
         run = self.legs.get(leg_id)
@@ -182,23 +294,36 @@ class CallFlow:
             if other.active:
                 commands += self._end_leg(other, LegEnd.CANCELLED, stop=True)
             elif other.phase is LegPhase.PENDING:
-                other.phase, other.end = LegPhase.ENDED, LegEnd.CANCELLED
+                self._end_leg(other, LegEnd.CANCELLED, stop=False)
         commands.append(Connect(run.leg_id, run.leg.endpoint))
         return commands
 
-    def connected(self) -> list[Command]:
-        """The driver bridged the caller with the winner."""
-        if self.phase is CallPhase.CONNECTING:
-            self._to(CallPhase.CONNECTED, "bridged")
+    def leg_hangup_requested(self, leg_id: str, cause: int | None) -> list[Command]:
+        """Asterisk is hanging up a leg's channel; the end of it may carry no cause."""
+        run = self.legs.get(leg_id)
+        if run is not None and cause is not None:
+            run.cause = cause
         return []
 
+    def leg_gone(self, leg_id: str, now: float, cause: int | None = None) -> list[Command]:
+        """A leg's channel was destroyed or left the app (or vanished while we were
+        deaf); without a ``cause`` the last one it got counts."""
+        run = self.legs.get(leg_id)
+        if run is None or run.channel in (LegChannel.NONE, LegChannel.GONE):
+            return []
+        self._channel_to(run, LegChannel.GONE, "gone")
+        if cause is None:
+            cause = run.cause
+        end = LegEnd.BUSY if cause == CAUSE_USER_BUSY else LegEnd.FAILED
+        return self.leg_ended(leg_id, end, now)
+
     def leg_ended(self, leg_id: str, end: LegEnd, now: float) -> list[Command]:
-        """A leg's channel went away (busy, failed, hung up) without us stopping it."""
+        """A leg ended (busy, failed, hung up) without us stopping it."""
         run = self.legs.get(leg_id)
         if run is None or run.phase in (LegPhase.ENDED, LegPhase.PENDING):
             return []
         if run is self.winner:
-            run.phase, run.end = LegPhase.ENDED, None
+            self._leg_to(run, LegPhase.ENDED, "hung up")
             if self.phase in (CallPhase.CONNECTING, CallPhase.CONNECTED):
                 return self._finish(CallResult.ANSWERED, [HangupCaller()])
             return []
@@ -207,18 +332,14 @@ class CallFlow:
             commands += self._settle(now)
         return commands
 
-    def caller_gone(self) -> list[Command]:
-        """The caller hung up (or its channel left the app)."""
-        if self.phase is CallPhase.FINISHED:
-            return []
-        commands: list[Command] = []
-        for run in self.legs.values():
-            if run.active or run.phase is LegPhase.ANSWERED:
-                commands += self._end_leg(run, LegEnd.CANCELLED, stop=True)
-            elif run.phase is LegPhase.PENDING:
-                run.phase, run.end = LegPhase.ENDED, LegEnd.CANCELLED
-        result = CallResult.ANSWERED if self.winner is not None else CallResult.HANGUP
-        return self._finish(result, commands)
+    def leg_hangup_sent(self, leg_id: str) -> bool:
+        """The driver hangs up a leg's channel now. False, and nothing to send, when
+        there is none to hang up: never asked for, gone, or hung up already."""
+        run = self.legs.get(leg_id)
+        if run is None or run.channel not in _MAY_EXIST:
+            return False
+        self._channel_to(run, LegChannel.HUNG_UP, "hang-up sent")
+        return True
 
     # --- what the driver asks -----------------------------------------------------
 
@@ -236,6 +357,15 @@ class CallFlow:
 
     def live_legs(self) -> list[LegRun]:
         return [r for r in self.legs.values() if r.active or r.phase is LegPhase.ANSWERED]
+
+    def leg_channel_ids(self) -> list[str]:
+        """Leg channels that are or may be in Asterisk (hung up ones until they go)."""
+        gone = (LegChannel.NONE, LegChannel.GONE)
+        return [r.leg_id for r in self.legs.values() if r.channel not in gone]
+
+    def legs_to_clean_up(self) -> list[str]:
+        """Leg channels that may be in Asterisk and were never hung up by us."""
+        return [r.leg_id for r in self.legs.values() if r.channel in _MAY_EXIST]
 
     # --- internals ----------------------------------------------------------------
 
@@ -270,6 +400,16 @@ class CallFlow:
             return self.tick(now)
         return []
 
+    def _stop_every_leg(self, end: LegEnd) -> list[Command]:
+        """End every leg that is not over yet; hang up those that ring or answered."""
+        commands: list[Command] = []
+        for run in self.legs.values():
+            if run.active or run.phase is LegPhase.ANSWERED:
+                commands += self._end_leg(run, end, stop=True)
+            elif run.phase is LegPhase.PENDING:
+                self._end_leg(run, LegEnd.CANCELLED, stop=False)
+        return commands
+
     def _end_leg(self, run: LegRun, end: LegEnd, *, stop: bool) -> list[Command]:
         self._leg_to(run, LegPhase.ENDED, end.value)
         run.end = end
@@ -295,3 +435,14 @@ class CallFlow:
             why,
         )
         run.phase = phase
+
+    def _channel_to(self, run: LegRun, channel: LegChannel, why: str) -> None:
+        log.debug(
+            "call %s leg %s channel: %s -> %s (%s)",
+            self.call_id,
+            run.leg_id,
+            run.channel,
+            channel,
+            why,
+        )
+        run.channel = channel

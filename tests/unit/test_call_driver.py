@@ -113,3 +113,68 @@ async def test_an_originate_without_answer_is_hung_up_and_a_refused_one_is_not(f
         await asyncio.wait_for(driver.run(), 3)
         leg = next(iter(driver.flow.legs))
         assert fake.requests_to("DELETE", f"/channels/{leg}")
+
+
+async def test_a_bridge_that_cannot_be_made_is_failed_not_answered(fake, caplog):
+    caplog.set_level(logging.INFO, logger="callrouter.calls.driver")
+    fake.model.channels["caller-4"] = make_channel("caller-4")
+    fake.set_response("POST", "/bridges", 500, {"message": "Allocation failed"})
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-4"), plan("PJSIP/a", "PJSIP/b"))
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 2)
+        a, b = (r.params["channelId"] for r in fake.requests_to("POST", "/channels"))
+        await fake.send_event(
+            make_event("StasisStart", args=["leg"], channel=make_channel(a, state="Up"))
+        )
+        await asyncio.wait_for(task, 3)
+        assert driver.flow.result.value == "FAILED"
+        assert fake.requests_to("DELETE", f"/channels/{a}")  # the winner
+        assert fake.requests_to("DELETE", f"/channels/{b}")  # the loser
+        assert fake.requests_to("DELETE", "/channels/caller-4")
+        assert len([r for r in fake.requests if r.method == "DELETE" and a in r.path]) == 1
+        assert not fake.requests_to("POST", "/channels/caller-4/variable")
+    messages = [r.getMessage() for r in caplog.records if r.name == "callrouter.calls.driver"]
+    assert any("could not connect PJSIP/a" in m for m in messages)
+    assert messages[-1] == "call caller-4: finished, FAILED"
+    assert not any("connected with" in m for m in messages)
+
+
+async def test_hand_back_stops_the_legs_and_continues_at_the_fallback(fake):
+    fake.model.channels["caller-5"] = make_channel("caller-5")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-5"), plan("PJSIP/a"))
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels/caller-5/ring")) == 1)
+        leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        assert driver.channel_ids() == {"caller-5", leg}
+        await driver.hand_back()
+        await asyncio.wait_for(task, 3)
+        assert driver.flow.result.value == "HANDED_BACK"
+        assert len(fake.requests_to("DELETE", f"/channels/{leg}")) == 1
+        cont = fake.requests_to("POST", "/channels/caller-5/continue")
+        assert [r.params for r in cont] == [
+            {"context": "callrouter", "extension": "201", "label": "fallback"}
+        ]
+        assert not fake.requests_to("POST", "/channels/caller-5/variable")
+
+
+async def test_deadlines_come_from_the_injected_clock(fake):
+    fake.model.channels["caller-6"] = make_channel("caller-6")
+    now = [1000.0]
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-6"), plan("PJSIP/a"), clock=lambda: now[0])
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels/caller-6/ring")) == 1)
+        leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        now[0] += 25.0  # past the leg's 20 s; the event wakes the driver to see it
+        await fake.send_event(
+            make_event("ChannelStateChange", channel=make_channel(leg, state="Ringing"))
+        )
+        await asyncio.wait_for(task, 3)
+        assert driver.flow.result.value == "NOANSWER"
+        assert driver.flow.legs[leg].end.value == "timeout"
+        assert fake.requests_to("DELETE", f"/channels/{leg}")

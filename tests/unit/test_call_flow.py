@@ -10,10 +10,13 @@ from callrouter.calls.flow import (
     CallResult,
     Connect,
     ContinueInDialplan,
+    ContinueInFallback,
     HangupCaller,
     IndicateRinging,
+    LegChannel,
     LegEnd,
     StartLeg,
+    StartOutcome,
     StopLeg,
 )
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
@@ -124,3 +127,107 @@ def test_events_for_unknown_or_ended_legs_are_ignored() -> None:
     assert flow.leg_answered("leg-1") == []
     assert flow.leg_answered("nope") == []
     assert flow.phase is CallPhase.RINGING
+
+
+# --- hand-back and a failed connect: inputs with their own results -------------------
+
+
+def test_hand_back_stops_the_ringing_legs_and_continues_at_the_fallback() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10), ("PJSIP/c", 5, 10))
+    flow.start(0)
+    assert flow.hand_back() == [StopLeg("leg-1"), StopLeg("leg-2"), ContinueInFallback()]
+    assert flow.finished and flow.result is CallResult.HANDED_BACK
+    assert flow.legs["leg-3"].end is LegEnd.CANCELLED  # the pending leg never starts
+    assert flow.tick(6) == [] and flow.next_deadline() is None
+    assert flow.caller_gone() == []  # the caller leaving the app later changes nothing
+    assert flow.result is CallResult.HANDED_BACK
+
+
+def test_hand_back_leaves_a_connecting_or_connected_call_to_finish() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10))
+    flow.start(0)
+    flow.leg_answered("leg-1")
+    assert flow.hand_back() == []
+    flow.connected()
+    assert flow.hand_back() == []
+    assert flow.phase is CallPhase.CONNECTED and flow.result is None
+
+
+def test_a_failed_connect_hangs_up_the_winner_and_the_caller_and_is_failed() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10))
+    flow.start(0)
+    flow.leg_answered("leg-2")
+    assert flow.connect_failed() == [StopLeg("leg-2"), HangupCaller()]
+    assert flow.finished and flow.result is CallResult.FAILED
+    assert flow.legs["leg-2"].end is LegEnd.FAILED
+    assert flow.connected() == [] and flow.phase is CallPhase.FINISHED
+    assert flow.leg_ended("leg-2", LegEnd.FAILED, 3) == []  # no second hang-up of the caller
+
+
+def test_connect_failed_outside_connecting_changes_nothing() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10))
+    flow.start(0)
+    assert flow.connect_failed() == []
+    assert flow.phase is CallPhase.RINGING
+
+
+# --- leg channels: the flow alone knows what Asterisk has -------------------------------
+
+
+def test_a_refused_leg_ends_at_once_and_is_not_hung_up() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10))
+    flow.start(0)
+    assert flow.legs["leg-1"].channel is LegChannel.REQUESTED
+    assert flow.leg_created("leg-1", StartOutcome.REFUSED, 0.1) == [
+        ContinueInDialplan(CallResult.NOANSWER)
+    ]
+    assert flow.legs["leg-1"].channel is LegChannel.GONE
+    assert flow.legs_to_clean_up() == [] and flow.leg_channel_ids() == []
+    assert not flow.leg_hangup_sent("leg-1")
+
+
+def test_an_unanswered_request_is_hung_up_by_its_id() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10))
+    flow.start(0)
+    flow.leg_created("leg-2", StartOutcome.CREATED, 0.1)
+    assert flow.leg_created("leg-1", StartOutcome.UNANSWERED, 0.2) == [StopLeg("leg-1")]
+    assert flow.legs["leg-1"].end is LegEnd.FAILED
+    assert flow.legs_to_clean_up() == ["leg-1", "leg-2"]  # leg-1 may exist
+    assert flow.leg_hangup_sent("leg-1")
+    assert flow.legs_to_clean_up() == ["leg-2"]
+
+
+def test_a_channel_is_hung_up_once_and_never_after_it_is_gone() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10), ("PJSIP/c", 5, 10))
+    flow.start(0)
+    flow.leg_created("leg-1", StartOutcome.CREATED, 0.1)
+    flow.leg_created("leg-2", StartOutcome.CREATED, 0.1)
+    assert not flow.leg_hangup_sent("leg-3")  # never asked for
+    assert flow.leg_hangup_sent("leg-1")
+    assert not flow.leg_hangup_sent("leg-1")
+    flow.leg_gone("leg-2", 1)
+    assert not flow.leg_hangup_sent("leg-2")
+    assert flow.leg_channel_ids() == ["leg-1"]  # hung up, but not gone yet
+    assert flow.legs_to_clean_up() == []
+
+
+def test_events_before_the_answer_to_the_request_win() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10))
+    flow.start(0)
+    flow.leg_gone("leg-1", 0.1, 17)
+    assert flow.leg_created("leg-1", StartOutcome.CREATED, 0.2) == []
+    assert flow.legs["leg-1"].channel is LegChannel.GONE
+    assert flow.legs["leg-1"].end is LegEnd.BUSY
+
+
+def test_the_last_hang_up_cause_decides_a_leg_that_goes_without_one() -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10))
+    flow.start(0)
+    for leg_id in ("leg-1", "leg-2"):
+        flow.leg_created(leg_id, StartOutcome.CREATED, 0.1)
+        assert flow.leg_hangup_requested(leg_id, 17) == []
+        flow.leg_hangup_requested(leg_id, None)  # a later request without cause
+    assert flow.leg_gone("leg-1", 1) == []
+    assert flow.leg_gone("leg-2", 1, 16) == [ContinueInDialplan(CallResult.BUSY)]
+    assert flow.legs["leg-1"].end is LegEnd.BUSY
+    assert flow.legs["leg-2"].end is LegEnd.FAILED
