@@ -23,6 +23,7 @@ from callrouter.ari.errors import AriError, AriHttpError
 from callrouter.ari.events import AriEvent
 from callrouter.calls.flow import (
     CallFlow,
+    CallPhase,
     Command,
     Connect,
     ContinueInDialplan,
@@ -110,6 +111,7 @@ class CallDriver:
         self._ring_timeout_cap = ring_timeout_cap
         self._t0 = 0.0
         self._announce = False
+        self._detached = False  # see detach()
 
     def now(self) -> float:
         return self.clock() - self._t0
@@ -175,6 +177,11 @@ class CallDriver:
     async def hand_back(self) -> None:
         """Ask the call to hand its caller back to the dialplan (shutdown)."""
         self.queue.put_nowait(_HandBack())
+
+    def detach(self) -> None:
+        """Shutdown: a connected call stays up in Asterisk (its bridge and both
+        channels are left as they are) when this task is cancelled."""
+        self._detached = True
 
     def _on_vanished(self, gone: frozenset[str]) -> list[Command]:
         # The caller first: vanished legs then end as part of its hang-up, not as a
@@ -350,10 +357,6 @@ class CallDriver:
                 self.ari.create_bridge(self.bridge_id, type="mixing"),
             )
             await self.ari.add_channel(self.bridge_id, [self.caller.id, command.leg_id])
-            await asyncio.gather(
-                self.ari.set_variable(self.caller.id, "CALLROUTER_RESULT", "ANSWERED"),
-                self.ari.set_variable(self.caller.id, "CALLROUTER_ANSWERED_BY", command.endpoint),
-            )
         except AriError as exc:
             self.log.warning(
                 "call %s: could not connect %s: %s", self.call_id, command.endpoint, exc
@@ -362,6 +365,14 @@ class CallDriver:
             return
         self.log.info("call %s: connected with %s", self.call_id, command.endpoint)
         await self._execute(self.flow.connected())
+        # For the dialplan after the call (hang-up handlers, CDRs); the call is up
+        # already, so failing to set them must not end it.
+        await asyncio.gather(
+            self._quietly(self.ari.set_variable(self.caller.id, "CALLROUTER_RESULT", "ANSWERED")),
+            self._quietly(
+                self.ari.set_variable(self.caller.id, "CALLROUTER_ANSWERED_BY", command.endpoint)
+            ),
+        )
 
     async def _continue(self, command: ContinueInDialplan) -> None:
         result = command.result.value
@@ -385,6 +396,11 @@ class CallDriver:
 
     async def _clean_up(self) -> None:
         """Leave nothing behind: every leg hung up, the bridge destroyed."""
+        if self._detached and self.flow.phase is CallPhase.CONNECTED:
+            self.log.info(
+                "call %s: left connected in Asterisk (bridge %s)", self.call_id, self.bridge_id
+            )
+            return
         pending = [task for task in self._originates.values() if not task.done()]
         if pending:  # never hang up before the originate went out
             await asyncio.wait(pending)

@@ -74,7 +74,15 @@ class CallIntake:
             log.warning("resync after ARI connect failed: %s", exc)
             return
         alive = {c.id for c in channels}
-        owned: set[str] = set()
+        # A conversation left connected by an earlier router (at its shutdown) goes
+        # on in its bridge: neither the bridge nor its channels are ours to end.
+        talking = {
+            channel_id
+            for bridge in bridges
+            if bridge.id.startswith(BRIDGE_PREFIX) and len(bridge.channels) >= 2
+            for channel_id in bridge.channels
+        }
+        owned: set[str] = set(talking)
         for driver in list(self.calls.values()):
             driver.resync(alive)
             owned |= driver.channel_ids()
@@ -92,7 +100,11 @@ class CallIntake:
                 self.take_call(channel, args.split(",")[0] if args else channel.exten or "")
         owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
         for bridge in bridges:
-            if bridge.id.startswith(BRIDGE_PREFIX) and bridge.id not in owned_bridges:
+            if (
+                bridge.id.startswith(BRIDGE_PREFIX)
+                and bridge.id not in owned_bridges
+                and len(bridge.channels) < 2
+            ):
                 log.info("resync: destroying orphaned bridge %s", bridge.id)
                 await self.ari.destroy_bridge(bridge.id)
 
@@ -108,6 +120,7 @@ class CallIntake:
         log.info("shutting down: waiting up to %.0f s for %d call(s)", grace, len(self.tasks))
         await self.tasks.wait(grace, until=force)
         for driver in list(self.calls.values()):
-            await driver.hand_back()
+            driver.detach()  # connected calls stay up in Asterisk
+            await driver.hand_back()  # ringing ones go to the fallback
         # Each call's own task sends its hand-back: a moment for that, then cancel.
         await self.tasks.close(grace=_HAND_BACK_TIME)

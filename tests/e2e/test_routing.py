@@ -18,7 +18,7 @@ import pytest
 from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
-from sandbox.phones import CallFailed
+from sandbox.phones import CallFailed, PhoneTimeout
 from sandbox.router import RunningRouter
 from tests.e2e.conftest import MakePhones
 
@@ -282,6 +282,28 @@ async def test_shutdown_hands_a_ringing_call_back_to_the_fallback(
     await call.wait_answered(timeout=10)
     await call.hangup()
     await a.wait_for("BYE")
+
+
+async def test_shutdown_leaves_a_connected_call_up(
+    start_router: StartRouter, make_phones: MakePhones
+) -> None:
+    caller, a = await make_phones("rt-caller7c", "rt-a7c")
+    a.answer(after=0.1)
+    directory_yaml = directory("""
+        - {extension: "318", name: Hanna, phones: [PJSIP/rt-a7c]}
+    """)
+    running = await start_router(directory_yaml, "defaults: {timeout: 20}\n")
+    call = await caller.call("318", asterisk_port(caller))
+    await call.wait_answered(timeout=10)
+    answered = await a.wait_for_call()
+    # Stopped mid-conversation (grace 2 s in the sandbox settings): the call goes on.
+    await running.shut_down()
+    with pytest.raises(PhoneTimeout):
+        await a.wait_for("BYE", timeout=1.0)
+    await call.hangup()
+    await answered.hangup()
+    # The next router's resync removes the bridge the conversation left behind.
+    await start_router(directory_yaml, "defaults: {timeout: 20}\n")
 
 
 async def test_ari_websocket_dropped_and_back_routes_new_calls(
