@@ -3,6 +3,7 @@ simulated phones) until interrupted, for the demo and for trying things by hand.
 
     python -m sandbox build
     python -m sandbox run --phone alice:answer=2 --phone bob:ring --phone carol:busy
+    python -m sandbox run --extensions-conf dialplan/extensions.conf.example --phone alice
     python -m sandbox clean [--rootfs]
 
 ``run`` writes the connection details (ARI/AMI credentials included) to a JSON file
@@ -104,6 +105,7 @@ async def run(args: argparse.Namespace) -> int:
         ami_port=args.ami_port,
         sip_port=args.sip_port,
         verbose=args.verbose,
+        extensions_conf=args.extensions_conf,
     )
     await sandbox.start_async()
     info_file = Path(args.info_file)
@@ -150,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--ami-port", type=int, help="AMI port (default: random)")
     run_parser.add_argument("--sip-port", type=int, help="SIP UDP port (default: random)")
     run_parser.add_argument("--verbose", type=int, default=3, help="Asterisk verbosity")
+    run_parser.add_argument(
+        "--extensions-conf",
+        type=Path,
+        metavar="FILE",
+        help="run FILE as extensions.conf, as it is (e.g. dialplan/extensions.conf.example)",
+    )
     run_parser.add_argument(
         "--phone",
         action="append",

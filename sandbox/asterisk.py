@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG_TEMPLATE_DIR = REPO / "asterisk-config"
 DIALPLAN_DIR = REPO / "dialplan"
 DEFAULT_ROOTFS = REPO / ".cache" / "asterisk-root"
+#: The dialplan admins copy (``AsteriskSandbox(extensions_conf=...)`` runs it).
+EXAMPLE_EXTENSIONS_CONF = DIALPLAN_DIR / "extensions.conf.example"
 
 #: Written last into a finished tree; a tree without it is half-built and is rebuilt.
 ROOTFS_MARKER = ".callrouter-rootfs-complete"
@@ -365,8 +367,17 @@ class AsteriskSandbox:
         verbose: int = 3,
         start_timeout: float = 30.0,
         keep_files: bool = False,
+        extensions_conf: Path | None = None,
     ) -> None:
+        """``extensions_conf``: run this file as the dialplan's extensions.conf, as it
+        is, instead of asterisk-config/extensions.conf (e.g. EXAMPLE_EXTENSIONS_CONF,
+        to test what admins copy).  Its phones context must be ``[phones]``, where
+        the sandbox's phones call from (``context = phones`` in pjsip.conf); without
+        the sandbox's own contexts, :meth:`set_dialplan` and the benchmarks' ``*NNN``
+        are not available unless the file includes them.
+        """
         self.root = Path(root).resolve() if root is not None else DEFAULT_ROOTFS
+        self.extensions_conf = Path(extensions_conf) if extensions_conf is not None else None
         http = http_port or pick_free_port()
         ami = ami_port or pick_free_port(exclude={http})
         sip = sip_port or pick_free_port(udp=True, exclude={http, ami})
@@ -619,6 +630,13 @@ class AsteriskSandbox:
 
     def set_dialplan(self, extra: str) -> None:
         """Replace the test dialplan (``extensions_sandbox.conf``) and reload the dialplan."""
+        extensions = (self.etc_dir / "extensions.conf").read_text(encoding="utf-8")
+        if SANDBOX_DIALPLAN_FILE not in extensions:
+            # It would be written and reloaded, and silently never used.
+            raise SandboxError(
+                f"this sandbox's extensions.conf ({self.extensions_conf}) does not include "
+                f"{SANDBOX_DIALPLAN_FILE}: set_dialplan() is not available"
+            )
         self._extra_dialplan = extra
         (self.etc_dir / SANDBOX_DIALPLAN_FILE).write_text(extra, encoding="utf-8")
         out = self.cli("dialplan reload")
@@ -667,7 +685,8 @@ class AsteriskSandbox:
         (self.run_dir / "owner.pid").write_text(f"{os.getpid()}\n", encoding="utf-8")
 
     def _render_config(self) -> None:
-        """Copy asterisk-config/ and dialplan/callrouter.conf, with ports and secrets."""
+        """Copy asterisk-config/ and dialplan/callrouter.conf, with ports and secrets
+        (and ``extensions_conf`` as extensions.conf, when given)."""
         if not CONFIG_TEMPLATE_DIR.is_dir():
             raise SandboxError(f"configuration templates missing: {CONFIG_TEMPLATE_DIR}")
         etc = self.etc_dir
@@ -675,6 +694,8 @@ class AsteriskSandbox:
         for template in sorted(CONFIG_TEMPLATE_DIR.glob("*.conf")):
             (etc / template.name).write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
         shutil.copyfile(DIALPLAN_DIR / "callrouter.conf", etc / "callrouter.conf")
+        if self.extensions_conf is not None:
+            shutil.copyfile(self.extensions_conf, etc / "extensions.conf")
 
         def edit(name: str, section: str, key: str, value: str) -> None:
             path = etc / name

@@ -194,23 +194,27 @@ def rules() -> None:
 def rules_check(obj: dict[str, Any], file: Path | None) -> None:
     """Check a rules file (default: --rules) and, where the database exists, check it
     against the directory: every problem as FILE:LINE:COLUMN: message."""
-    from callrouter.rules.check import check_rules
+    from callrouter.directory.database import DatabaseError
     from callrouter.rules.loader import load_rules
-    from callrouter.yamlfile import YamlFileError, locate_problems
 
     path = file or obj["rules"]
-    ring_rules = load_rules(path)
     if not obj["db_given"] and not _sqlite_file_exists(obj["db"]):
+        load_rules(path)
         click.echo(
             f"{path}: valid (no directory at {obj['db']}: phones and workplaces "
             "not checked; pass --db)",
             err=True,
         )
         return
-    snapshot = run(_load_snapshot(obj["db"]))
-    problems = check_rules(ring_rules, snapshot)
-    if problems:
-        raise YamlFileError(path, locate_problems(path, problems))
+    try:
+        snapshot = run(_load_snapshot(obj["db"]))
+    except DatabaseError:
+        # No directory to check against: the file's own errors first, as without one;
+        # a valid file then fails with the database's error.
+        load_rules(path)
+        raise
+    # The file's errors and the directory's together, in one run.
+    load_rules(path, snapshot)
     click.echo(f"{path}: valid")
 
 

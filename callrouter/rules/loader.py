@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from callrouter.domain.directory import DirectorySnapshot
-from callrouter.rules.check import check_rules
+from callrouter.rules.check import check_rules, check_rules_data
 from callrouter.rules.model import RingRules
 from callrouter.yamlfile import (
     FileName,
@@ -17,7 +17,6 @@ from callrouter.yamlfile import (
     load_yaml,
     locate_problem_list,
     locate_validation_error,
-    salvage,
 )
 
 
@@ -26,7 +25,8 @@ def load_rules(path: FileName, snapshot: DirectorySnapshot | None = None) -> Rin
 
     With ``snapshot`` the rules are also checked against the directory
     (``check_rules``), and those problems are reported together with any shape
-    errors: the parts of the file that are valid are still cross-checked.
+    errors: the parts of the file that are valid are still cross-checked, each
+    rule and ring entry on its own (``check_rules_data``).
 
     Raises YamlFileError with every error found, sorted by line and column, and
     OSError when the file cannot be read.
@@ -37,11 +37,8 @@ def load_rules(path: FileName, snapshot: DirectorySnapshot | None = None) -> Rin
     except ValidationError as exc:
         errors = locate_validation_error(path, exc, positions, RingRules)
         if snapshot is not None:
-            partial = salvage(data, RingRules)
-            if partial is not None:
-                found = check_rules(partial.model, snapshot)
-                problems = [partial.original_problem(problem) for problem in found]
-                errors += locate_problem_list(path, problems, positions)
+            problems = check_rules_data(data, snapshot)
+            errors += locate_problem_list(path, problems, positions)
         raise YamlFileError.from_located(path, errors) from None
     if snapshot is not None:
         problems = check_rules(rules, snapshot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,16 +38,23 @@ def e2e_required() -> bool:
     )
 
 
-@pytest.fixture(scope="session")
-def asterisk() -> Iterator[AsteriskSandbox]:
-    """One sandbox Asterisk for the whole session (loopback ports picked at random)."""
+def started_sandbox(**options: Any) -> AsteriskSandbox:
+    """A started sandbox Asterisk (``AsteriskSandbox`` options, loopback ports picked at
+    random); skips the test where there is none, or fails where that is required."""
     try:
-        sandbox = AsteriskSandbox(ensure_rootfs())
+        sandbox = AsteriskSandbox(ensure_rootfs(), **options)
         sandbox.start()
     except SandboxUnavailable as exc:
         if e2e_required():
             pytest.fail(f"sandbox Asterisk unavailable (required here): {exc.reason}")
         pytest.skip(f"sandbox Asterisk unavailable: {exc.reason}")
+    return sandbox
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[AsteriskSandbox]:
+    """One sandbox Asterisk for the whole session."""
+    sandbox = started_sandbox()
     try:
         yield sandbox
     finally:

@@ -72,6 +72,63 @@ def test_rules_check_reports_every_error_and_exits_1(cli, tmp_path: Path) -> Non
     assert "'&'" in err and "colour" in err
 
 
+THREE_ERRORS = (
+    "users:\n"
+    "  '201':\n"
+    "    followme:\n"
+    "      - ring: [PJSIP/anna-desk, PJSIP/boris-desk]\n"
+    "    colour: red\n"
+    "workplaces:\n"
+    "  office-9:\n"
+    "    ring:\n"
+    "      - ring: [PJSIP/office1-desk]\n"
+)
+
+
+def test_rules_check_reports_shape_and_directory_errors_in_one_run(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(THREE_ERRORS)
+    code, out, err = cli("rules", "check", str(bad))
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f'{bad}:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to user 202 '
+        "(Boris Chen), not to user 201",
+        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting',
+        f"{bad}:7:3: workplaces.office-9: no workplace has the id office-9",
+    ]
+
+
+def test_rules_check_with_only_directory_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(THREE_ERRORS.replace("    colour: red\n", ""))
+    code, out, err = cli("rules", "check", str(rules))
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f'{rules}:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to user 202 '
+        "(Boris Chen), not to user 201",
+        f"{rules}:6:3: workplaces.office-9: no workplace has the id office-9",
+    ]
+    rules.write_text("users:\n  '201':\n    followme:\n      - ring: [PJSIP/anna-desk]\n")
+    assert cli("rules", "check", str(rules)) == (0, f"{rules}: valid\n", "")
+
+
+def test_rules_check_without_a_usable_directory(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(THREE_ERRORS)
+    # No schema in the database: the file's own errors, then (once it is valid) the fix.
+    code, _, err = cli("rules", "check", str(bad))
+    assert code == 1
+    assert err.splitlines() == [
+        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting'
+    ]
+    code, _, err = cli("rules", "check", str(EXAMPLES / "rules.yaml"))
+    assert code == 1 and "callrouter db upgrade" in err
+
+
 def test_bad_caller_endpoint_is_rejected(cli) -> None:  # type: ignore[no-untyped-def]
     cli("db", "upgrade")
     code, _, err = cli("plan", "201", "--caller", "PJSIP/x,y")

@@ -262,6 +262,86 @@ def test_with_a_directory_shape_and_directory_errors_come_together(tmp_path: Pat
     ]
 
 
+def test_an_unknown_key_an_unknown_workplace_and_a_foreign_phone_in_one_run(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "users:\n"
+        "  '201':\n"
+        "    followme:\n"
+        "      - ring: [PJSIP/anna-desk, PJSIP/boris-desk]\n"
+        "    colour: red\n"
+        "workplaces:\n"
+        "  office-9: {}\n"
+    )
+    assert rules_errors(tmp_path, text, SNAPSHOT) == [
+        'rules.yaml:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to '
+        "user 202 (Boris Chen), not to user 201",
+        'rules.yaml:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting',
+        "rules.yaml:7:3: workplaces.office-9: no workplace has the id office-9",
+    ]
+
+
+def test_a_rule_that_fails_as_a_whole_still_has_its_phones_checked(tmp_path: Path) -> None:
+    # 'workplace' twice is an error of the whole FollowMe list; its entries, each
+    # valid on its own, are still checked against the directory.
+    text = (
+        "users:\n"
+        "  '201':\n"
+        "    followme:\n"
+        "      - ring: [workplace, PJSIP/ghost]\n"
+        "      - ring: [workplace, PJSIP/boris-desk]\n"
+    )
+    assert rules_errors(tmp_path, text, SNAPSHOT) == [
+        "rules.yaml:3:5: users.\"201\".followme: 'workplace' may start the workplace "
+        "timeline in one entry only",
+        'rules.yaml:4:27: users."201".followme[0].ring[1]: PJSIP/ghost is not in the directory',
+        'rules.yaml:5:27: users."201".followme[1].ring[1]: PJSIP/boris-desk belongs to '
+        "user 202 (Boris Chen), not to user 201",
+    ]
+
+
+def test_dropped_entries_do_not_shift_the_positions_of_the_rest(tmp_path: Path) -> None:
+    text = (
+        "workplaces:\n"
+        "  office-1:\n"
+        "    ring:\n"
+        "      - timeout: 5\n"
+        "      - ring: [PJSIP/office1-desk, PJSIP/anna-desk]\n"
+        "        colour: red\n"
+        "  Office_2:\n"
+        "    ring:\n"
+        "      - ring: [PJSIP/ghost]\n"
+    )
+    assert rules_errors(tmp_path, text, SNAPSHOT) == [
+        "rules.yaml:4:9: workplaces.office-1.ring[0].ring: required, but missing",
+        "rules.yaml:5:36: workplaces.office-1.ring[1].ring[1]: PJSIP/anna-desk belongs to "
+        "user 201 (Anna Berger), not to workplace office-1",
+        "rules.yaml:6:9: workplaces.office-1.ring[1].colour: unknown key; "
+        "allowed here: ring, delay, timeout",
+        # An invalid workplace id: its rule is not looked up in the directory.
+        "rules.yaml:7:3: workplaces.Office_2: workplace id 'Office_2' must be a slug: "
+        "lower-case letters, digits and inner hyphens, at most 64 characters, e.g. office-1",
+    ]
+
+
+def test_many_external_numbers_without_a_template_hide_no_directory_error(
+    tmp_path: Path,
+) -> None:
+    # One error for the missing template; every rule is still checked.
+    users = "".join(
+        f"  '{1000 + n}':\n    followme:\n      - ring: ['+49170{n:07d}']\n" for n in range(60)
+    )
+    text = "users:\n" + users + "  '201':\n    followme:\n      - ring: [PJSIP/ghost]\n"
+    errors = rules_errors(tmp_path, text, SNAPSHOT)
+    assert [e for e in errors if "no user has the extension" not in e] == [
+        'rules.yaml:4:16: users."1000".followme[0].ring[0]: external number +491700000000 '
+        "needs defaults.external_endpoint, e.g. PJSIP/{number}@trunk",
+        'rules.yaml:184:16: users."201".followme[0].ring[0]: PJSIP/ghost is not in the directory',
+    ]
+    assert len(errors) == 2 + 60
+
+
 def test_with_a_directory_valid_rules_load(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("users:\n  '201':\n    followme:\n      - ring: [PJSIP/anna-desk]\n")
