@@ -1,5 +1,5 @@
 # Sourced by scripts/test and scripts/demo: make .venv with the project installed.
-# Re-installs only when pyproject.toml changed since the last install.
+# Re-installs only when pyproject.toml or setup.py changed since the last install.
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "callrouter needs Python 3.11 or newer ($PYTHON is older or missing)" >&2
@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 stamp=.venv/.callrouter-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"
