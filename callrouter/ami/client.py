@@ -390,7 +390,9 @@ class AmiClient:
         try:
             await self.send_action("DBDel", Family=family, Key=key)
         except AmiActionError as exc:
-            if _not_found(exc):
+            # Asterisk 22 answers a missing key with "Database entry could not be
+            # deleted" (ast_db_del2 failed), older ones with "... not found".
+            if _not_found(exc) or "could not be deleted" in (exc.message or "").lower():
                 return False
             raise
         return True

@@ -355,8 +355,8 @@ class FakeAmi:
 
     def _dbdel(self, action: AmiMessage) -> Reply:
         family, key = action.get("Family") or "", action.get("Key") or ""
-        if self.db.pop((family, key), None) is None:
-            return [response(action, "Error", "Database entry not found")]
+        if self.db.pop((family, key), None) is None:  # Asterisk 22's words
+            return [response(action, "Error", "Database entry could not be deleted")]
         return [response(action, "Success", "Key deleted successfully")]
 
     def _dbdeltree(self, action: AmiMessage) -> Reply:
