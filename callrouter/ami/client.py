@@ -2,7 +2,8 @@
 
 Why not panoramisk: its last release (2021) lacks its Python 3.10+ fixes, and its
 ``Action`` is a dict and a future at once.  This client keeps the wire format in
-``protocol`` (pure) and does only the I/O here:
+``protocol`` (pure), one TCP connection's I/O in ``connection`` (reader task, pending
+actions) and its errors in ``errors``; here it stays connected and offers the actions:
 
 * one reader task per connection: responses resolve the pending future of their
   ActionID, list events are collected for their list action, every other event
@@ -29,22 +30,30 @@ import itertools
 import logging
 import random as _random
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final
 
-from callrouter.ami.protocol import (
-    AmiError,
-    AmiMessage,
-    AmiParser,
-    EventListCollector,
-    Fields,
-    FieldValue,
-    MessageKind,
-    encode_action,
-    mask_secrets,
+from callrouter.ami.connection import Connection
+from callrouter.ami.errors import (
+    AmiActionError,
+    AmiConnectionError,
+    AmiConnectionLost,
+    AmiLoginError,
+    AmiTimeout,
 )
+from callrouter.ami.protocol import AmiError, AmiMessage, Fields, FieldValue
 from callrouter.backoff import backoff_delay
-from callrouter.tasks import TaskSet
+
+__all__ = [
+    "AmiActionError",
+    "AmiClient",
+    "AmiConnectionError",
+    "AmiConnectionLost",
+    "AmiLoginError",
+    "AmiTimeout",
+    "EventCallback",
+    "OnConnected",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,121 +64,6 @@ Sleep = Callable[[float], Awaitable[None]]
 _EVENT_NAME: Final = re.compile(r"[A-Za-z0-9_]+")
 # Events the client itself watches, whatever the caller asked for.
 _INTERNAL_EVENTS: Final = frozenset({"FullyBooted", "Shutdown"})
-_READ_SIZE: Final = 65536
-
-
-class AmiConnectionError(AmiError):
-    """Could not connect to AMI, or there is no connection right now."""
-
-
-class AmiConnectionLost(AmiConnectionError):
-    """The connection ended while an action waited for its answer."""
-
-
-class AmiLoginError(AmiError):
-    """Asterisk refused the login (wrong user or secret, or not permitted)."""
-
-
-class AmiActionError(AmiError):
-    """Asterisk answered an action with ``Response: Error``; ``response`` is the answer."""
-
-    def __init__(self, action: str, response: AmiMessage) -> None:
-        self.action = action
-        self.response = response
-        super().__init__(f"AMI action {action} failed: {response.message or 'no message'}")
-
-    @property
-    def message(self) -> str | None:
-        return self.response.message
-
-
-class AmiTimeout(AmiError, TimeoutError):
-    """No answer to an action within its time-out."""
-
-    def __init__(self, action: str, action_id: str, timeout: float) -> None:
-        self.action = action
-        self.action_id = action_id
-        self.timeout = timeout
-        super().__init__(
-            f"no answer to AMI action {action} (ActionID {action_id}) within {timeout:g} s"
-        )
-
-
-class _Pending:
-    __slots__ = ("collector", "future", "name")
-
-    def __init__(
-        self,
-        name: str,
-        future: asyncio.Future[AmiMessage | list[AmiMessage]],
-        collector: EventListCollector | None,
-    ) -> None:
-        self.name = name
-        self.future = future
-        self.collector = collector
-
-
-class _Connection:
-    """One TCP connection to AMI and what belongs to it."""
-
-    def __init__(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.peer = peer
-        self.reader = reader
-        self.writer = writer
-        self.parser = AmiParser()
-        self.pending: dict[str, _Pending] = {}
-        loop = asyncio.get_running_loop()
-        self.banner: asyncio.Future[str] = loop.create_future()
-        self.lost = asyncio.Event()
-        self.lost_reason = ""
-        self.tasks = TaskSet(f"AMI {peer}")  # ping loop, on_connected handler
-        self.fully_booted = False
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self.tasks.spawn(coro, name)
-
-    def mark_lost(self, reason: str) -> None:
-        """Fail everything that waits on this connection; called once, from the reader."""
-        if self.lost.is_set():
-            return
-        self.lost_reason = reason
-        self.lost.set()
-        if not self.banner.done():
-            self.banner.set_exception(
-                AmiConnectionLost(f"AMI {self.peer}: connection ended before the banner ({reason})")
-            )
-            self.banner.exception()  # retrieved: whoever waits re-raises it, nobody must
-        pending, self.pending = self.pending, {}
-        for action_id, item in pending.items():
-            if not item.future.done():
-                item.future.set_exception(
-                    AmiConnectionLost(
-                        f"AMI {self.peer}: connection lost ({reason}) while waiting for "
-                        f"{item.name} (ActionID {action_id})"
-                    )
-                )
-
-    def abort(self) -> None:
-        if not self.writer.transport.is_closing():
-            self.writer.transport.abort()
-
-    async def close(self, reader_task: asyncio.Task[None] | None) -> None:
-        """Cancel this connection's tasks and close its socket; safe to call twice."""
-        current = asyncio.current_task()
-        tasks = [t for t in (*self.tasks, reader_task) if t is not None and t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)  # propagates a cancellation of the caller
-            for task in tasks:
-                if not task.cancelled():
-                    task.exception()  # retrieved; the tasks log their own failures
-        self.mark_lost("closed by the client")
-        self.writer.close()
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            await self.writer.wait_closed()
 
 
 class AmiClient:
@@ -227,8 +121,8 @@ class AmiClient:
         self._subscribers: list[EventCallback] = []
         self._ids = itertools.count(1)
         self._id_prefix = f"cr{_random.getrandbits(32):08x}"
-        self._conn: _Connection | None = None  # set while logged in
-        self._reader_tasks: dict[_Connection, asyncio.Task[None]] = {}
+        self._conn: Connection | None = None  # set while logged in
+        self._reader_tasks: dict[Connection, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closed = False
@@ -427,7 +321,7 @@ class AmiClient:
 
     # -- internals: connection ------------------------------------------------------
 
-    def _current(self) -> _Connection:
+    def _current(self) -> Connection:
         conn = self._conn
         if conn is None or conn.lost.is_set():
             state = "closed" if self._closed else "not connected"
@@ -478,7 +372,7 @@ class AmiClient:
             log.info("AMI %s: reconnecting in %.2f s", self.peer, delay)
             await self._sleep(delay)
 
-    async def _establish(self) -> _Connection:
+    async def _establish(self) -> Connection:
         """Connect, read the banner, log in, set filters: a connection ready for use."""
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -486,9 +380,9 @@ class AmiClient:
         except (OSError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
             raise AmiConnectionError(f"could not connect to AMI at {self.peer}: {detail}") from None
-        conn = _Connection(self.peer, reader, writer)
+        conn = Connection(self.peer, reader, writer, self._on_event)
         self._reader_tasks[conn] = asyncio.create_task(
-            self._read_loop(conn), name=f"ami-reader-{self.peer}"
+            conn.read_loop(), name=f"ami-reader-{self.peer}"
         )
         try:
             try:
@@ -506,7 +400,7 @@ class AmiClient:
             raise
         return conn
 
-    async def _login(self, conn: _Connection) -> None:
+    async def _login(self, conn: Connection) -> None:
         fields = {
             "Username": self.username,
             "Secret": self.__secret,
@@ -525,7 +419,7 @@ class AmiClient:
             ) from exc
         log.info("AMI %s: logged in as %s (%s)", self.peer, self.username, self.banner)
 
-    async def _add_server_filter(self, conn: _Connection) -> None:
+    async def _add_server_filter(self, conn: Connection) -> None:
         # One include filter with an alternation; a legacy regex filter works on every
         # Asterisk version.  It may let a few more events through (``Hangup`` matches
         # ``HangupRequest``): the client filters exactly on top.
@@ -541,7 +435,7 @@ class AmiClient:
                 exc.message,
             )
 
-    async def _serve(self, conn: _Connection) -> None:
+    async def _serve(self, conn: Connection) -> None:
         """Run a logged-in connection until it ends."""
         self._conn = conn
         self._connected.set()
@@ -569,7 +463,7 @@ class AmiClient:
         except Exception:
             log.exception("AMI %s: on_connected failed", self.peer)
 
-    async def _ping_loop(self, conn: _Connection, interval: float) -> None:
+    async def _ping_loop(self, conn: Connection, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
@@ -583,32 +477,11 @@ class AmiClient:
             except AmiActionError as exc:
                 log.warning("AMI %s: Ping refused: %s", self.peer, exc.message)
 
-    async def _read_loop(self, conn: _Connection) -> None:
-        reason = "closed by Asterisk"
-        try:
-            while True:
-                data = await conn.reader.read(_READ_SIZE)
-                if not data:  # EOF: the connection is over, whatever the state
-                    break
-                messages = conn.parser.feed(data)
-                if conn.parser.banner is not None and not conn.banner.done():
-                    conn.banner.set_result(conn.parser.banner)
-                for message in messages:
-                    self._dispatch(conn, message)
-        except asyncio.CancelledError:
-            reason = "closed by the client"
-            raise
-        except (OSError, AmiError) as exc:
-            reason = str(exc) or type(exc).__name__
-        finally:
-            conn.mark_lost(reason)
-            conn.abort()
-
     # -- internals: actions ---------------------------------------------------------
 
     async def _request(
         self,
-        conn: _Connection,
+        conn: Connection,
         name: str,
         fields: Fields,
         collect: bool,
@@ -616,77 +489,12 @@ class AmiClient:
         timeout: float | None = None,
     ) -> AmiMessage | list[AmiMessage]:
         action_id = f"{self._id_prefix}-{next(self._ids)}"
-        data = encode_action(name, action_id, fields)  # refuses injection before anything
-        if conn.lost.is_set():
-            raise AmiConnectionLost(f"AMI {self.peer}: connection lost ({conn.lost_reason})")
-        future: asyncio.Future[AmiMessage | list[AmiMessage]]
-        future = asyncio.get_running_loop().create_future()
-        collector = EventListCollector(action_id) if collect else None
-        conn.pending[action_id] = _Pending(name, future, collector)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "AMI %s -> %s %s %s", self.peer, name, action_id, mask_secrets(fields, action=name)
-            )
         limit = self._action_timeout if timeout is None else timeout
-        try:
-            async with asyncio.timeout(limit):
-                try:
-                    conn.writer.write(data)
-                    await conn.writer.drain()
-                except OSError as exc:
-                    conn.abort()
-                    raise AmiConnectionLost(f"AMI {self.peer}: write failed: {exc}") from None
-                return await future
-        except TimeoutError as exc:
-            if isinstance(exc, AmiError):
-                raise
-            raise AmiTimeout(name, action_id, limit) from None
-        finally:
-            conn.pending.pop(action_id, None)
-            if future.done() and not future.cancelled():
-                future.exception()  # mark retrieved even when the waiter went away
+        return await conn.request(name, action_id, fields, collect, limit)
 
-    def _dispatch(self, conn: _Connection, message: AmiMessage) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("AMI %s <- %r", self.peer, message)
-        action_id = message.action_id
-        pending = conn.pending.get(action_id) if action_id is not None else None
-        if pending is not None and self._resolve(pending, message):
-            return
-        if message.kind is MessageKind.EVENT:
-            self._on_event(conn, message)
-        elif message.kind is MessageKind.RESPONSE:
-            log.debug("AMI %s: answer to no pending action (ActionID %s)", self.peer, action_id)
-        else:
-            log.debug("AMI %s: ignoring a message that is neither response nor event", self.peer)
-
-    def _resolve(self, pending: _Pending, message: AmiMessage) -> bool:
-        """Give ``message`` to a pending action; False when it is not its business."""
-        future = pending.future
-        collector = pending.collector
-        if collector is None:
-            if message.kind is not MessageKind.RESPONSE:
-                return False
-            if not future.done():
-                if message.is_error:
-                    future.set_exception(AmiActionError(pending.name, message))
-                else:
-                    future.set_result(message)
-            return True
-        if not collector.feed(message):
-            return False
-        if collector.done and not future.done():
-            if collector.response is not None and collector.response.is_error:
-                future.set_exception(AmiActionError(pending.name, collector.response))
-            else:
-                future.set_result(list(collector.events))
-        return True
-
-    def _on_event(self, conn: _Connection, event: AmiMessage) -> None:
+    def _on_event(self, event: AmiMessage) -> None:
         name = event.event or ""
-        if name == "FullyBooted":
-            conn.fully_booted = True
-        elif name == "Shutdown":
+        if name == "Shutdown":
             log.info("AMI %s: Asterisk is shutting down (%s)", self.peer, event.get("Shutdown"))
         if self._events is not None and name.lower() not in self._events:
             return

@@ -1,11 +1,12 @@
 """A thin, typed asyncio client for the Asterisk REST Interface (ARI).
 
-REST goes through a small pool of keep-alive HTTP/1.1 connections of our own (asyncio
-streams, HTTP basic auth, ``TCP_NODELAY``): a request is one ``write`` of bytes built
-from the method, path and query, and the answer is read by ``Content-Length``. General
-HTTP clients (httpx) cost about a millisecond of CPU per request on the machine this
-runs on, which was most of the router's added call set-up time. Connections are opened
-ahead of need (:meth:`AriClient.start`), so the first calls do not wait for a connect.
+:class:`AriClient` is the one object the router holds. Its REST methods come from
+:class:`~callrouter.ari.rest.AriRest` and go through a small pool of keep-alive HTTP/1.1
+connections of our own (:mod:`callrouter.ari.http` says why); this module adds the
+connection settings, the lifecycle, the websocket and the routing of its events. REST
+connections are opened ahead of need (:meth:`AriClient.start`), so the first calls do
+not wait for a connect.
+
 Events come over one websocket (``/ari/events``), read by one reader task that:
 
 * parses every frame (:func:`~callrouter.ari.events.parse_event`);
@@ -32,28 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json as jsonlib
 import logging
 import random
-import socket
-import ssl
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Literal, Protocol
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from callrouter.ari.errors import (
-    AriClosedError,
-    AriConnectionError,
-    AriHttpError,
-    AriProtocolError,
-)
-from callrouter.ari.events import AriEvent, Bridge, Channel, parse_event, routing_ids
+from callrouter.ari.errors import AriClosedError, AriProtocolError
+from callrouter.ari.events import AriEvent, parse_event, routing_ids
+from callrouter.ari.http import HttpPool
+from callrouter.ari.rest import AriRest, HangupReason
 from callrouter.backoff import backoff_delay
 from callrouter.tasks import TaskSet
 
@@ -81,24 +74,6 @@ class EventSink(Protocol):
 
 ConnectedHandler = Callable[[], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
-ParamValue = str | int | float | bool | Iterable[str] | None
-# The values DELETE /channels/{id} accepts for ``reason`` (channels.json, Asterisk 22).
-HangupReason = Literal[
-    "normal",
-    "busy",
-    "congestion",
-    "no_answer",
-    "timeout",
-    "rejected",
-    "unallocated",
-    "normal_unspecified",
-    "number_incomplete",
-    "codec_mismatch",
-    "interworking",
-    "failure",
-    "answered_elsewhere",
-]
-
 _REDACTED = "<redacted>"
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _WARM_INTERVAL = 5.0  # seconds between checks of the idle REST connections
@@ -134,7 +109,7 @@ class _RedactingAdapter(logging.LoggerAdapter[logging.Logger]):
         return value
 
 
-class AriClient:
+class AriClient(AriRest):
     """ARI over one keep-alive HTTP client and one auto-reconnecting websocket.
 
     ``base_url`` is Asterisk's HTTP server, e.g. ``http://127.0.0.1:8088`` (a trailing
@@ -174,7 +149,6 @@ class AriClient:
         path = parts.path.rstrip("/")
         if path.endswith("/ari"):
             path = path[: -len("/ari")]
-        self.app = app
         self.on_event = on_event
         self.on_connected = on_connected
         self.rest_url = urlunsplit((parts.scheme, parts.netloc, f"{path}/ari", "", ""))
@@ -198,7 +172,7 @@ class AriClient:
         self._close_timeout = close_timeout
 
         # No proxy, ever: ARI is a loopback/LAN service.
-        self._http = _HttpPool(
+        http = HttpPool(
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 80),
             tls=parts.scheme == "https",
@@ -208,14 +182,13 @@ class AriClient:
             request_timeout=request_timeout,
             max_connections=max_connections,
         )
-        self._rest_prefix = f"{path}/ari"
+        super().__init__(http, rest_prefix=f"{path}/ari", app=app)  # app, _http, _closed
         self._warm_connections = min(warm_connections, max_connections)
         self._routes: dict[str, EventSink] = {}
         self._tasks = TaskSet(f"ARI {app}")  # the websocket reader, the HTTP pool's warmer
         self._connected = asyncio.Event()
         self._websocket: ClientConnection | None = None
         self._started = False
-        self._closed = False
         self._reconnect_requested = False
         self.connection_count = 0  # websocket connections made so far
 
@@ -294,272 +267,6 @@ class AriClient:
 
     def is_routed(self, ident: str) -> bool:
         return ident in self._routes
-
-    # ------------------------------------------------------------------ REST
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, ParamValue] | None = None,
-        json: Any = None,
-    ) -> Any:
-        """Send one REST request (``path`` below ``/ari``); return the decoded JSON body.
-
-        Returns ``None`` for an empty body (204). Raises :class:`AriHttpError` for an
-        error status, :class:`AriConnectionError` when there is no answer.
-        """
-        if self._closed:
-            raise AriClosedError("the ARI client is closed")
-        target = self._rest_prefix + path
-        if params:
-            query = _query(params)
-            if query:
-                target += "?" + urlencode(query, quote_via=quote, safe="/,:@")
-        body = None if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
-        started = time.perf_counter()
-        try:
-            response = await self._http.request(method, target, body)
-        except TimeoutError:
-            raise AriConnectionError(method, path, "timed out") from None
-        except (
-            OSError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            _BadResponse,
-        ) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise AriConnectionError(method, path, reason) from exc
-        status, reason_phrase, content = response
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s %s -> %d in %.1f ms",
-                method,
-                path,
-                _query(params),
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
-        if status >= 300:
-            raise AriHttpError(status, method, path, _error_message(reason_phrase, content))
-        if status == 204 or not content:
-            return None
-        try:
-            return jsonlib.loads(content)
-        except ValueError:
-            raise AriProtocolError(f"{method} {path}: response body is not JSON", content) from None
-
-    async def create_channel(
-        self,
-        endpoint: str,
-        *,
-        channel_id: str,
-        app_args: str | None = None,
-        originator: str | None = None,
-        variables: Mapping[str, str] | None = None,
-        formats: str | None = None,
-    ) -> Channel:
-        """``POST /channels/create``: a channel in this app, not dialled yet (see :meth:`dial`)."""
-        body = {"variables": dict(variables)} if variables else None
-        data = await self.request(
-            "POST",
-            "/channels/create",
-            params={
-                "endpoint": endpoint,
-                "app": self.app,
-                "appArgs": app_args,
-                "channelId": channel_id,
-                "originator": originator,
-                "formats": formats,
-            },
-            json=body,
-        )
-        return Channel.from_json(data)
-
-    async def dial(
-        self, channel_id: str, *, caller: str | None = None, timeout: int | None = None
-    ) -> None:
-        """``POST /channels/{id}/dial``: send the INVITE of a created channel."""
-        await self.request(
-            "POST",
-            f"/channels/{_seg(channel_id)}/dial",
-            params={"caller": caller, "timeout": timeout},
-        )
-
-    async def ring(self, channel_id: str) -> None:
-        """``POST /channels/{id}/ring``: indicate ringing to the channel (the caller)."""
-        await self.request("POST", f"/channels/{_seg(channel_id)}/ring")
-
-    async def ring_stop(self, channel_id: str) -> None:
-        """``DELETE /channels/{id}/ring``."""
-        await self.request("DELETE", f"/channels/{_seg(channel_id)}/ring")
-
-    async def answer(self, channel_id: str) -> None:
-        """``POST /channels/{id}/answer``."""
-        await self.request("POST", f"/channels/{_seg(channel_id)}/answer")
-
-    async def hangup(self, channel_id: str, reason: HangupReason | None = None) -> bool:
-        """``DELETE /channels/{id}``; False if the channel was already gone (404)."""
-        try:
-            await self.request("DELETE", f"/channels/{_seg(channel_id)}", params={"reason": reason})
-        except AriHttpError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    async def get_channel(self, channel_id: str) -> Channel | None:
-        """``GET /channels/{id}``; None if there is no such channel."""
-        try:
-            data = await self.request("GET", f"/channels/{_seg(channel_id)}")
-        except AriHttpError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return Channel.from_json(data)
-
-    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
-        """``POST /channels/{id}/variable``."""
-        await self.request(
-            "POST",
-            f"/channels/{_seg(channel_id)}/variable",
-            params={"variable": name, "value": value},
-        )
-
-    async def channel_var(self, channel_id: str, name: str) -> str:
-        """``GET /channels/{id}/variable``: the variable's (or function's) value."""
-        data = await self.request(
-            "GET", f"/channels/{_seg(channel_id)}/variable", params={"variable": name}
-        )
-        if not isinstance(data, dict) or not isinstance(data.get("value", ""), str):
-            raise AriProtocolError("variable response has no 'value' string", str(data))
-        value: str = data.get("value", "")
-        return value
-
-    async def continue_in_dialplan(
-        self,
-        channel_id: str,
-        context: str,
-        extension: str,
-        priority: int = 1,
-        *,
-        label: str | None = None,
-    ) -> None:
-        """``POST /channels/{id}/continue``: leave the app, back to the dialplan.
-
-        With ``label`` the channel continues at that priority label (``priority`` is
-        then not sent: Asterisk would let the label win anyway).
-        """
-        await self.request(
-            "POST",
-            f"/channels/{_seg(channel_id)}/continue",
-            params={
-                "context": context,
-                "extension": extension,
-                "priority": priority if label is None else None,
-                "label": label,
-            },
-        )
-
-    async def originate(
-        self,
-        endpoint: str,
-        *,
-        channel_id: str | None = None,
-        other_channel_id: str | None = None,
-        context: str | None = None,
-        extension: str | None = None,
-        priority: int | None = None,
-        label: str | None = None,
-        app: str | None = None,
-        app_args: str | None = None,
-        caller_id: str | None = None,
-        timeout: int | None = None,
-        variables: Mapping[str, str] | None = None,
-        originator: str | None = None,
-        formats: str | None = None,
-    ) -> Channel:
-        """``POST /channels``: originate a call (tests, benchmarks, the demo)."""
-        body = {"variables": dict(variables)} if variables else None
-        data = await self.request(
-            "POST",
-            "/channels",
-            params={
-                "endpoint": endpoint,
-                "extension": extension,
-                "context": context,
-                "priority": priority,
-                "label": label,
-                "app": app,
-                "appArgs": app_args,
-                "callerId": caller_id,
-                "timeout": timeout,
-                "channelId": channel_id,
-                "otherChannelId": other_channel_id,
-                "originator": originator,
-                "formats": formats,
-            },
-            json=body,
-        )
-        return Channel.from_json(data)
-
-    async def create_bridge(
-        self, bridge_id: str, type: str = "mixing", *, name: str | None = None
-    ) -> Bridge:
-        """``POST /bridges``: a bridge with the caller-chosen id."""
-        data = await self.request(
-            "POST", "/bridges", params={"type": type, "bridgeId": bridge_id, "name": name}
-        )
-        return Bridge.from_json(data)
-
-    async def add_channel(self, bridge_id: str, channel_ids: str | Iterable[str]) -> None:
-        """``POST /bridges/{id}/addChannel``."""
-        await self.request(
-            "POST",
-            f"/bridges/{_seg(bridge_id)}/addChannel",
-            params={"channel": _id_list(channel_ids)},
-        )
-
-    async def remove_channel(self, bridge_id: str, channel_ids: str | Iterable[str]) -> None:
-        """``POST /bridges/{id}/removeChannel``."""
-        await self.request(
-            "POST",
-            f"/bridges/{_seg(bridge_id)}/removeChannel",
-            params={"channel": _id_list(channel_ids)},
-        )
-
-    async def destroy_bridge(self, bridge_id: str) -> bool:
-        """``DELETE /bridges/{id}``; False if the bridge was already gone (404)."""
-        try:
-            await self.request("DELETE", f"/bridges/{_seg(bridge_id)}")
-        except AriHttpError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    async def list_channels(self) -> list[Channel]:
-        """``GET /channels``: every channel Asterisk has (not only this app's)."""
-        data = await self.request("GET", "/channels")
-        return [Channel.from_json(item) for item in _list(data, "GET /channels")]
-
-    async def list_bridges(self) -> list[Bridge]:
-        """``GET /bridges``."""
-        data = await self.request("GET", "/bridges")
-        return [Bridge.from_json(item) for item in _list(data, "GET /bridges")]
-
-    async def asterisk_info(self) -> dict[str, Any]:
-        """``GET /asterisk/info``: build, system, config and status."""
-        data = await self.request("GET", "/asterisk/info")
-        if not isinstance(data, dict):
-            raise AriProtocolError("GET /asterisk/info did not return an object", str(data))
-        return data
-
-    async def resync(self) -> tuple[list[Channel], list[Bridge]]:
-        """Asterisk's current channels and bridges, fetched concurrently."""
-        channels, bridges = await asyncio.gather(self.list_channels(), self.list_bridges())
-        return channels, bridges
 
     # ------------------------------------------------------------------ websocket
 
@@ -655,273 +362,3 @@ class AriClient:
             await handler(event)
         except Exception:
             log.exception("ARI on_event handler failed for %s %s", event.type, ids)
-
-
-def _seg(ident: str) -> str:
-    """One path segment: ids chosen by Asterisk or the router never need it, but be safe."""
-    return quote(ident, safe="")
-
-
-def _id_list(ids: str | Iterable[str]) -> str:
-    return ids if isinstance(ids, str) else ",".join(ids)
-
-
-def _query(params: Mapping[str, ParamValue] | None) -> dict[str, str]:
-    query: dict[str, str] = {}
-    for key, value in (params or {}).items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            query[key] = "true" if value else "false"
-        elif isinstance(value, str | int | float):
-            query[key] = str(value)
-        else:
-            query[key] = ",".join(value)
-    return query
-
-
-def _error_message(reason_phrase: str, content: bytes) -> str:
-    try:
-        data = jsonlib.loads(content) if content else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        # Most ARI errors say {"message": ...}; some (e.g. a failed /channels/create)
-        # say {"error": "Allocation failed"}.
-        for key in ("message", "error"):
-            if isinstance(data.get(key), str):
-                message: str = data[key]
-                return message
-    text = content.decode("utf-8", errors="replace").strip()
-    return text[:200] if text else reason_phrase
-
-
-def _list(data: object, what: str) -> list[Any]:
-    if not isinstance(data, list):
-        raise AriProtocolError(f"{what} did not return a list", str(data))
-    return data
-
-
-# ---------------------------------------------------------------------- HTTP/1.1 pool
-
-
-class _BadResponse(Exception):
-    """Asterisk's HTTP answer could not be read (no status line, bad framing)."""
-
-
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-_Response = tuple[int, str, bytes]  # status, reason phrase, body
-
-
-class _HttpPool:
-    """Keep-alive HTTP/1.1 connections to one server, just what ARI's REST needs.
-
-    One request at a time per connection (no pipelining); at most ``max_connections``
-    open. Every request carries the ``Authorization`` header; bodies are JSON. A request
-    that finds its reused connection closed by the server (Asterisk drops idle ones
-    after ``session_inactivity``) before any byte of an answer is sent again once on a
-    new connection: the server did not see it. A request that is cancelled or times
-    out closes its connection, so a late answer can never be read as another's.
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        tls: bool,
-        host_header: str,
-        auth_header: str,
-        connect_timeout: float,
-        request_timeout: float,
-        max_connections: int,
-    ) -> None:
-        self._host = host
-        self._port = port
-        self._ssl = ssl.create_default_context() if tls else None
-        self._head_tail = (
-            f" HTTP/1.1\r\nHost: {host_header}\r\nAuthorization: {auth_header}\r\n"
-            "Accept: application/json\r\n"
-        ).encode("latin-1")
-        self._connect_timeout = connect_timeout
-        self._request_timeout = request_timeout
-        self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[_Conn] = []
-        self._open = 0
-        self._closed = False
-
-    async def keep_warm(self, count: int, interval: float) -> None:
-        """Keep ``count`` idle connections open, checking every ``interval`` seconds.
-
-        Asterisk closes a connection that is idle for ``session_inactivity`` (http.conf,
-        30 s by default); a new one costs the next request about 1.5 ms more.
-        """
-        while not self._closed:
-            for conn in list(self._idle):
-                if conn[0].at_eof() or conn[1].is_closing():
-                    self._idle.remove(conn)
-                    self._drop(conn)
-            await self.warm(count)
-            await asyncio.sleep(interval)
-
-    async def warm(self, count: int) -> None:
-        """Open connections up to ``count`` idle ones, ahead of the first requests."""
-        while len(self._idle) < count and self._open < count and not self._closed:
-            try:
-                conn = await self._connect()
-            except (OSError, TimeoutError) as exc:
-                log.debug("ARI HTTP: could not open a connection ahead of need: %s", exc)
-                return
-            if self._closed:
-                _close(conn)
-                return
-            self._idle.append(conn)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            _close(conn)
-        for _, writer in idle:
-            with contextlib.suppress(OSError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-
-    async def request(self, method: str, target: str, body: bytes | None) -> _Response:
-        head = method.encode("ascii") + b" " + target.encode("ascii") + self._head_tail
-        if body is None:
-            data = head + b"Content-Length: 0\r\n\r\n"
-        else:
-            data = (
-                head
-                + b"Content-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode("ascii")
-                + b"\r\n\r\n"
-                + body
-            )
-        async with self._slots, asyncio.timeout(self._request_timeout):
-            conn = self._take()
-            if conn is not None:
-                try:
-                    return await self._exchange(conn, data)
-                except _Stale:
-                    pass  # closed while idle: the server never saw the request
-            return await self._exchange(await self._connect(), data, fresh=True)
-
-    def _take(self) -> _Conn | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn[0].at_eof() or conn[1].is_closing():
-                self._drop(conn)
-                continue
-            return conn
-        return None
-
-    async def _connect(self) -> _Conn:
-        async with asyncio.timeout(self._connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                self._host,
-                self._port,
-                ssl=self._ssl,
-                server_hostname=self._host if self._ssl else None,
-            )
-        self._open += 1
-        sock = writer.get_extra_info("socket")
-        if sock is not None:  # asyncio sets it already; be explicit, it matters here
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
-
-    def _drop(self, conn: _Conn) -> None:
-        self._open -= 1
-        _close(conn)
-
-    async def _exchange(self, conn: _Conn, data: bytes, *, fresh: bool = False) -> _Response:
-        reader, writer = conn
-        got_bytes = False
-        try:
-            writer.write(data)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                got_bytes = bool(exc.partial)
-                raise
-            got_bytes = True
-            status, reason, length, chunked, close = _parse_head(head)
-            if chunked:
-                content = await _read_chunked(reader)
-            elif length is not None:
-                content = await reader.readexactly(length) if length else b""
-            elif status in (204, 304) or 100 <= status < 200:
-                content = b""
-            else:  # no framing: the body runs to the end of the connection
-                content = await reader.read()
-                close = True
-        except BaseException as exc:
-            self._drop(conn)
-            if (
-                not fresh
-                and not got_bytes
-                and isinstance(exc, ConnectionError | asyncio.IncompleteReadError)
-            ):
-                raise _Stale from exc
-            raise
-        if close or self._closed:
-            self._drop(conn)
-        else:
-            self._idle.append(conn)
-        return status, reason, content
-
-
-class _Stale(Exception):
-    """A reused connection turned out closed before the request was answered."""
-
-
-def _close(conn: _Conn) -> None:
-    transport = conn[1].transport
-    if not transport.is_closing():
-        transport.close()
-
-
-def _parse_head(head: bytes) -> tuple[int, str, int | None, bool, bool]:
-    """Status, reason, Content-Length, chunked?, Connection: close? of a response head."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise _BadResponse(f"not an HTTP status line: {lines[0][:80]!r}")
-    status = int(parts[1])
-    reason = parts[2] if len(parts) > 2 else ""
-    length: int | None = None
-    chunked = False
-    close = parts[0] == "HTTP/1.0"
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            continue
-        name = name.strip().lower()
-        if name == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                raise _BadResponse(f"bad Content-Length {value.strip()[:20]!r}") from None
-        elif name == "transfer-encoding":
-            chunked = "chunked" in value.lower()
-        elif name == "connection":
-            token = value.strip().lower()
-            close = token == "close" or (close and token != "keep-alive")
-    return status, reason, length, chunked, close
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _BadResponse("bad chunk size") from None
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # trailers
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
