@@ -33,7 +33,8 @@ from callrouter.ari.events import AriEvent, Channel
 from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
-from callrouter.directory.store import load_logins, load_snapshot, read_revisions
+from callrouter.directory.revisions import read_revisions
+from callrouter.directory.snapshot import load_logins, load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.fallback.astdb import FallbackPublisher

@@ -3,8 +3,8 @@
 Shape and values first (pydantic), then the cross-references (``check_document``).
 When some entries are invalid the rest is still cross-checked, so one run reports
 a bad PIN *and* a duplicate extension, each as ``FILE:LINE:COLUMN: message``.
-Nothing is written anywhere: importing is ``callrouter.directory.store``'s job and
-happens only for a document this returns.
+Nothing is written anywhere: importing is ``callrouter.directory.importer``'s job
+and happens only for a document this returns.
 """
 
 from __future__ import annotations
