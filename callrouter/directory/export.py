@@ -34,14 +34,14 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
     """
     async with begin_read(engine) as conn:
         state = await read_state(conn)
-    role_name = {row[0]: name for name, row in state.roles.items()}
-    slug_of = {row[0]: slug for slug, row in state.workplaces.items()}
-    ext_of = {row[0]: ext for ext, row in state.users.items()}
+    role_name = {id_: name for name, (id_, _) in state.roles.items()}
+    slug_of = {id_: slug for slug, (id_, _) in state.workplaces.items()}
+    ext_of = {id_: ext for ext, (id_, _) in state.users.items()}
 
     user_phones: dict[int, list[str]] = {}
     workplace_phones: dict[int, list[str]] = {}
     unassigned: list[str] = []
-    for endpoint, (_, user_id, workplace_id) in state.phones.items():
+    for endpoint, (_, (user_id, workplace_id)) in state.phones.items():
         if user_id is not None:
             user_phones.setdefault(user_id, []).append(endpoint)
         elif workplace_id is not None:
@@ -61,7 +61,9 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
                 else None
             ),
         )
-        for name, (id_, restricted) in sorted(state.roles.items(), key=lambda i: _natural_key(i[0]))
+        for name, (id_, (restricted,)) in sorted(
+            state.roles.items(), key=lambda i: _natural_key(i[0])
+        )
     ]
     users = [
         UserEntry(
@@ -71,7 +73,7 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
             pin_hash=pin_hash,
             phones=sorted_names(user_phones.get(id_, ())),
         )
-        for ext, (id_, name, role_id, pin_hash) in sorted(
+        for ext, (id_, (name, role_id, pin_hash)) in sorted(
             state.users.items(), key=lambda i: _natural_key(i[0])
         )
     ]
@@ -79,7 +81,7 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
         WorkplaceEntry(
             id=slug, name=name, code=code, phones=sorted_names(workplace_phones.get(id_, ()))
         )
-        for slug, (id_, name, code) in sorted(
+        for slug, (id_, (name, code)) in sorted(
             state.workplaces.items(), key=lambda i: _natural_key(i[0])
         )
     ]

@@ -2,20 +2,25 @@
 
 ``import_document`` makes the database say what a ``DirectoryDocument`` says, in
 one transaction (all or nothing).  It is idempotent, PIN hashes included, and
-bumps the directory revision only when it changed something.  The write runs
-inside ``begin_write`` (serialised against all other writers) and bumps the
-revision in the same transaction.
+bumps the directory revision only when it changed something.
+
+The document is checked on its own, then against what only the database knows.
+The rows are brought in line by one generic sync, run for each table of
+``callrouter.directory.state``; the logins, which move people and are audited,
+have their own two steps around it.  The write runs inside ``begin_write``
+(serialised against all other writers) and bumps the revision in the same
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,13 +31,22 @@ from callrouter.directory.document import DirectoryDocument, UserEntry
 from callrouter.directory.errors import ImportRejected, integrity_problem
 from callrouter.directory.pins import hashes_to_store, is_pin_hash
 from callrouter.directory.revisions import bump_revision, current_revision
-from callrouter.directory.state import State, read_state
+from callrouter.directory.state import (
+    PHONES,
+    ROLES,
+    USERS,
+    WORKPLACES,
+    Entity,
+    State,
+    read_state,
+)
 from callrouter.domain import identifiers as ids
 from callrouter.domain.endpoint import endpoint_problem
 from callrouter.domain.identifiers import PIN_PATTERN
 
 # SQLite's limit on bound parameters is 32766; stay well below it for IN (...) lists.
 _CHUNK = 500
+_PIN_HASH = USERS.columns.index("pin_hash")
 
 
 @dataclass(slots=True)
@@ -222,17 +236,12 @@ async def _pin_hashes(
 
 def _stored_pin(state: State, extension: str) -> str | None:
     row = state.users.get(extension)
-    return None if row is None else row[3]
+    return None if row is None else row[1][_PIN_HASH]
 
 
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-async def _delete_ids(conn: AsyncConnection, table: Table, ids: Sequence[int]) -> None:
-    for chunk in _chunks(sorted(ids)):
-        await conn.execute(delete(table).where(table.c.id.in_(chunk)))
 
 
 # --- the difference between the database and the document -----------------------------
@@ -260,44 +269,50 @@ class _Importer:
         self.doc_roles = {role.name: role for role in doc.roles}
         self.doc_users = {user.extension: user for user in doc.users}
         self.doc_workplaces = {workplace.id: workplace for workplace in doc.workplaces}
+        self.doc_phones = set(_named_phones(doc))
+        # Per table: what the file names (the rest goes with ``prune``), what it counts.
+        self.named: dict[Entity, Container[str]] = {
+            ROLES: self.doc_roles,
+            WORKPLACES: self.doc_workplaces,
+            USERS: self.doc_users,
+            PHONES: self.doc_phones,
+        }
+        self.counts = {
+            ROLES: self.report.roles,
+            WORKPLACES: self.report.workplaces,
+            USERS: self.report.users,
+            PHONES: self.report.phones,
+        }
         # Filled in as apply() goes along.
-        self.role_ids: dict[str, int] = {}
-        self.workplace_ids: dict[str, int] = {}
-        self.user_ids: dict[str, int] = {}
-        self.updated_roles: set[int] = set()
+        self._inserted: set[Entity] = set()
+        self._ids: dict[Entity, dict[str, int]] = {}  # key -> id, see _ids_of()
         self.current_logins: dict[str, str] = {}  # extension -> workplace, before
         self.final_logins: dict[str, str] = {}  # extension -> workplace, after
 
     # The entries that exist once the import is done.
-    def _role_exists(self, name: str) -> bool:
-        return name in self.doc_roles or (not self.prune and name in self.state.roles)
-
-    def _workplace_exists(self, slug: str) -> bool:
-        return slug in self.doc_workplaces or (not self.prune and slug in self.state.workplaces)
-
-    def _user_exists(self, extension: str) -> bool:
-        return extension in self.doc_users or (not self.prune and extension in self.state.users)
+    def _exists(self, entity: Entity, key: str) -> bool:
+        return key in self.named[entity] or (not self.prune and key in self.state.rows[entity])
 
     def check_references(self) -> None:
         add = self.problems.append
         for role in self.doc.roles:
             for slug in role.workplaces or ():
-                if not self._workplace_exists(slug):
+                if not self._exists(WORKPLACES, slug):
                     add(f"role {role.name}: unknown workplace {slug}")
         for user in self.doc.users:
-            if user.role is not None and not self._role_exists(user.role):
+            if user.role is not None and not self._exists(ROLES, user.role):
                 add(f"user {user.extension}: unknown role {user.role}")
         for extension, slug in self.doc.logins.items():
-            if not self._user_exists(extension):
+            if not self._exists(USERS, extension):
                 add(f"logins: unknown extension {extension}")
-            if not self._workplace_exists(slug):
+            if not self._exists(WORKPLACES, slug):
                 add(f"logins: {extension} at unknown workplace {slug}")
         if self.prune:
             return
         # Entries the file does not name stay, and keep their codes and extensions.
         codes = {w.code: w.id for w in self.doc.workplaces}
         remedy = "change one of them, or import with --prune to remove it"
-        for slug, (_, _, code) in self.state.workplaces.items():
+        for slug, (_, (_, code)) in self.state.workplaces.items():
             if slug not in self.doc_workplaces and code in codes:
                 add(
                     f"workplace {codes[code]}: code {code} is already the code of workplace "
@@ -317,29 +332,162 @@ class _Importer:
 
     async def apply(self, at: datetime, source: str) -> list[AuditEntry]:
         audit = await self._end_logins()
-        await self._prune_phones_users_workplaces()
-        await self._upsert_roles()
-        await self._upsert_workplaces()
-        await self._set_role_workplaces()
-        await self._upsert_users()
-        await self._prune_roles()
-        await self._set_phones()
+        if self.prune:
+            # First, so that what they held (a workplace's code) is free for the file.
+            for entity in (PHONES, USERS, WORKPLACES):
+                await self._prune(entity)
+        reflagged = await self._sync(ROLES, self._wanted_roles())
+        await self._sync(WORKPLACES, self._wanted_workplaces())
+        await self._sync_role_workplaces(counted=reflagged)
+        await self._sync(USERS, await self._wanted_users())
+        if self.prune:
+            await self._prune(ROLES)  # only now that no user of the file has them
+        await self._sync(PHONES, await self._wanted_phones())
         audit += await self._start_logins(at, source)
         return audit
+
+    # -- the generic part: one table, the file's rows against the database's
+    async def _prune(self, entity: Entity) -> None:
+        """Delete the rows of ``entity`` the file does not name (cascading as the schema says)."""
+        t, named = entity.table, self.named[entity]
+        gone = [id_ for key, (id_, _) in self.state.rows[entity].items() if key not in named]
+        for chunk in _chunks(sorted(gone)):
+            await self.conn.execute(delete(t).where(t.c.id.in_(chunk)))
+        self.counts[entity].deleted += len(gone)
+
+    async def _sync(self, entity: Entity, wanted: Mapping[str, tuple[Any, ...]]) -> set[int]:
+        """Insert or update ``entity``'s rows to ``wanted`` (key -> column values).
+
+        Rows that are not wanted are left as they are.  Returns the ids of the
+        rows updated.
+        """
+        t, have, columns = entity.table, self.state.rows[entity], entity.columns
+        new: list[dict[str, Any]] = []
+        changed: list[tuple[int, tuple[Any, ...], tuple[Any, ...]]] = []  # (id, old, new)
+        for key, values in wanted.items():
+            existing = have.get(key)
+            if existing is None:
+                new.append({entity.key: key, **dict(zip(columns, values, strict=True))})
+            elif existing[1] != values:
+                changed.append((existing[0], existing[1], values))
+        by_id = t.c.id == bindparam("_id")
+        for column in entity.parked:
+            i = columns.index(column)
+            # Move the values out of the way first, so that rows can swap them.
+            moving = [{"_id": id_, "_v": f"~{id_}"} for id_, old, to in changed if old[i] != to[i]]
+            if moving:
+                await self.conn.execute(
+                    update(t).where(by_id).values({column: bindparam("_v")}), moving
+                )
+        if changed:
+            # One statement per row sets all its columns: a phone moving from a user
+            # to a workplace never has two owners, even for a moment.
+            await self.conn.execute(
+                update(t).where(by_id).values({c: bindparam(f"_{c}") for c in columns}),
+                [
+                    {"_id": id_, **{f"_{c}": v for c, v in zip(columns, to, strict=True)}}
+                    for id_, _, to in changed
+                ],
+            )
+        if new:
+            await self.conn.execute(insert(t), new)
+            self._inserted.add(entity)
+            self._ids.pop(entity, None)
+        self.counts[entity].created += len(new)
+        self.counts[entity].updated += len(changed)
+        return {id_ for id_, _, _ in changed}
+
+    async def _ids_of(self, entity: Entity) -> dict[str, int]:
+        """key -> id of the rows of ``entity``; new rows too, once its ``_sync`` ran."""
+        ids = self._ids.get(entity)
+        if ids is None:
+            t = entity.table
+            if entity in self._inserted:  # new rows: only the database knows their ids
+                rows = await self.conn.execute(select(t.c[entity.key], t.c.id))
+                ids = dict(rows.tuples().all())
+            else:
+                ids = {key: id_ for key, (id_, _) in self.state.rows[entity].items()}
+            self._ids[entity] = ids
+        return ids
+
+    # -- what the file wants, table by table, in the order of the entity's columns
+    def _wanted_roles(self) -> dict[str, tuple[Any, ...]]:
+        return {role.name: (role.workplaces is not None,) for role in self.doc.roles}
+
+    def _wanted_workplaces(self) -> dict[str, tuple[Any, ...]]:
+        return {w.id: (w.name, w.code) for w in self.doc.workplaces}
+
+    async def _wanted_users(self) -> dict[str, tuple[Any, ...]]:
+        role_ids = await self._ids_of(ROLES)
+        return {
+            user.extension: (
+                user.name,
+                None if user.role is None else role_ids[user.role],
+                self.pin_hashes[user.extension] if user.pin is not None else user.pin_hash,
+            )
+            for user in self.doc.users
+        }
+
+    async def _wanted_phones(self) -> dict[str, tuple[Any, ...]]:
+        """endpoint -> (user id, workplace id) for every phone whose owner the file decides."""
+        user_ids, workplace_ids = await self._ids_of(USERS), await self._ids_of(WORKPLACES)
+        owners: dict[str, tuple[int | None, int | None]] = {}
+        if not self.prune:  # with prune, the phones the file does not name are gone
+            # Phones of entries the file names but no longer lists there: unassigned.
+            doc_user_ids = {user_ids[ext] for ext in self.doc_users}
+            doc_workplace_ids = {workplace_ids[slug] for slug in self.doc_workplaces}
+            for endpoint, (_, (user_id, workplace_id)) in self.state.phones.items():
+                if user_id in doc_user_ids or workplace_id in doc_workplace_ids:
+                    owners[endpoint] = (None, None)
+        for user in self.doc.users:
+            for endpoint in user.phones:
+                owners[endpoint] = (user_ids[user.extension], None)
+        for workplace in self.doc.workplaces:
+            for endpoint in workplace.phones:
+                owners[endpoint] = (None, workplace_ids[workplace.id])
+        for endpoint in self.doc.phones:
+            owners[endpoint] = (None, None)
+        return dict(sorted(owners.items()))
+
+    async def _sync_role_workplaces(self, *, counted: set[int]) -> None:
+        """The workplaces each role of the file allows.
+
+        A role is counted as updated once, whether its flag (``counted``, by
+        ``_sync``) or its workplace list changed.
+        """
+        rw = s.role_workplaces
+        role_ids, workplace_ids = await self._ids_of(ROLES), await self._ids_of(WORKPLACES)
+        added: list[dict[str, Any]] = []
+        removed: list[dict[str, Any]] = []
+        relinked: set[int] = set()
+        for role in self.doc.roles:
+            role_id = role_ids[role.name]
+            want = {workplace_ids[slug] for slug in role.workplaces or ()}
+            existed = role.name in self.state.roles
+            have = self.state.role_workplaces.get(role_id, set()) if existed else set()
+            added += ({"role_id": role_id, "workplace_id": wid} for wid in sorted(want - have))
+            removed += ({"_role": role_id, "_workplace": wid} for wid in sorted(have - want))
+            if want != have and existed:
+                relinked.add(role_id)
+        if removed:
+            await self.conn.execute(
+                delete(rw).where(
+                    rw.c.role_id == bindparam("_role"), rw.c.workplace_id == bindparam("_workplace")
+                ),
+                removed,
+            )
+        if added:
+            await self.conn.execute(insert(rw), added)
+        self.report.roles.updated += len(relinked - counted)
 
     # -- logins, part 1: work out the final state; end the logins that change
     def _final_logins(self) -> tuple[dict[str, str], dict[str, str]]:
         """(extension -> workplace after the import, extension -> who displaced them)."""
-        user_ext = {row[0]: ext for ext, row in self.state.users.items()}
-        workplace_slug = {row[0]: slug for slug, row in self.state.workplaces.items()}
         displaced_by: dict[str, str] = {}
         if self.prune:
             final = dict(self.doc.logins)
         else:
-            final = {
-                user_ext[user_id]: workplace_slug[workplace_id]
-                for user_id, (workplace_id, _) in self.state.logins.items()
-            }
+            final = dict(self.current_logins)
             where = {slug: ext for ext, slug in final.items()}
             for extension, slug in self.doc.logins.items():
                 occupant = where.get(slug)
@@ -354,13 +502,13 @@ class _Importer:
         return final, displaced_by
 
     async def _end_logins(self) -> list[AuditEntry]:
-        self.final_logins, displaced_by = self._final_logins()
-        user_ext = {row[0]: ext for ext, row in self.state.users.items()}
-        workplace_slug = {row[0]: slug for slug, row in self.state.workplaces.items()}
+        user_ext = {id_: ext for ext, (id_, _) in self.state.users.items()}
+        workplace_slug = {id_: slug for slug, (id_, _) in self.state.workplaces.items()}
         self.current_logins = {
             user_ext[user_id]: workplace_slug[workplace_id]
             for user_id, (workplace_id, _) in self.state.logins.items()
         }
+        self.final_logins, displaced_by = self._final_logins()
         audit: list[AuditEntry] = []
         ended: list[int] = []
         counts = self.report.logins
@@ -373,234 +521,17 @@ class _Importer:
                 continue  # a move: audited and counted when the new login starts
             counts.deleted += 1
             if extension in displaced_by:
-                audit.append(
-                    AuditEntry(
-                        "displaced",
-                        extension,
-                        slug,
-                        None,
-                        f"displaced by {displaced_by[extension]}",
-                    )
-                )
+                detail = f"displaced by {displaced_by[extension]}"
+                audit.append(AuditEntry("displaced", extension, slug, None, detail))
             else:
                 audit.append(AuditEntry("logout", extension, slug, None, "not in the import file"))
         for chunk in _chunks(sorted(ended)):
             await self.conn.execute(delete(s.logins).where(s.logins.c.user_id.in_(chunk)))
         return audit
 
-    # -- deletions (--prune) of entries the file does not name
-    async def _prune_phones_users_workplaces(self) -> None:
-        if not self.prune:
-            return
-        named = set(_named_phones(self.doc))
-        gone_phones = [row[0] for ep, row in self.state.phones.items() if ep not in named]
-        gone_users = [row[0] for ext, row in self.state.users.items() if ext not in self.doc_users]
-        gone_workplaces = [
-            row[0] for slug, row in self.state.workplaces.items() if slug not in self.doc_workplaces
-        ]
-        await _delete_ids(self.conn, s.phones, gone_phones)
-        await _delete_ids(self.conn, s.users, gone_users)
-        await _delete_ids(self.conn, s.workplaces, gone_workplaces)
-        self.report.phones.deleted += len(gone_phones)
-        self.report.users.deleted += len(gone_users)
-        self.report.workplaces.deleted += len(gone_workplaces)
-
-    async def _prune_roles(self) -> None:
-        if not self.prune:
-            return
-        gone = [row[0] for name, row in self.state.roles.items() if name not in self.doc_roles]
-        await _delete_ids(self.conn, s.roles, gone)  # role_workplaces cascade
-        self.report.roles.deleted += len(gone)
-
-    # -- roles
-    async def _upsert_roles(self) -> None:
-        r = s.roles
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
-        for role in self.doc.roles:
-            restricted = role.workplaces is not None
-            existing = self.state.roles.get(role.name)
-            if existing is None:
-                new.append({"name": role.name, "restricted": restricted})
-            elif existing[1] != restricted:
-                changed.append({"_id": existing[0], "_restricted": restricted})
-        if changed:
-            await self.conn.execute(
-                update(r)
-                .where(r.c.id == bindparam("_id"))
-                .values(restricted=bindparam("_restricted")),
-                changed,
-            )
-        if new:
-            await self.conn.execute(insert(r), new)
-        self.report.roles.created += len(new)
-        self.role_ids = {name: row[0] for name, row in self.state.roles.items()}
-        if new:
-            self.role_ids = dict((await self.conn.execute(select(r.c.name, r.c.id))).tuples().all())
-        # Counted as updated once, whether the flag or the workplace list changed.
-        self.updated_roles = {row["_id"] for row in changed}
-
-    # -- workplaces
-    async def _upsert_workplaces(self) -> None:
-        w = s.workplaces
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
-        recoded: list[dict[str, Any]] = []
-        for workplace in self.doc.workplaces:
-            existing = self.state.workplaces.get(workplace.id)
-            if existing is None:
-                new.append({"slug": workplace.id, "name": workplace.name, "code": workplace.code})
-                continue
-            id_, name, code = existing
-            if (name, code) != (workplace.name, workplace.code):
-                changed.append({"_id": id_, "_name": workplace.name, "_code": workplace.code})
-            if code != workplace.code:
-                # Codes may swap between workplaces: move them out of the way first.
-                recoded.append({"_id": id_, "_code": f"~{id_}"})
-        if recoded:
-            await self.conn.execute(
-                update(w).where(w.c.id == bindparam("_id")).values(code=bindparam("_code")),
-                recoded,
-            )
-        if changed:
-            await self.conn.execute(
-                update(w)
-                .where(w.c.id == bindparam("_id"))
-                .values(name=bindparam("_name"), code=bindparam("_code")),
-                changed,
-            )
-        if new:
-            await self.conn.execute(insert(w), new)
-        self.report.workplaces.created += len(new)
-        self.report.workplaces.updated += len(changed)
-        self.workplace_ids = {slug: row[0] for slug, row in self.state.workplaces.items()}
-        if new:
-            self.workplace_ids = dict(
-                (await self.conn.execute(select(w.c.slug, w.c.id))).tuples().all()
-            )
-
-    async def _set_role_workplaces(self) -> None:
-        rw = s.role_workplaces
-        added: list[dict[str, Any]] = []
-        removed: list[dict[str, Any]] = []
-        for role in self.doc.roles:
-            role_id = self.role_ids[role.name]
-            want = {self.workplace_ids[slug] for slug in role.workplaces or ()}
-            have = self.state.role_workplaces.get(role_id, set())
-            if role.name not in self.state.roles:
-                have = set()
-            added += ({"role_id": role_id, "workplace_id": wid} for wid in sorted(want - have))
-            removed += ({"_role": role_id, "_workplace": wid} for wid in sorted(have - want))
-            if want != have and role.name in self.state.roles:
-                self.updated_roles.add(role_id)
-        if removed:
-            await self.conn.execute(
-                delete(rw).where(
-                    rw.c.role_id == bindparam("_role"), rw.c.workplace_id == bindparam("_workplace")
-                ),
-                removed,
-            )
-        if added:
-            await self.conn.execute(insert(rw), added)
-        self.report.roles.updated += len(self.updated_roles)
-
-    # -- users
-    def _pin_hash(self, user: UserEntry) -> str | None:
-        if user.pin is not None:
-            return self.pin_hashes[user.extension]
-        return user.pin_hash
-
-    async def _upsert_users(self) -> None:
-        u = s.users
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
-        for user in self.doc.users:
-            role_id = None if user.role is None else self.role_ids[user.role]
-            pin_hash = self._pin_hash(user)
-            existing = self.state.users.get(user.extension)
-            if existing is None:
-                new.append(
-                    {
-                        "extension": user.extension,
-                        "name": user.name,
-                        "role_id": role_id,
-                        "pin_hash": pin_hash,
-                    }
-                )
-            elif existing[1:] != (user.name, role_id, pin_hash):
-                changed.append(
-                    {"_id": existing[0], "_name": user.name, "_role": role_id, "_pin": pin_hash}
-                )
-        if changed:
-            await self.conn.execute(
-                update(u)
-                .where(u.c.id == bindparam("_id"))
-                .values(
-                    name=bindparam("_name"),
-                    role_id=bindparam("_role"),
-                    pin_hash=bindparam("_pin"),
-                ),
-                changed,
-            )
-        if new:
-            await self.conn.execute(insert(u), new)
-        self.report.users.created += len(new)
-        self.report.users.updated += len(changed)
-        self.user_ids = {ext: row[0] for ext, row in self.state.users.items()}
-        if new:
-            self.user_ids = dict(
-                (await self.conn.execute(select(u.c.extension, u.c.id))).tuples().all()
-            )
-
-    # -- phones
-    def _final_owners(self) -> dict[str, tuple[int | None, int | None]]:
-        """endpoint -> (user id, workplace id) for every phone whose owner the file decides."""
-        owners: dict[str, tuple[int | None, int | None]] = {}
-        # Phones of entries the file names but no longer lists there become unassigned.
-        doc_user_ids = {self.user_ids[ext] for ext in self.doc_users}
-        doc_workplace_ids = {self.workplace_ids[slug] for slug in self.doc_workplaces}
-        for endpoint, (_, user_id, workplace_id) in self.state.phones.items():
-            if user_id in doc_user_ids or workplace_id in doc_workplace_ids:
-                owners[endpoint] = (None, None)
-        for user in self.doc.users:
-            for endpoint in user.phones:
-                owners[endpoint] = (self.user_ids[user.extension], None)
-        for workplace in self.doc.workplaces:
-            for endpoint in workplace.phones:
-                owners[endpoint] = (None, self.workplace_ids[workplace.id])
-        for endpoint in self.doc.phones:
-            owners[endpoint] = (None, None)
-        return owners
-
-    async def _set_phones(self) -> None:
-        p = s.phones
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
-        named = set(_named_phones(self.doc))
-        for endpoint, (user_id, workplace_id) in sorted(self._final_owners().items()):
-            existing = self.state.phones.get(endpoint)
-            if existing is None:
-                new.append({"endpoint": endpoint, "user_id": user_id, "workplace_id": workplace_id})
-            elif self.prune and endpoint not in named:
-                continue  # deleted already
-            elif existing[1:] != (user_id, workplace_id):
-                changed.append({"_id": existing[0], "_user": user_id, "_workplace": workplace_id})
-        if changed:
-            # One statement per phone sets both columns: a phone moving from a user to
-            # a workplace never has two owners, even for a moment.
-            await self.conn.execute(
-                update(p)
-                .where(p.c.id == bindparam("_id"))
-                .values(user_id=bindparam("_user"), workplace_id=bindparam("_workplace")),
-                changed,
-            )
-        if new:
-            await self.conn.execute(insert(p), new)
-        self.report.phones.created += len(new)
-        self.report.phones.updated += len(changed)
-
     # -- logins, part 2: start the new ones
     async def _start_logins(self, at: datetime, source: str) -> list[AuditEntry]:
+        user_ids, workplace_ids = await self._ids_of(USERS), await self._ids_of(WORKPLACES)
         rows: list[dict[str, Any]] = []
         audit: list[AuditEntry] = []
         counts = self.report.logins
@@ -610,8 +541,8 @@ class _Importer:
                 continue
             rows.append(
                 {
-                    "user_id": self.user_ids[extension],
-                    "workplace_id": self.workplace_ids[slug],
+                    "user_id": user_ids[extension],
+                    "workplace_id": workplace_ids[slug],
                     "since": at,
                     "source": source,
                 }

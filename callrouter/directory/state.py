@@ -1,59 +1,80 @@
-"""The directory database as plain values, table by table: what import and export work on."""
+"""The directory database as plain values, table by table: what import and export work on.
+
+Each table a directory file describes row by row is an ``Entity``: the column a
+file names a row by, and the columns the file decides.  ``read_state`` reads them
+all the same way, so the importer can compare a file with the database, and
+export write the database out as a file, with one generic piece of code per job.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callrouter.directory import schema as s
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Entity:
+    """A table of the directory, as a directory file describes it."""
+
+    table: Table
+    key: str  # the column a file names a row by: unique, never changed by an import
+    columns: tuple[str, ...]  # the columns a file decides, in this order in a ``Row``
+    # Unique columns whose values may move between rows in one import (two workplaces
+    # swapping their codes): parked on a placeholder before the real update.
+    parked: tuple[str, ...] = ()
+
+
+ROLES = Entity(s.roles, "name", ("restricted",))
+WORKPLACES = Entity(s.workplaces, "slug", ("name", "code"), parked=("code",))
+USERS = Entity(s.users, "extension", ("name", "role_id", "pin_hash"))
+PHONES = Entity(s.phones, "endpoint", ("user_id", "workplace_id"))
+ENTITIES = (ROLES, WORKPLACES, USERS, PHONES)
+
+# (id, the values of the entity's columns): one row, by its key.
+Row = tuple[int, tuple[Any, ...]]
+
+
 @dataclass(slots=True)
 class State:
-    roles: dict[str, tuple[int, bool]]  # name -> (id, restricted)
+    rows: dict[Entity, dict[str, Row]]  # e.g. rows[USERS]["201"] = (7, (name, role id, hash))
     role_workplaces: dict[int, set[int]]  # role id -> workplace ids
-    workplaces: dict[str, tuple[int, str, str]]  # slug -> (id, name, code)
-    users: dict[str, tuple[int, str, int | None, str | None]]  # ext -> (id, name, role, pin)
-    phones: dict[str, tuple[int, int | None, int | None]]  # endpoint -> (id, user, workplace)
     logins: dict[int, tuple[int, datetime]]  # user id -> (workplace id, since)
+
+    @property
+    def roles(self) -> dict[str, Row]:
+        return self.rows[ROLES]
+
+    @property
+    def workplaces(self) -> dict[str, Row]:
+        return self.rows[WORKPLACES]
+
+    @property
+    def users(self) -> dict[str, Row]:
+        return self.rows[USERS]
+
+    @property
+    def phones(self) -> dict[str, Row]:
+        return self.rows[PHONES]
+
+
+async def read_rows(conn: AsyncConnection, entity: Entity) -> dict[str, Row]:
+    t = entity.table
+    query = select(t.c.id, t.c[entity.key], *(t.c[name] for name in entity.columns))
+    return {key: (id_, tuple(values)) for id_, key, *values in await conn.execute(query)}
 
 
 async def read_state(conn: AsyncConnection) -> State:
-    roles = {
-        name: (id_, bool(restricted))
-        for id_, name, restricted in await conn.execute(
-            select(s.roles.c.id, s.roles.c.name, s.roles.c.restricted)
-        )
-    }
+    rows = {entity: await read_rows(conn, entity) for entity in ENTITIES}
     role_workplaces: dict[int, set[int]] = {}
-    for role_id, workplace_id in await conn.execute(
-        select(s.role_workplaces.c.role_id, s.role_workplaces.c.workplace_id)
-    ):
+    rw = s.role_workplaces
+    for role_id, workplace_id in await conn.execute(select(rw.c.role_id, rw.c.workplace_id)):
         role_workplaces.setdefault(role_id, set()).add(workplace_id)
-    w = s.workplaces
-    workplaces = {
-        slug: (id_, name, code)
-        for id_, slug, name, code in await conn.execute(
-            select(w.c.id, w.c.slug, w.c.name, w.c.code)
-        )
-    }
-    u = s.users
-    users = {
-        extension: (id_, name, role_id, pin_hash)
-        for id_, extension, name, role_id, pin_hash in await conn.execute(
-            select(u.c.id, u.c.extension, u.c.name, u.c.role_id, u.c.pin_hash)
-        )
-    }
-    p = s.phones
-    phones = {
-        endpoint: (id_, user_id, workplace_id)
-        for id_, endpoint, user_id, workplace_id in await conn.execute(
-            select(p.c.id, p.c.endpoint, p.c.user_id, p.c.workplace_id)
-        )
-    }
     lg = s.logins
     logins = {
         user_id: (workplace_id, since)
@@ -61,4 +82,4 @@ async def read_state(conn: AsyncConnection) -> State:
             select(lg.c.user_id, lg.c.workplace_id, lg.c.since)
         )
     }
-    return State(roles, role_workplaces, workplaces, users, phones, logins)
+    return State(rows, role_workplaces, logins)
