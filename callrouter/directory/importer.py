@@ -4,7 +4,8 @@
 one transaction (all or nothing).  It is idempotent, PIN hashes included, and
 bumps the directory revision only when it changed something.
 
-The document is checked on its own, then against what only the database knows.
+The document is checked as the loader checks a file (``document_problems``: its
+values, and the names it gives twice), then against what only the database knows.
 The rows are brought in line by one generic sync, run for each table of
 ``callrouter.directory.state``; the logins, which move people and are audited,
 have their own two steps around it.  The write runs inside ``begin_write``
@@ -26,10 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callrouter.directory import schema as s
 from callrouter.directory.audit import AuditEntry, write_audit
+from callrouter.directory.check import named_phones
 from callrouter.directory.database import begin_read, begin_write
 from callrouter.directory.document import DirectoryDocument, UserEntry
 from callrouter.directory.errors import ImportRejected, integrity_problem
-from callrouter.directory.pins import hashes_to_store, is_pin_hash
+from callrouter.directory.loader import document_problems
+from callrouter.directory.pins import hashes_to_store
 from callrouter.directory.revisions import bump_revision, current_revision
 from callrouter.directory.state import (
     PHONES,
@@ -40,9 +43,6 @@ from callrouter.directory.state import (
     State,
     read_state,
 )
-from callrouter.domain import identifiers as ids
-from callrouter.domain.endpoint import endpoint_problem
-from callrouter.domain.identifiers import PIN_PATTERN
 
 # SQLite's limit on bound parameters is 32766; stay well below it for IN (...) lists.
 _CHUNK = 500
@@ -115,7 +115,7 @@ async def import_document(
     imported, including what only the database knows (a code already used by a
     workplace the file does not name, a role the file does not define, ...).
     """
-    problems = _document_problems(doc)
+    problems = document_problems(doc)
     if problems:
         raise ImportRejected(problems)
     at = now or datetime.now(UTC)
@@ -158,68 +158,6 @@ async def import_document(
     except IntegrityError as error:
         raise ImportRejected([integrity_problem(error)]) from error
     return report
-
-
-# --- the document on its own ----------------------------------------------------------
-
-
-def _document_problems(doc: DirectoryDocument) -> list[str]:
-    """What makes ``doc`` unusable on its own.
-
-    ``DirectoryDocument`` and ``check_document`` catch all of this with file
-    positions first; this is the store's own guard, so that a document built in
-    code cannot put the database into a state the schema cannot express.
-    """
-    problems: list[str] = []
-
-    def once(kind: str, values: Iterable[str]) -> None:
-        seen: set[str] = set()
-        for value in values:
-            if value in seen:
-                problems.append(f"{kind} {value} appears twice")
-            seen.add(value)
-
-    once("role", (r.name for r in doc.roles))
-    once("extension", (u.extension for u in doc.users))
-    once("workplace", (w.id for w in doc.workplaces))
-    once("workplace code", (w.code for w in doc.workplaces))
-    once("phone", _named_phones(doc))
-    once("login workplace", doc.logins.values())
-    for endpoint in _named_phones(doc):
-        problem = endpoint_problem(endpoint)
-        if problem is not None:
-            problems.append(problem)
-    for user in doc.users:
-        if user.pin is not None and user.pin_hash is not None:
-            problems.append(f"user {user.extension}: give either pin or pin_hash, not both")
-        elif user.pin is not None and not PIN_PATTERN.fullmatch(user.pin):
-            problems.append(f"user {user.extension}: the PIN must be 4 to 12 digits")
-        elif user.pin_hash is not None and not is_pin_hash(user.pin_hash):
-            problems.append(f"user {user.extension}: pin_hash is not a callrouter PIN hash")
-    lengths = [
-        *(
-            (f"user {u.extension}", "extension", u.extension, ids.EXTENSION_LENGTH)
-            for u in doc.users
-        ),
-        *((f"user {u.extension}", "name", u.name, ids.NAME_LENGTH) for u in doc.users),
-        *((f"role {r.name}", "name", r.name, ids.ROLE_NAME_LENGTH) for r in doc.roles),
-        *((f"workplace {w.id}", "id", w.id, ids.WORKPLACE_ID_LENGTH) for w in doc.workplaces),
-        *((f"workplace {w.id}", "name", w.name, ids.NAME_LENGTH) for w in doc.workplaces),
-        *((f"workplace {w.id}", "code", w.code, ids.WORKPLACE_CODE_LENGTH) for w in doc.workplaces),
-        *(("phone", "endpoint", e, ids.ENDPOINT_LENGTH) for e in _named_phones(doc)),
-    ]
-    for owner, what, value, limit in lengths:
-        if len(value) > limit:
-            problems.append(f"{owner}: the {what} is longer than {limit} characters")
-    return problems
-
-
-def _named_phones(doc: DirectoryDocument) -> Iterable[str]:
-    for user in doc.users:
-        yield from user.phones
-    for workplace in doc.workplaces:
-        yield from workplace.phones
-    yield from doc.phones
 
 
 # --- PINs -----------------------------------------------------------------------------
@@ -269,7 +207,7 @@ class _Importer:
         self.doc_roles = {role.name: role for role in doc.roles}
         self.doc_users = {user.extension: user for user in doc.users}
         self.doc_workplaces = {workplace.id: workplace for workplace in doc.workplaces}
-        self.doc_phones = set(_named_phones(doc))
+        self.doc_phones = {endpoint for _, endpoint in named_phones(doc)}
         # Per table: what the file names (the rest goes with ``prune``), what it counts.
         self.named: dict[Entity, Container[str]] = {
             ROLES: self.doc_roles,
