@@ -36,7 +36,7 @@ from sqlalchemy import insert, update
 from callrouter.directory import schema as s
 from callrouter.directory.database import begin_write, create_engine, upgrade
 from callrouter.directory.pins import hash_pin
-from callrouter.directory.store import load_snapshot
+from callrouter.directory.snapshot import load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.routing.resolver import resolve_plan
 from callrouter.rules.model import RingRules
@@ -321,8 +321,9 @@ async def login_figures(url: str, snapshot: DirectorySnapshot) -> list[Figure]:
     from dataclasses import replace
 
     from callrouter.directory.database import create_engine
-    from callrouter.directory.store import load_logins, set_login
+    from callrouter.directory.snapshot import load_logins
     from callrouter.fallback.entries import fallback_entries
+    from callrouter.logins.store import set_login
     from callrouter.presence.tracker import PresenceTracker
 
     rules = benchmark_rules(snapshot)

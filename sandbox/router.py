@@ -16,8 +16,8 @@ from pathlib import Path
 from callrouter.app import Router, run_router
 from callrouter.config import Settings
 from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.importer import import_document
 from callrouter.directory.loader import load_document
-from callrouter.directory.store import import_document
 from sandbox.asterisk import AsteriskSandbox
 
 

@@ -22,11 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from callrouter.api.tokens import TokenSigner
 from callrouter.directory.database import DatabaseError
-from callrouter.directory.store import LoginChange
 from callrouter.domain.identifiers import CLIENT_ID_PATTERN, Extension, WorkplaceId
 from callrouter.domain.presence import ClientStatus, UserPresence
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
+from callrouter.logins.store import LoginChange
 from callrouter.presence.live import PresenceService
 
 ADMIN = "admin"

@@ -35,7 +35,7 @@ class Failure(click.ClickException):
 def admin_errors(func: Callable[P, T]) -> Callable[P, T]:
     """Turn the errors an admin can act on into clean messages."""
     from callrouter.directory.database import DatabaseError
-    from callrouter.directory.store import DirectoryError
+    from callrouter.directory.errors import DirectoryError
     from callrouter.yamlfile import YamlFileError
 
     @wraps(func)
@@ -122,8 +122,8 @@ def directory() -> None:
 @admin_errors
 def directory_import(obj: dict[str, Any], file: Path, prune: bool) -> None:
     """Load FILE into the directory (all or nothing; importing twice changes nothing)."""
+    from callrouter.directory.importer import import_document
     from callrouter.directory.loader import load_document
-    from callrouter.directory.store import import_document
 
     document = load_document(file)
 
@@ -149,7 +149,7 @@ def directory_import(obj: dict[str, Any], file: Path, prune: bool) -> None:
 @admin_errors
 def directory_export(obj: dict[str, Any], output: Path | None) -> None:
     """Write the directory in the import format."""
-    from callrouter.directory.store import export_document
+    from callrouter.directory.export import export_document
 
     async def go() -> Any:
         engine = await _open_database(obj["db"])
@@ -346,7 +346,7 @@ def login(obj: dict[str, Any], extension: str, workplace: str, occupied: str) ->
 
     Running routers see the change within their poll interval.
     """
-    from callrouter.directory.store import set_login
+    from callrouter.logins.store import set_login
 
     _check_extension(extension)
 
@@ -380,7 +380,7 @@ def login(obj: dict[str, Any], extension: str, workplace: str, occupied: str) ->
 @admin_errors
 def logout(obj: dict[str, Any], extension: str) -> None:
     """Log the user EXTENSION out of their workplace."""
-    from callrouter.directory.store import clear_login
+    from callrouter.logins.store import clear_login
 
     _check_extension(extension)
 
@@ -478,7 +478,7 @@ async def _open_database(url: str) -> Any:
 
 
 async def _load_snapshot(url: str) -> Any:
-    from callrouter.directory.store import load_snapshot
+    from callrouter.directory.snapshot import load_snapshot
 
     engine = await _open_database(url)
     try:

@@ -4,12 +4,16 @@
 fit together: duplicates (extensions, role names, workplace ids and codes, phones),
 references to roles, workplaces and extensions the file does not define, and the
 logins (one user per workplace, only where the user's role allows).
+
+What a directory holds only once is defined here once, by ``repeats``:
+``check_document`` words each repeat for the file, and the importer refuses a
+document built in code that has any (the database could not hold it).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +45,59 @@ class Unchecked:
     workplaces: Container[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """A name a directory holds once, given again at ``path`` (``kind`` says which name)."""
+
+    kind: str  # "role", "extension", "workplace", "workplace code", "phone", "login workplace"
+    value: str
+    path: Path
+
+
+def repeats(doc: DirectoryDocument) -> list[Repeat]:
+    """Every name ``doc`` gives again after its first time, kind by kind, in file order.
+
+    These are the directory's unique constraints seen from the file: role names,
+    extensions, workplace ids and codes, phones, and one user per workplace in
+    ``logins``.
+    """
+    found: list[Repeat] = []
+    for kind, named in _unique_names(doc):
+        seen: set[str] = set()
+        for path, value in named:
+            if value in seen:
+                found.append(Repeat(kind, value, path))
+            seen.add(value)
+    return found
+
+
+def _unique_names(doc: DirectoryDocument) -> list[tuple[str, Iterable[tuple[Path, str]]]]:
+    """(kind, every (path, name) of that kind in ``doc``), for each name held once."""
+    return [
+        ("role", ((("roles", i, "name"), r.name) for i, r in enumerate(doc.roles))),
+        ("extension", ((("users", i, "extension"), u.extension) for i, u in enumerate(doc.users))),
+        ("workplace", ((("workplaces", i, "id"), w.id) for i, w in enumerate(doc.workplaces))),
+        (
+            "workplace code",
+            ((("workplaces", i, "code"), w.code) for i, w in enumerate(doc.workplaces)),
+        ),
+        ("phone", named_phones(doc)),
+        ("login workplace", ((("logins", ext), slug) for ext, slug in doc.logins.items())),
+    ]
+
+
+def named_phones(doc: DirectoryDocument) -> Iterator[tuple[Path, str]]:
+    """(path, endpoint) of every phone ``doc`` names: users', workplaces', unassigned."""
+    for i, user in enumerate(doc.users):
+        for j, endpoint in enumerate(user.phones):
+            yield ("users", i, "phones", j), endpoint
+    for i, workplace in enumerate(doc.workplaces):
+        for j, endpoint in enumerate(workplace.phones):
+            yield ("workplaces", i, "phones", j), endpoint
+    for k, endpoint in enumerate(doc.phones):
+        yield ("phones", k), endpoint
+
+
 def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()) -> list[Problem]:
     """Every cross-reference problem in ``doc``, in file order per kind.
 
@@ -50,22 +107,23 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
     """
     problems: list[Problem] = []
     add = problems.append
+    repeated = {repeat.path for repeat in repeats(doc)}
 
+    # Each name -> the index of its first entry.
     roles: dict[str, int] = {}
     for i, role in enumerate(doc.roles):
-        if role.name in roles:
+        roles.setdefault(role.name, i)
+        if ("roles", i, "name") in repeated:
             add(Problem(("roles", i, "name"), f"role {role.name!r} is defined twice"))
-        else:
-            roles[role.name] = i
 
     workplaces: dict[str, int] = {}
     codes: dict[str, int] = {}
     for i, workplace in enumerate(doc.workplaces):
-        if workplace.id in workplaces:
+        workplaces.setdefault(workplace.id, i)
+        codes.setdefault(workplace.code, i)
+        if ("workplaces", i, "id") in repeated:
             add(Problem(("workplaces", i, "id"), f"workplace id {workplace.id} is used twice"))
-        else:
-            workplaces[workplace.id] = i
-        if workplace.code in codes:
+        if ("workplaces", i, "code") in repeated:
             other = doc.workplaces[codes[workplace.code]]
             add(
                 Problem(
@@ -73,12 +131,11 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
                     f"code {workplace.code} is already the code of workplace {other.id}",
                 )
             )
-        else:
-            codes[workplace.code] = i
 
     users: dict[str, int] = {}
     for i, user in enumerate(doc.users):
-        if user.extension in users:
+        users.setdefault(user.extension, i)
+        if ("users", i, "extension") in repeated:
             add(
                 Problem(
                     ("users", i, "extension"),
@@ -86,8 +143,6 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
                     f"{doc.users[users[user.extension]].name}'s",
                 )
             )
-        else:
-            users[user.extension] = i
 
     for i, workplace in enumerate(doc.workplaces):
         if workplace.code in users:
@@ -114,20 +169,20 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
         if user.role is not None and user.role not in roles and user.role not in unchecked.roles:
             add(Problem(("users", i, "role"), _unknown("role", user.role, roles)))
 
-    problems += _phones_assigned_once(doc)
-    problems += _logins(doc, users, workplaces, roles, unchecked)
+    problems += _phones_assigned_once(doc, repeated)
+    problems += _logins(doc, users, workplaces, roles, unchecked, repeated)
     return problems
 
 
-def _phones_assigned_once(doc: DirectoryDocument) -> list[Problem]:
+def _phones_assigned_once(doc: DirectoryDocument, repeated: Container[Path]) -> list[Problem]:
     problems: list[Problem] = []
-    owners: dict[str, str] = {}  # endpoint -> who has it, for the message
-
-    def claim(path: Path, endpoint: str, owner: str) -> None:
-        first = owners.get(endpoint)
-        if first is None:
-            owners[endpoint] = owner
-        elif first == owner:
+    owners: dict[str, str] = {}  # endpoint -> who has it first, for the message
+    for path, endpoint in named_phones(doc):
+        owner = _owner(doc, path)
+        first = owners.setdefault(endpoint, owner)
+        if path not in repeated:
+            continue
+        if first == owner:
             problems.append(Problem(path, f"{endpoint} is listed twice for {owner}"))
         elif owner == _UNASSIGNED:
             problems.append(
@@ -142,16 +197,19 @@ def _phones_assigned_once(doc: DirectoryDocument) -> list[Problem]:
                     "or workplace",
                 )
             )
-
-    for i, user in enumerate(doc.users):
-        for j, endpoint in enumerate(user.phones):
-            claim(("users", i, "phones", j), endpoint, f"user {user.extension} ({user.name})")
-    for i, workplace in enumerate(doc.workplaces):
-        for j, endpoint in enumerate(workplace.phones):
-            claim(("workplaces", i, "phones", j), endpoint, f"workplace {workplace.id}")
-    for k, endpoint in enumerate(doc.phones):
-        claim(("phones", k), endpoint, _UNASSIGNED)
     return problems
+
+
+def _owner(doc: DirectoryDocument, path: Path) -> str:
+    """Who has the phone at ``path`` (from ``named_phones``), in words."""
+    section, index = path[0], path[1]
+    assert isinstance(index, int)
+    if section == "users":
+        user = doc.users[index]
+        return f"user {user.extension} ({user.name})"
+    if section == "workplaces":
+        return f"workplace {doc.workplaces[index].id}"
+    return _UNASSIGNED
 
 
 _UNASSIGNED = "the unassigned phones"
@@ -163,6 +221,7 @@ def _logins(
     workplaces: dict[str, int],
     roles: dict[str, int],
     unchecked: Unchecked,
+    repeated: Container[Path],
 ) -> list[Problem]:
     problems: list[Problem] = []
     occupant: dict[str, str] = {}  # workplace id -> extension logged in there
@@ -174,7 +233,8 @@ def _logins(
         if workplace_id not in workplaces and workplace_id not in unchecked.workplaces:
             problems.append(Problem(path, _unknown("workplace", workplace_id, workplaces)))
             continue
-        if workplace_id in occupant:
+        occupant.setdefault(workplace_id, extension)
+        if path in repeated:
             problems.append(
                 Problem(
                     path,
@@ -183,8 +243,6 @@ def _logins(
                     "holds at most one user",
                 )
             )
-        else:
-            occupant[workplace_id] = extension
         if user_index is not None:
             problem = _role_forbids(doc.users[user_index], workplace_id, doc.roles, roles)
             if problem is not None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callrouter.directory.store import load_logins, load_snapshot, read_revisions
+from callrouter.directory.revisions import read_revisions
+from callrouter.directory.snapshot import load_logins, load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules

@@ -3,8 +3,9 @@
 Shape and values first (pydantic), then the cross-references (``check_document``).
 When some entries are invalid the rest is still cross-checked, so one run reports
 a bad PIN *and* a duplicate extension, each as ``FILE:LINE:COLUMN: message``.
-Nothing is written anywhere: importing is ``callrouter.directory.store``'s job and
-happens only for a document this returns.
+Nothing is written anywhere: importing is ``callrouter.directory.importer``'s job.
+It checks a document again with ``document_problems`` (the same validation, without
+file positions), since a document built in code need not have come through here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from callrouter.directory.check import EVERY_NAME, Unchecked, check_document
+from callrouter.directory.check import EVERY_NAME, Unchecked, check_document, repeats
 from callrouter.directory.document import DirectoryDocument
 from callrouter.yamlfile import (
     FileName,
     Path,
     Positions,
     YamlFileError,
+    error_path,
+    format_path,
     load_yaml,
     locate_problem_list,
     locate_validation_error,
@@ -49,6 +52,26 @@ def load_document(path: FileName) -> DirectoryDocument:
     if problems:
         raise YamlFileError.from_located(path, locate_problem_list(path, problems, positions))
     return document
+
+
+def document_problems(doc: DirectoryDocument) -> list[str]:
+    """What keeps the database from holding ``doc``, found the way ``load_document`` finds it.
+
+    Its values (``DirectoryDocument``'s own validation, run again: a document built
+    in code may have skipped it with ``model_construct`` or ``model_copy(update=...)``)
+    and its names given twice (``repeats``); the references are the importer's to
+    check, since the database can resolve them too.  Messages carry no file position.
+    """
+    problems = [f"{repeat.kind} {repeat.value} appears twice" for repeat in repeats(doc)]
+    try:
+        DirectoryDocument.model_validate(doc.model_dump(warnings=False))
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            message = error["msg"]
+            for prefix in ("Value error, ", "Assertion failed, "):  # as for a file
+                message = message.removeprefix(prefix)
+            problems.append(f"{format_path(error_path(error))}: {message}")
+    return problems
 
 
 # Which key names an entry of each section, and which Unchecked field it goes to.

@@ -19,6 +19,8 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 SCHEME = "scrypt"
 N = 2**12
@@ -97,3 +99,22 @@ def verify_pin(pin: str, stored: str) -> bool:
     n, r, p, salt, digest = parsed
     candidate = _scrypt(pin, salt, n, r, p, len(digest))
     return hmac.compare_digest(candidate, digest)
+
+
+def hashes_to_store(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
+    """The hash to store for each (plain PIN, stored hash): the stored one if it matches.
+
+    Keeping a matching hash makes re-importing the same file a no-op.  scrypt
+    releases the GIL, so the work is spread over the CPUs.
+    """
+
+    def one(pair: tuple[str, str | None]) -> str:
+        pin, stored = pair
+        if stored is not None and verify_pin(pin, stored):
+            return stored
+        return hash_pin(pin)
+
+    if len(pairs) < 4:
+        return [one(pair) for pair in pairs]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(one, pairs))

@@ -233,7 +233,7 @@ class DirectoryRevisionRow(Base):
 
 metadata = Base.metadata
 
-# The Core tables, for the bulk reads and writes in store.py.
+# The Core tables, for the bulk reads and writes (import, export, snapshot, logins).
 roles: Table = metadata.tables["roles"]
 role_workplaces: Table = metadata.tables["role_workplaces"]
 users: Table = metadata.tables["users"]

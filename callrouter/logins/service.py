@@ -15,10 +15,11 @@ from datetime import UTC, datetime, tzinfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callrouter.directory import store
+from callrouter.directory.errors import UnknownExtension, UnknownWorkplace
 from callrouter.directory.pins import hash_pin, verify_pin
 from callrouter.domain.directory import DirectorySnapshot, User
 from callrouter.domain.identifiers import PIN_INPUT_PATTERN
+from callrouter.logins import store
 from callrouter.logins.autologout import logout_cutoffs
 from callrouter.logins.lockout import Lockout, MemoryLockout, source_key, user_key
 from callrouter.logins.policy import OccupiedPolicy, Refusal
@@ -108,9 +109,9 @@ class LoginService:
         except store.LoginRefused as exc:
             log.info("login of %s at %s from %s refused: %s", extension, workplace_id, source, exc)
             raise LoginDenied(exc.reason, str(exc), occupant=exc.occupant) from None
-        except store.UnknownWorkplace as exc:
+        except UnknownWorkplace as exc:
             raise LoginDenied(Refusal.UNKNOWN_WORKPLACE, str(exc)) from None
-        except store.UnknownExtension as exc:
+        except UnknownExtension as exc:
             raise LoginDenied(Refusal.UNKNOWN_USER, str(exc)) from None
         if change.changed:
             log.info(
@@ -128,7 +129,7 @@ class LoginService:
     async def logout(self, extension: str, *, actor: str, source: str) -> store.LoginChange:
         try:
             change = await store.clear_login(self.engine, extension, actor=actor, source=source)
-        except store.UnknownExtension as exc:
+        except UnknownExtension as exc:
             raise LoginDenied(Refusal.UNKNOWN_USER, str(exc)) from None
         if change.changed:
             log.info(
@@ -144,7 +145,7 @@ class LoginService:
             change = await store.clear_workplace(
                 self.engine, workplace_id, actor=actor, source=source
             )
-        except store.UnknownWorkplace as exc:
+        except UnknownWorkplace as exc:
             raise LoginDenied(Refusal.UNKNOWN_WORKPLACE, str(exc)) from None
         if change is not None:
             log.info(

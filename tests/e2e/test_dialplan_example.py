@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from callrouter.directory.store import load_snapshot
+from callrouter.directory.snapshot import load_snapshot
 from sandbox.asterisk import EXAMPLE_EXTENSIONS_CONF, AsteriskSandbox, SandboxError
 from sandbox.phones import PhoneBank, SimulatedPhone
 from sandbox.router import RunningRouter, running_router

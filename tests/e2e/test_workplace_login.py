@@ -11,9 +11,10 @@ import pytest
 from callrouter.ami import AmiClient
 from callrouter.ami.protocol import AmiMessage
 from callrouter.directory.database import create_engine
-from callrouter.directory.store import read_revision, set_login
+from callrouter.directory.revisions import read_revision
 from callrouter.logins.feature_codes import FeatureCodes, FeatureOutcome
 from callrouter.logins.policy import Refusal
+from callrouter.logins.store import set_login
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import SimulatedPhone
 from sandbox.router import RunningRouter

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callrouter.directory.store import import_document, load_snapshot
+from callrouter.directory.importer import import_document
+from callrouter.directory.snapshot import load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
 from tests.unit.test_directory_store import document, engine  # noqa: F401 (fixture)
 

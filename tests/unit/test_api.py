@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from callrouter.api import TokenSigner, create_api
-from callrouter.directory.store import import_document, load_snapshot, read_revision
+from callrouter.directory.importer import import_document
+from callrouter.directory.revisions import read_revision
+from callrouter.directory.snapshot import load_snapshot
 from callrouter.logins.service import LoginService
 from tests.unit.conftest import Live
 from tests.unit.test_directory_store import audit_entries, document

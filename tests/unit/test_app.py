@@ -10,10 +10,11 @@ import pytest
 
 from callrouter.config import load_settings
 from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.importer import import_document
 from callrouter.directory.live import LiveDirectory
 from callrouter.directory.loader import load_document
-from callrouter.directory.store import import_document, set_login
 from callrouter.domain.endpoint import caller_endpoint
+from callrouter.logins.store import set_login
 from callrouter.logs import mask, register_secret
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -17,23 +17,18 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from callrouter.directory import importer
 from callrouter.directory import schema as s
-from callrouter.directory import store
 from callrouter.directory.database import create_engine, upgrade
 from callrouter.directory.document import DirectoryDocument
+from callrouter.directory.errors import ImportRejected, UnknownExtension, UnknownWorkplace
+from callrouter.directory.export import export_document
+from callrouter.directory.importer import import_document
 from callrouter.directory.pins import hash_pin, is_pin_hash, verify_pin
-from callrouter.directory.store import (
-    ImportRejected,
-    UnknownExtension,
-    UnknownWorkplace,
-    clear_login,
-    export_document,
-    import_document,
-    load_snapshot,
-    read_revision,
-    set_login,
-)
+from callrouter.directory.revisions import read_revision
+from callrouter.directory.snapshot import load_snapshot
 from callrouter.domain.directory import Role, User, Workplace
+from callrouter.logins.store import clear_login, set_login
 
 POSTGRES_URL = os.environ.get("CALLROUTER_TEST_POSTGRES")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
@@ -542,7 +537,7 @@ async def test_an_error_half_way_leaves_the_database_untouched(
         raise RuntimeError("disk on fire")
 
     # Everything but the new logins has been written when this fails.
-    monkeypatch.setattr(store._Importer, "_start_logins", fail)
+    monkeypatch.setattr(importer._Importer, "_start_logins", fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
         await import_document(engine, smaller_document(), prune=True, actor="test")
     assert await state_of(engine) == before

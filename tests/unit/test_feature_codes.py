@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.agi import AgiCommandFailed, AgiHangup, AgiRequest, parse_reply
-from callrouter.directory.store import import_document, load_snapshot, read_revision
+from callrouter.directory.importer import import_document
+from callrouter.directory.revisions import read_revision
+from callrouter.directory.snapshot import load_snapshot
 from callrouter.logins.feature_codes import ALL_PROMPTS, FeatureCodes
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginService

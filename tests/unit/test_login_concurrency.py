@@ -39,17 +39,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callrouter.directory import schema as s
 from callrouter.directory.database import create_engine, upgrade
 from callrouter.directory.document import DirectoryDocument
-from callrouter.directory.store import (
-    DirectoryError,
-    LoginChange,
-    UnknownExtension,
-    UnknownWorkplace,
-    clear_login,
-    import_document,
-    load_snapshot,
-    read_revision,
-    set_login,
-)
+from callrouter.directory.errors import DirectoryError, UnknownExtension, UnknownWorkplace
+from callrouter.directory.importer import import_document
+from callrouter.directory.revisions import read_revision
+from callrouter.directory.snapshot import load_snapshot
+from callrouter.logins.store import LoginChange, clear_login, set_login
 
 POSTGRES_URL = os.environ.get("CALLROUTER_TEST_POSTGRES")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])

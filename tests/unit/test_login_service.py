@@ -9,10 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory import schema as s
 from callrouter.directory.database import create_engine
-from callrouter.directory.store import load_snapshot, read_revision, set_login
+from callrouter.directory.revisions import read_revision
+from callrouter.directory.snapshot import load_snapshot
 from callrouter.logins.lockout import DatabaseLockout
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
+from callrouter.logins.store import set_login
 from callrouter.rules.model import RingRules
 from tests.unit.conftest import Live
 from tests.unit.test_directory_store import audit_entries, rows

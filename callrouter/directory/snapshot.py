@@ -1,0 +1,111 @@
+"""The router's view of the directory: the immutable snapshot it resolves calls from.
+
+``load_snapshot`` reads everything in one consistent transaction, with a few Core
+queries straight into tuples and dicts (no ORM objects), so 100,000 users load in
+a second or two.  ``load_logins`` reads only the logins, for a router whose
+directory changed in nothing else (see ``callrouter.directory.revisions``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callrouter.directory import schema as s
+from callrouter.directory.database import begin_read
+from callrouter.directory.revisions import current_revisions
+from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
+
+
+async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
+    """The whole directory, read in one consistent transaction, as an immutable snapshot.
+
+    Plain column tuples from Core queries (no ORM objects), shared string objects
+    (a workplace's id is the same object in ``workplaces`` and ``logins``, role
+    names are interned): 100,000 users with 300,000 phones load in a couple of
+    seconds and take a few tens of MB.
+    """
+    intern = sys.intern
+    r, rw, w, u, p, lg = s.roles, s.role_workplaces, s.workplaces, s.users, s.phones, s.logins
+    async with begin_read(engine) as conn:
+        revision, content_revision = await current_revisions(conn)
+        role_rows = (await conn.execute(select(r.c.id, r.c.name, r.c.restricted))).all()
+        role_workplace_rows = (await conn.execute(select(rw.c.role_id, rw.c.workplace_id))).all()
+        workplace_rows = (await conn.execute(select(w.c.id, w.c.slug, w.c.name, w.c.code))).all()
+        user_rows = (
+            await conn.execute(select(u.c.id, u.c.extension, u.c.name, u.c.role_id, u.c.pin_hash))
+        ).all()
+        phone_rows = (await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id))).all()
+        login_rows = (await conn.execute(select(lg.c.user_id, lg.c.workplace_id))).all()
+
+    user_phones: dict[int, list[str]] = {}
+    workplace_phones: dict[int, list[str]] = {}
+    unassigned: list[str] = []
+    for endpoint, user_id, workplace_id in phone_rows:
+        if user_id is not None:
+            user_phones.setdefault(user_id, []).append(endpoint)
+        elif workplace_id is not None:
+            workplace_phones.setdefault(workplace_id, []).append(endpoint)
+        else:
+            unassigned.append(endpoint)
+    del phone_rows
+    no_phones: tuple[str, ...] = ()
+
+    slug_of: dict[int, str] = {}
+    workplaces: dict[str, Workplace] = {}
+    for id_, slug, name, code in workplace_rows:
+        phones = workplace_phones.get(id_)
+        slug_of[id_] = slug
+        workplaces[slug] = Workplace(
+            slug, name, code, tuple(sorted(phones)) if phones else no_phones
+        )
+
+    allowed: dict[int, list[str]] = {}
+    for role_id, workplace_id in role_workplace_rows:
+        allowed.setdefault(role_id, []).append(slug_of[workplace_id])
+    role_name: dict[int, str] = {}
+    roles: dict[str, Role] = {}
+    for id_, name, restricted in role_rows:
+        name = intern(name)
+        role_name[id_] = name
+        roles[name] = Role(name, frozenset(allowed.get(id_, ())) if restricted else None)
+
+    ext_of: dict[int, str] = {}
+    users: dict[str, User] = {}
+    for id_, extension, name, role_id, pin_hash in user_rows:
+        phones = user_phones.get(id_)
+        ext_of[id_] = extension
+        users[extension] = User(
+            extension,
+            name,
+            None if role_id is None else role_name[role_id],
+            tuple(sorted(phones)) if phones else no_phones,
+            pin_hash,
+        )
+    logins = {ext_of[user_id]: slug_of[workplace_id] for user_id, workplace_id in login_rows}
+    return DirectorySnapshot(
+        users=users,
+        workplaces=workplaces,
+        roles=roles,
+        logins=logins,
+        unassigned_phones=tuple(sorted(unassigned)),
+        revision=revision,
+        content_revision=content_revision,
+    )
+
+
+async def load_logins(engine: AsyncEngine) -> tuple[dict[str, str], int, int]:
+    """Only the logins (extension -> workplace id), with the revisions they belong to."""
+    lg, u, w = s.logins, s.users, s.workplaces
+    async with begin_read(engine) as conn:
+        revision, content_revision = await current_revisions(conn)
+        rows = (
+            await conn.execute(
+                select(u.c.extension, w.c.slug)
+                .join_from(lg, u, lg.c.user_id == u.c.id)
+                .join(w, lg.c.workplace_id == w.c.id)
+            )
+        ).all()
+    return {str(e): sys.intern(str(slug)) for e, slug in rows}, revision, content_revision
