@@ -31,13 +31,14 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 from callrouter.ami import AmiClient
 from callrouter.ami.protocol import AmiMessage
 from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.presence.live import AMI_EVENTS, PresenceService
 from callrouter.presence.tracker import PresenceTracker
-from tests.fakes.fake_ami import FakeAmi, event_list
+from tests.fakes.fake_ami import FakeAmi, Reply, event_list
 
 P99_GOAL_MS = 20.0
 MEMORY_GROWTH_GOAL_MB = 5.0
@@ -69,6 +70,10 @@ def resident_mb() -> float:
     return float("nan")
 
 
+def empty_list(item: str, done: str) -> Callable[[AmiMessage], Reply]:
+    return lambda action: event_list(action, item, [], done)
+
+
 async def run(seconds: float, rate: int) -> int:
     snapshot = directory()
     endpoints = sorted(
@@ -80,20 +85,16 @@ async def run(seconds: float, rate: int) -> int:
         ("DeviceStateList", "DeviceStateChange", "DeviceStateListComplete"),
         ("PJSIPShowEndpoints", "EndpointList", "EndpointListComplete"),
     ):
-        fake.set_handler(action, lambda a, i=item, d=done: event_list(a, i, [], d))
+        fake.set_handler(action, empty_list(item, done))
     await fake.start()
     tracker = PresenceTracker(snapshot)
-
-    async def on_connected() -> None:  # as the Router does after every (re)connect
-        await presence.resync()
-
+    # As in the router, the resync follows the FullyBooted the fake sends on login.
     ami = AmiClient(
         fake.host,
         fake.port,
         fake.username,
         fake.secret,
         events=AMI_EVENTS,
-        on_connected=on_connected,
         ping_interval=None,
     )
     presence = PresenceService(tracker, ami)

@@ -266,7 +266,8 @@ def _role_forbids(
 
 
 def _user(doc: DirectoryDocument, users: dict[str, int], extension: str) -> str:
-    return f"user {extension} ({doc.users[users[extension]].name})"
+    index = users.get(extension)  # unknown extensions are reported where they stand
+    return f"user {extension}" if index is None else f"user {extension} ({doc.users[index].name})"
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:

@@ -127,3 +127,60 @@ def test_the_example_settings_file_is_valid() -> None:
     settings = load_settings(EXAMPLES / "callrouter.yaml")
     assert settings.api_host == settings.agi_host == "127.0.0.1"  # loopback by default
     assert settings.login_prefix == "*44"
+
+
+async def test_one_presence_resync_and_one_fallback_resync_per_ami_connect(
+    tmp_path: Path,
+) -> None:
+    """The features as app.py wires them, on the fake AMI: a login (which Asterisk
+    follows with FullyBooted) costs one DeviceStateList and one PJSIPShowEndpoints."""
+    from callrouter.ami.client import AmiClient
+    from callrouter.fallback.build import build as build_fallback
+    from callrouter.presence.build import build as build_presence
+    from callrouter.presence.live import AMI_EVENTS
+    from tests.fakes.fake_ami import FakeAmi, event_list
+
+    url = f"sqlite:///{tmp_path}/d.db"
+    await upgrade(url)
+    engine = create_engine(url)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((EXAMPLES / "rules.yaml").read_text())
+    fake = FakeAmi()
+    fake.set_handler(
+        "DeviceStateList",
+        lambda a: event_list(a, "DeviceStateChange", [], "DeviceStateListComplete"),
+    )
+    fake.set_handler(
+        "PJSIPShowEndpoints", lambda a: event_list(a, "EndpointList", [], "EndpointListComplete")
+    )
+    await fake.start()
+    ami = AmiClient(
+        fake.host, fake.port, fake.username, fake.secret, events=AMI_EVENTS, ping_interval=None
+    )
+    try:
+        await import_document(
+            engine, load_document(EXAMPLES / "directory.yaml"), prune=False, actor="test"
+        )
+        live = LiveDirectory(engine, rules)
+        await live.load()
+        presence = build_presence(ami, live, heartbeat_timeout=90)
+        build_fallback(ami, live)
+        presence.start()
+        await ami.start()
+        extensions = sorted(live.snapshot.users)
+        # Everyone's custom device state is published after the resync, and the
+        # fallback writes every user's AstDB entry after reading AstDB back.
+        for extension in extensions:
+            await fake.wait_for(
+                lambda e=extension: fake.globals.get(f"DEVICE_STATE(Custom:user-{e})") is not None,
+                f"Custom:user-{extension}",
+            )
+        await fake.wait_for_action("DBGetTree", 2)
+        assert len(fake.actions("DeviceStateList")) == 1
+        assert len(fake.actions("PJSIPShowEndpoints")) == 1
+        assert len(fake.actions("DBGetTree")) == 2  # the dial strings and the timeouts
+        await presence.close()
+    finally:
+        await ami.close()
+        await fake.close()
+        await engine.dispose()

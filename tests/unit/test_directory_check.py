@@ -390,6 +390,21 @@ CROSS: list[tuple[str, dict[str, Any], list[Problem]]] = [
         ],
     ),
     (
+        "an unknown user logged in at a workplace another login names too",
+        {
+            "users": [user("202")],
+            "workplaces": [workplace("desk-1", "801")],
+            "logins": {"299": "desk-1", "202": "desk-1"},
+        },
+        [
+            Problem(("logins", "299"), "no user has the extension 299", at_key=True),
+            Problem(
+                ("logins", "202"),
+                "user 299 is already logged in at desk-1; a workplace holds at most one user",
+            ),
+        ],
+    ),
+    (
         "a login the role does not allow",
         {
             "roles": [{"name": "intern", "workplaces": ["desk-1"]}],
