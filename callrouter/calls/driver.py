@@ -309,18 +309,10 @@ class CallDriver:
                 timeout=timeout,
                 originator=self.caller.id,
             )
-        except AriHttpError as exc:  # refused: there is no such channel
-            self.log.warning(
-                "call %s: leg %s to %s failed: %s",
-                self.call_id,
-                command.leg_id,
-                command.endpoint,
-                exc,
-            )
-            return StartOutcome.REFUSED
         except AriError as exc:
-            # No answer: Asterisk may have dialled all the same. The flow has it hung
-            # up by its id (404 if it never existed), so no phone is left ringing.
+            # An HTTP error is a refusal: there is no such channel. No answer at all:
+            # Asterisk may have dialled all the same, so the flow has it hung up by
+            # its id (404 if it never existed) and no phone is left ringing.
             self.log.warning(
                 "call %s: leg %s to %s failed: %s",
                 self.call_id,
@@ -328,6 +320,8 @@ class CallDriver:
                 command.endpoint,
                 exc,
             )
+            if isinstance(exc, AriHttpError):
+                return StartOutcome.REFUSED
             return StartOutcome.UNANSWERED
         self._announce_start()
         self.log.info(

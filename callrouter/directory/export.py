@@ -14,7 +14,7 @@ from callrouter.directory.document import (
     UserEntry,
     WorkplaceEntry,
 )
-from callrouter.directory.state import read_state
+from callrouter.directory.state import phones_by_owner, read_state
 
 
 def _natural_key(value: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
@@ -38,16 +38,11 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
     slug_of = {id_: slug for slug, (id_, _) in state.workplaces.items()}
     ext_of = {id_: ext for ext, (id_, _) in state.users.items()}
 
-    user_phones: dict[int, list[str]] = {}
-    workplace_phones: dict[int, list[str]] = {}
-    unassigned: list[str] = []
-    for endpoint, (_, (user_id, workplace_id)) in state.phones.items():
-        if user_id is not None:
-            user_phones.setdefault(user_id, []).append(endpoint)
-        elif workplace_id is not None:
-            workplace_phones.setdefault(workplace_id, []).append(endpoint)
-        else:
-            unassigned.append(endpoint)
+    phones = phones_by_owner(
+        (endpoint, user_id, workplace_id)
+        for endpoint, (_, (user_id, workplace_id)) in state.phones.items()
+    )
+    user_phones, workplace_phones, unassigned = phones.users, phones.workplaces, phones.unassigned
 
     def sorted_names(values: Iterable[str]) -> tuple[str, ...]:
         return tuple(sorted(values, key=_natural_key))

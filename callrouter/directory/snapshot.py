@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callrouter.directory import schema as s
 from callrouter.directory.database import begin_read
 from callrouter.directory.revisions import current_revisions
+from callrouter.directory.state import phones_by_owner
 from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
 
 
@@ -40,16 +41,8 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
         phone_rows = (await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id))).all()
         login_rows = (await conn.execute(select(lg.c.user_id, lg.c.workplace_id))).all()
 
-    user_phones: dict[int, list[str]] = {}
-    workplace_phones: dict[int, list[str]] = {}
-    unassigned: list[str] = []
-    for endpoint, user_id, workplace_id in phone_rows:
-        if user_id is not None:
-            user_phones.setdefault(user_id, []).append(endpoint)
-        elif workplace_id is not None:
-            workplace_phones.setdefault(workplace_id, []).append(endpoint)
-        else:
-            unassigned.append(endpoint)
+    owned = phones_by_owner(phone_rows)
+    user_phones, workplace_phones, unassigned = owned.users, owned.workplaces, owned.unassigned
     del phone_rows
     no_phones: tuple[str, ...] = ()
 

@@ -8,6 +8,7 @@ export write the database out as a file, with one generic piece of code per job.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -83,3 +84,25 @@ async def read_state(conn: AsyncConnection) -> State:
         )
     }
     return State(rows, role_workplaces, logins)
+
+
+@dataclass(slots=True)
+class PhonesByOwner:
+    """Every phone under its owner: a user, a workplace, or nobody (by row id)."""
+
+    users: dict[int, list[str]]
+    workplaces: dict[int, list[str]]
+    unassigned: list[str]
+
+
+def phones_by_owner(rows: Iterable[Sequence[Any]]) -> PhonesByOwner:
+    """Group (endpoint, user id, workplace id) rows; a phone has one owner at most."""
+    grouped = PhonesByOwner({}, {}, [])
+    for endpoint, user_id, workplace_id in rows:
+        if user_id is not None:
+            grouped.users.setdefault(user_id, []).append(endpoint)
+        elif workplace_id is not None:
+            grouped.workplaces.setdefault(workplace_id, []).append(endpoint)
+        else:
+            grouped.unassigned.append(endpoint)
+    return grouped
