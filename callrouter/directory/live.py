@@ -49,7 +49,7 @@ class LiveDirectory:
 
     async def load(self) -> None:
         """The first load: errors here stop the daemon."""
-        self.rules = load_rules(self.rules_path)
+        self.rules = await asyncio.to_thread(load_rules, self.rules_path)
         self._rules_mtime = self._mtime()
         self.snapshot = await load_snapshot(self.engine)
         log.info(
@@ -72,7 +72,8 @@ class LiveDirectory:
         if force or mtime != self._rules_mtime:
             self._rules_mtime = mtime
             try:
-                self.rules = load_rules(self.rules_path)
+                # Parsed in a thread: a large file must not stall the calls being set up.
+                self.rules = await asyncio.to_thread(load_rules, self.rules_path)
             except YamlFileError as exc:
                 log.error("rules refused, the previous rules stay in force:\n%s", exc)
             except OSError as exc:

@@ -184,3 +184,55 @@ async def test_one_presence_resync_and_one_fallback_resync_per_ami_connect(
         await ami.close()
         await fake.close()
         await engine.dispose()
+
+
+async def test_a_large_rules_file_is_reloaded_without_stalling_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """The rules are parsed in a thread: while a file that takes a while to parse is
+    reloaded, the loop that sets up calls keeps running (a ratio, not a time)."""
+    import asyncio
+    import time
+
+    from callrouter.rules.loader import load_rules
+
+    url = f"sqlite:///{tmp_path}/d.db"
+    await upgrade(url)
+    engine = create_engine(url)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("defaults: {timeout: 20}\n")
+    big = "users:\n" + "".join(
+        f'  "{9000000 + i}":\n    followme:\n      - {{ring: [PJSIP/p{i}], timeout: 5}}\n'
+        f"      - {{ring: [PJSIP/q{i}], delay: 5, timeout: 10}}\n"
+        for i in range(1500)
+    )
+    bigfile = tmp_path / "big.yaml"
+    bigfile.write_text(big)
+    started = time.perf_counter()  # the same parse on this thread, for scale
+    assert len(load_rules(bigfile).users) == 1500
+    parse_time = time.perf_counter() - started
+    try:
+        live = LiveDirectory(engine, rules)
+        await live.load()
+        rules.write_text(big)
+        gaps: list[float] = []
+        done, ticking_now = asyncio.Event(), asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            ticking_now.set()
+            while not done.is_set():
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.ensure_future(ticker())
+        await ticking_now.wait()
+        assert await live.refresh(force=True)
+        done.set()
+        await ticking
+        assert len(live.rules.users) == 1500
+        assert max(gaps) < parse_time / 4, (max(gaps), parse_time)
+    finally:
+        await engine.dispose()
