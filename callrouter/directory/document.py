@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from callrouter.directory.pins import is_pin_hash
+from callrouter.directory.pins import pin_hash_problem
 from callrouter.domain.identifiers import (
     PIN_PATTERN,
     DisplayName,
@@ -69,12 +69,16 @@ class UserEntry(_Strict):
             return value
         if info.data.get("pin") is not None:
             raise ValueError("give either pin or pin_hash, not both")
-        if not is_pin_hash(value):
-            raise ValueError(
-                "pin_hash is not a hash written by callrouter directory export; "
-                'to set a PIN, write it as pin: "1234"'
-            )
-        return value
+        problem = pin_hash_problem(value)
+        if problem is None:
+            return value
+        # Name the user, never the value: a hash must not end up in logs either.
+        extension = info.data.get("extension")
+        whose = "pin_hash" if extension is None else f"pin_hash of user {extension}"
+        raise ValueError(
+            f"{whose} is not a hash written by callrouter directory export ({problem}); "
+            'to set a PIN, write it as pin: "1234"'
+        )
 
 
 class WorkplaceEntry(_Strict):

@@ -35,7 +35,9 @@ HASH_BYTES = 32
 _MAX_N = 2**20
 _MAX_R = 32
 _MAX_P = 16
-_MAX_MEM = 256 * 1024 * 1024
+MAX_MEM = 256 * 1024 * 1024  # the maxmem passed to hashlib.scrypt
+# OpenSSL's own limit on r * p (SCRYPT_PR_MAX), far above _MAX_R * _MAX_P.
+_MAX_RP = 2**30 - 1
 
 _B64 = r"[A-Za-z0-9+/]+"
 _FORMAT = re.compile(rf"scrypt\$([0-9]{{1,8}})\$([0-9]{{1,3}})\$([0-9]{{1,3}})\$({_B64})\$({_B64})")
@@ -51,7 +53,7 @@ def _b64decode(text: str) -> bytes:
 
 def _scrypt(pin: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
     return hashlib.scrypt(
-        pin.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_MAX_MEM, dklen=length
+        pin.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=MAX_MEM, dklen=length
     )
 
 
@@ -64,37 +66,70 @@ def hash_pin(pin: str) -> str:
     return f"{SCHEME}${N}${R}${P}${_b64encode(salt)}${_b64encode(digest)}"
 
 
-def _parse(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+def scrypt_problem(n: int, r: int, p: int) -> str | None:
+    """Why hashlib.scrypt on this OpenSSL (or our own bounds) refuses n, r, p; None: fine.
+
+    OpenSSL's checks (``EVP_PBE_scrypt``), in its words: r and p not zero, n a power
+    of two of at least 2, r * p at most 2**30 - 1, n below 2**(16 * r), and the
+    memory 128 * r * (n + p + 2) bytes within maxmem.
+    """
+    if n < 2 or n & (n - 1):
+        return f"n = {n} is not a power of two of at least 2"
+    if n > _MAX_N:
+        return f"n = {n} is above {_MAX_N}"
+    if not 1 <= r <= _MAX_R:
+        return f"r = {r} is not between 1 and {_MAX_R}"
+    if not 1 <= p <= _MAX_P:
+        return f"p = {p} is not between 1 and {_MAX_P}"
+    if r * p > _MAX_RP:
+        return f"r * p = {r * p} is above {_MAX_RP}"
+    if 16 * r < 64 and n >= 1 << (16 * r):
+        return f"n = {n} is not below 2**(16 * r) = {1 << (16 * r)}"
+    memory = 128 * r * (n + p + 2)
+    if memory > MAX_MEM:
+        return f"n = {n}, r = {r}, p = {p} need {memory} bytes, more than {MAX_MEM}"
+    return None
+
+
+def _parse(stored: str) -> tuple[int, int, int, bytes, bytes] | str:
+    """The parts of a hash, or why it is not one (the message never quotes it)."""
     match = _FORMAT.fullmatch(stored)
     if match is None:
-        return None
+        return "not in the format scrypt$n$r$p$salt$hash"
     n, r, p = int(match[1]), int(match[2]), int(match[3])
-    if n < 2 or n & (n - 1) or n > _MAX_N or not 1 <= r <= _MAX_R or not 1 <= p <= _MAX_P:
-        return None
-    if 128 * r * (n + p + 2) > _MAX_MEM:
-        return None
+    problem = scrypt_problem(n, r, p)
+    if problem is not None:
+        return f"scrypt parameters this system cannot verify: {problem}"
     try:
         salt, digest = _b64decode(match[4]), _b64decode(match[5])
     except (binascii.Error, ValueError):
-        return None
+        return "salt or hash is not base64"
     if len(salt) < 8 or not 16 <= len(digest) <= 64:
-        return None
+        return "salt shorter than 8 bytes, or hash not 16 to 64 bytes"
     return n, r, p, salt, digest
+
+
+def pin_hash_problem(value: str) -> str | None:
+    """Why ``value`` is not a hash this module wrote (or could have written and can
+    verify); None when it is.  The message never quotes the value."""
+    parsed = _parse(value)
+    return parsed if isinstance(parsed, str) else None
 
 
 def is_pin_hash(value: str) -> bool:
     """Whether ``value`` is a hash this module wrote (or could have written).
 
     Used to validate ``pin_hash`` values in import files: anything else (a plain
-    PIN pasted into the wrong field, a hash from another system) is rejected.
+    PIN pasted into the wrong field, a hash from another system, parameters
+    OpenSSL refuses) is rejected.  Every hash accepted here can be verified.
     """
-    return _parse(value) is not None
+    return pin_hash_problem(value) is None
 
 
 def verify_pin(pin: str, stored: str) -> bool:
     """Whether ``pin`` matches the hash ``stored``; False for a malformed hash."""
     parsed = _parse(stored)
-    if parsed is None or not pin:
+    if isinstance(parsed, str) or not pin:
         return False
     n, r, p, salt, digest = parsed
     candidate = _scrypt(pin, salt, n, r, p, len(digest))

@@ -202,10 +202,12 @@ class AuditRow(Base):
 
 
 class PinFailureRow(Base):
-    """One wrong PIN, by lockout key ("user:201", "source:phone PJSIP/desk-1").
+    """One PIN try, by lockout key ("user:201", "source:sha256:<hex digest>").
 
-    Kept in the database so that every router sharing the directory counts the
-    same tries; rows older than the lockout window are deleted as new ones come.
+    Written before the PIN is checked (a try in flight counts); it stays when the
+    PIN was wrong and is deleted when it was right.  Kept in the database so that
+    every router sharing the directory counts the same tries; rows older than the
+    longest lockout window are deleted as new ones come.
     """
 
     __tablename__ = "pin_failures"

@@ -21,7 +21,7 @@ from callrouter.domain.directory import DirectorySnapshot, User
 from callrouter.domain.identifiers import PIN_INPUT_PATTERN
 from callrouter.logins import store
 from callrouter.logins.autologout import logout_cutoffs
-from callrouter.logins.lockout import Lockout, MemoryLockout, source_key, user_key
+from callrouter.logins.lockout import Locked, Lockout, MemoryLockout
 from callrouter.logins.policy import OccupiedPolicy, Refusal
 from callrouter.rules.model import RingRules
 
@@ -73,16 +73,38 @@ class LoginService:
 
     async def check_pin(self, extension: str, pin: str, *, source: str) -> User:
         """The user, if ``pin`` is theirs; else ``LoginDenied`` (BAD_CREDENTIALS or
-        LOCKED), the same for unknown extensions as for wrong PINs."""
-        keys = (user_key(extension), source_key(source))
-        wait = await self.lockout.retry_after(*keys)
-        if wait is not None:
+        LOCKED), the same for unknown extensions as for wrong PINs.
+
+        The try is counted before the PIN is checked (``Lockout.reserve``), so requests
+        racing each other cannot check more PINs than the lockout allows; a try that
+        cannot be counted is refused, never checked uncounted.
+        """
+        try:
+            reservation = await self.lockout.reserve(extension, source)
+        except Locked as locked:
             log.warning(
-                "PIN check for %s from %s refused: locked for %.0f s", extension, source, wait
+                "PIN check for %.40s from %.100s refused: %s for %.0f s",
+                extension,
+                source,
+                "source locked" if locked.source_locked else "user slowed down",
+                locked.retry_after,
+            )
+            message = (
+                "too many wrong PINs from here; try again later"
+                if locked.source_locked
+                else "too many wrong PINs for this extension lately; try again shortly"
+            )
+            raise LoginDenied(Refusal.LOCKED, message, retry_after=locked.retry_after) from None
+        except Exception:
+            # Fail closed: a PIN that cannot be counted is not checked.
+            log.exception(
+                "PIN check for %.40s from %.100s refused: the try could not be counted",
+                extension,
+                source,
             )
             raise LoginDenied(
-                Refusal.LOCKED, "too many wrong PINs; try again later", retry_after=wait
-            )
+                Refusal.LOCKED, "PIN tries cannot be counted right now; try again later"
+            ) from None
         user = self.snapshot.users.get(extension)
         stored = user.pin_hash if user is not None else None
         well_formed = PIN_INPUT_PATTERN.fullmatch(pin) is not None
@@ -91,10 +113,13 @@ class LoginService:
             verify_pin, pin if well_formed else "0", stored or _DECOY_HASH
         )
         if user is None or stored is None or not well_formed or not matches:
-            await self.lockout.failed(*keys)
-            log.warning("wrong extension or PIN for %s from %s", extension, source)
+            # The reservation stays: it is the wrong PIN's count.
+            log.warning("wrong extension or PIN for %.40s from %.100s", extension, source)
             raise LoginDenied(Refusal.BAD_CREDENTIALS, "wrong extension or PIN")
-        await self.lockout.succeeded(user_key(extension))
+        try:
+            await self.lockout.succeeded(reservation)
+        except Exception:  # the try stays counted as a wrong one: safe, if unkind
+            log.exception("clearing the wrong PINs of %s after a right one failed", extension)
         return user
 
     # --- changes --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.unit.conftest import Live
 from tests.unit.test_directory_store import audit_entries, document
 
 ADMIN_TOKEN = "admin-token-0123456789"
+URLSAFE = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 
 
 @pytest.fixture
@@ -202,6 +204,24 @@ async def test_tokens_expire() -> None:
     assert TokenSigner(b"x" * 32, clock=lambda: now[0]).verify(token, lambda e: "hash") is None
     now[0] = 1061
     assert signer.verify(token, lambda ext: "hash") is None
+
+
+async def test_a_token_has_one_spelling_only() -> None:
+    """An expiry with a leading zero was accepted: a second string for the same token."""
+    signer = TokenSigner(b"k" * 32, clock=lambda: 1000.0)
+    token, expires = signer.issue("201", "hash")
+    prefix, extension, expiry, mac = token.split(".")
+    assert expiry == str(expires)
+    assert signer.verify(token, lambda ext: "hash") == "201"
+    for other in (
+        f"{prefix}.{extension}.0{expiry}.{mac}",
+        f"{prefix}.{extension}.00{expiry}.{mac}",
+        f"{prefix}.{extension}.{expiry}.{mac}\n",
+        f"{prefix}.0{extension}.{expiry}.{mac}",
+        # The same digest: the last character's two unused bits set differently.
+        f"{prefix}.{extension}.{expiry}.{mac[:-1]}{URLSAFE[URLSAFE.index(mac[-1]) ^ 1]}",
+    ):
+        assert signer.verify(other, lambda ext: "hash") is None, other
 
 
 async def test_openapi_is_published(client: httpx.AsyncClient) -> None:

@@ -45,6 +45,7 @@ def test_the_example_directory_loads_and_checks_clean() -> None:
 # --- single values (document.py), each located -----------------------------------------
 
 USER = 'users:\n  - extension: "201"\n    name: Anna Berger\n'
+BAD_PARAMETERS = "scrypt$1048576$1$1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2g"
 
 BAD_VALUES: list[tuple[str, str, list[str]]] = [
     (
@@ -79,8 +80,20 @@ BAD_VALUES: list[tuple[str, str, list[str]]] = [
         "pin_hash not written by export",
         USER + '    pin_hash: "1234"\n',
         [
-            "directory.yaml:4:15: users[0].pin_hash: pin_hash is not a hash written by "
-            'callrouter directory export; to set a PIN, write it as pin: "1234"'
+            "directory.yaml:4:15: users[0].pin_hash: pin_hash of user 201 is not a hash written "
+            "by callrouter directory export (not in the format scrypt$n$r$p$salt$hash); "
+            'to set a PIN, write it as pin: "1234"'
+        ],
+    ),
+    (
+        # Well-formed, but OpenSSL refuses n >= 2**(16 * r): verifying it was a 500.
+        "pin_hash with scrypt parameters OpenSSL refuses",
+        USER + f'    pin_hash: "{BAD_PARAMETERS}"\n',
+        [
+            "directory.yaml:4:15: users[0].pin_hash: pin_hash of user 201 is not a hash written "
+            "by callrouter directory export (scrypt parameters this system cannot verify: "
+            "n = 1048576 is not below 2**(16 * r) = 65536); "
+            'to set a PIN, write it as pin: "1234"'
         ],
     ),
     (
@@ -210,6 +223,13 @@ def test_a_pin_is_never_echoed(tmp_path: Path) -> None:
         errors = directory_errors(tmp_path, USER + f"    pin: {pin}\n")
         assert len(errors) == 1
         assert "98" not in errors[0].split(":", 3)[3]
+
+
+def test_a_pin_hash_is_never_echoed(tmp_path: Path) -> None:
+    for stored in ("98765432", BAD_PARAMETERS, BAD_PARAMETERS.replace("$1$1$", "$1$0$")):
+        errors = directory_errors(tmp_path, USER + f'    pin_hash: "{stored}"\n')
+        assert len(errors) == 1 and "user 201" in errors[0]
+        assert stored.rsplit("$", 1)[-1] not in errors[0] and "c2FsdHNh" not in errors[0]
 
 
 # --- cross-references (check.py) --------------------------------------------------------

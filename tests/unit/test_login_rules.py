@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,7 +12,7 @@ import pytest
 from callrouter.domain.directory import Role
 from callrouter.logins.autologout import latest_cutoff, logout_cutoffs
 from callrouter.logins.feature_codes import LoginCode, parse_login_code
-from callrouter.logins.lockout import PinLockout, source_key, user_key
+from callrouter.logins.lockout import Locked, LockoutPolicy, PinLockout, source_key, user_key
 from callrouter.logins.policy import Refusal, login_refusal
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
@@ -53,51 +54,144 @@ class Clock:
         return self.now
 
 
-def test_five_wrong_pins_lock_the_user_for_the_rest_of_the_window() -> None:
+def wrong(lockout: PinLockout, extension: str, source: str) -> None:
+    """One wrong PIN: a reservation left as it is."""
+    lockout.reserve(extension, source)
+
+
+def locked(lockout: PinLockout, extension: str, source: str) -> Locked:
+    with pytest.raises(Locked) as caught:
+        lockout.reserve(extension, source)
+    return caught.value
+
+
+def test_five_wrong_pins_from_one_source_lock_it_for_the_rest_of_the_window() -> None:
     clock = Clock()
     lockout = PinLockout(clock=clock)
-    for _ in range(4):
-        lockout.failed(user_key("201"), source_key("a"))
+    for extension in ("201", "202", "203", "204"):
+        wrong(lockout, extension, "PJSIP/desk")
         clock.now += 60
-    assert lockout.retry_after(user_key("201")) is None
-    lockout.failed(user_key("201"), source_key("b"))
-    wait = lockout.retry_after(user_key("201"), source_key("c"))
+    assert lockout.retry_after("205", "PJSIP/desk") is None
+    wrong(lockout, "205", "PJSIP/desk")
+    refusal = locked(lockout, "206", "PJSIP/desk")
     # The first failure was 240 s ago: it leaves the 15-minute window in 660 s.
-    assert wait == pytest.approx(900 - 240)
-    clock.now += wait - 1
-    assert lockout.retry_after(user_key("201")) is not None
+    assert refusal.source_locked and refusal.retry_after == pytest.approx(900 - 240)
+    assert lockout.retry_after("206", "PJSIP/other") is None  # another place is not locked
+    clock.now += refusal.retry_after - 1
+    assert locked(lockout, "206", "PJSIP/desk").source_locked
     clock.now += 2
-    assert lockout.retry_after(user_key("201")) is None
+    lockout.reserve("206", "PJSIP/desk")  # the oldest failure left the window
 
 
-def test_a_source_trying_many_users_is_locked_too() -> None:
-    clock = Clock()
-    lockout = PinLockout(clock=clock)
-    for extension in ("201", "202", "203", "204", "205"):
-        lockout.failed(user_key(extension), source_key("PJSIP/desk"))
-    assert lockout.retry_after(user_key("206"), source_key("PJSIP/desk")) is not None
-    assert lockout.retry_after(user_key("206"), source_key("PJSIP/other")) is None
+def test_a_try_is_counted_before_its_pin_is_checked() -> None:
+    """Reservations still in flight count: the sixth concurrent try is refused."""
+    lockout = PinLockout(clock=Clock())
+    for _ in range(5):
+        lockout.reserve("201", "PJSIP/desk")  # none resolved yet
+    assert locked(lockout, "201", "PJSIP/desk").source_locked
+    # From other places the user's checks are slowed down, at once.
+    refusal = locked(lockout, "201", "PJSIP/elsewhere")
+    assert not refusal.source_locked and refusal.retry_after == 1
 
 
-def test_a_right_pin_clears_the_users_count_but_not_the_sources() -> None:
+def test_a_right_pin_clears_the_users_count_and_its_own_try_but_not_the_sources() -> None:
     lockout = PinLockout(clock=Clock())
     for _ in range(4):
-        lockout.failed(user_key("201"), source_key("x"))
-    lockout.succeeded(user_key("201"))
-    lockout.failed(user_key("201"), source_key("x"))
-    assert lockout.retry_after(user_key("201")) is None
-    assert lockout.retry_after(source_key("x")) is not None
+        wrong(lockout, "201", "x")
+    lockout.succeeded(lockout.reserve("201", "x"))  # the right PIN: not a failure
+    wrong(lockout, "202", "x")  # the source's fifth failure
+    assert locked(lockout, "203", "x").source_locked
+    for source in ("a", "b", "c", "d"):  # the user's count started again
+        wrong(lockout, "201", source)
+    assert lockout.retry_after("201", "e") is None
 
 
-def test_failures_older_than_the_window_are_forgotten() -> None:
+def test_wrong_pins_for_a_user_slow_checks_down_they_do_not_lock_the_user_out() -> None:
     clock = Clock()
     lockout = PinLockout(clock=clock)
-    for _ in range(5):
-        lockout.failed(user_key("201"))
-    clock.now += 901
-    assert lockout.retry_after(user_key("201")) is None
-    lockout.failed(user_key("201"))
-    assert lockout.retry_after(user_key("201")) is None
+    waits = []
+    for attempt in range(16):
+        source = f"api 10.0.0.{attempt}"  # a new place each time: only the user counts
+        refusal = None
+        try:
+            lockout.reserve("201", source)
+        except Locked as caught:
+            refusal = caught
+        if refusal is not None:
+            assert not refusal.source_locked
+            waits.append(refusal.retry_after)
+            clock.now += refusal.retry_after  # Retry-After is true: then it works
+            lockout.reserve("201", source)
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 180, 180, 180]
+
+
+def test_a_users_wrong_pins_are_forgotten_after_an_hour() -> None:
+    clock = Clock()
+    lockout = PinLockout(clock=clock)
+    for attempt in range(5):
+        wrong(lockout, "201", f"src {attempt}")
+    clock.now += 3599
+    assert lockout.retry_after("201", "new") is None  # the 1 s delay is long past
+    wrong(lockout, "201", "new")
+    assert lockout.retry_after("201", "newer") == 2  # but they still count: 6 now
+    clock.now += 3600
+    for attempt in range(4):
+        wrong(lockout, "201", f"later {attempt}")
+    assert lockout.retry_after("201", "new") is None
+
+
+def test_rotating_sources_cannot_check_a_users_pins_faster_than_before() -> None:
+    """An attacker with a new address for every try, trying whenever allowed, for a
+    day: 20 checks per hour in the long run, as the old 5-in-15-minutes lockout."""
+    clock = Clock()
+    start = clock.now
+    lockout = PinLockout(clock=clock)
+    checks: list[float] = []
+    while clock.now < start + 24 * 3600:
+        wait = lockout.retry_after("201", f"api 10.1.{len(checks)}")
+        if wait is not None:
+            clock.now += wait
+            continue
+        lockout.reserve("201", f"api 10.1.{len(checks)}")
+        checks.append(clock.now - start)
+    per_hour = [sum(hour * 3600 <= t < (hour + 1) * 3600 for t in checks) for hour in range(24)]
+    assert per_hour[0] <= 31  # 5 at once, then 1, 2, 4 ... 128 s apart, then 180 s
+    assert max(per_hour[1:]) <= 20
+    assert len(checks) <= 31 + 23 * 20
+    gaps = [b - a for a, b in itertools.pairwise(checks)]
+    assert min(gaps[12:]) == pytest.approx(180)
+
+
+def test_keys_have_a_bounded_size_whatever_the_input() -> None:
+    assert user_key("201") == "user:201"
+    for hostile in ("x" * 10_000, "20 1", "\ud800", "", "🙂" * 300):
+        assert len(user_key(hostile)) <= 80 and user_key(hostile) != user_key("201")
+        assert len(source_key(hostile)) == len(source_key("api 127.0.0.1")) <= 80
+    assert source_key("api 10.0.0.1") != source_key("api 10.0.0.2")
+    assert user_key("x" * 300) == user_key("x" * 300)
+
+
+def test_the_policy_in_numbers() -> None:
+    policy = LockoutPolicy()
+    assert [policy.user_delay(n) for n in range(4, 15)] == [
+        0,
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        180,
+        180,
+    ]
+    assert policy.user_delay(10**6) == 180
+    assert policy.source_wait([0, 1, 2, 3], 10) is None
+    assert policy.source_wait([0, 1, 2, 3, 4], 10) == 890
+    # A clock behind another router's: future tries count as now, not longer.
+    assert policy.source_wait([100] * 5, 10) == 900
+    assert policy.user_wait([100] * 13, 10) == 180
 
 
 # --- automatic logout -------------------------------------------------------------------

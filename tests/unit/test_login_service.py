@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory import schema as s
-from callrouter.directory.database import create_engine
+from callrouter.directory.database import DatabaseError, create_engine
 from callrouter.directory.revisions import read_revision
 from callrouter.directory.snapshot import load_snapshot
-from callrouter.logins.lockout import DatabaseLockout
+from callrouter.logins import service as service_module
+from callrouter.logins.lockout import (
+    DatabaseLockout,
+    Locked,
+    Lockout,
+    MemoryLockout,
+    PinLockout,
+    Reservation,
+    source_key,
+)
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
 from callrouter.logins.store import set_login
@@ -52,17 +62,85 @@ async def test_every_bad_credential_gets_the_same_answer(
     assert str(caught.value) == "wrong extension or PIN"
 
 
-async def test_five_wrong_pins_lock_even_the_right_pin_out(live: Live) -> None:
-    logins_service = service(live)
+class Clock:
+    """A datetime clock for DatabaseLockout, a float one for PinLockout."""
+
+    def __init__(self) -> None:
+        self.at = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def seconds(self) -> float:
+        return self.at.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+def lockout_of(kind: str, live: Live, clock: Clock) -> Lockout:
+    if kind == "database":
+        return DatabaseLockout(live.engine, clock=clock.now)
+    return MemoryLockout(PinLockout(clock=clock.seconds))
+
+
+@pytest.mark.parametrize("kind", ["database", "memory"])
+async def test_a_strangers_wrong_pins_do_not_keep_the_user_out(live: Live, kind: str) -> None:
+    """Five wrong PINs for 201 from one place: 201 from another place waits a second,
+    not 15 minutes (the old lockout's denial of service)."""
+    clock = Clock()
+    logins_service = service(live, lockout=lockout_of(kind, live, clock))
     for _ in range(5):
-        with pytest.raises(LoginDenied):
-            await logins_service.check_pin("201", "0000", source=f"phone {_}")
+        with pytest.raises(LoginDenied) as caught:
+            await logins_service.check_pin("201", "0000", source="api 10.6.6.6")
+        assert caught.value.reason is Refusal.BAD_CREDENTIALS
     with pytest.raises(LoginDenied) as caught:
-        await logins_service.check_pin("201", "4711", source="elsewhere")
+        await logins_service.check_pin("201", "4711", source="phone PJSIP/office1-desk")
     assert caught.value.reason is Refusal.LOCKED
-    assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 900
-    # Another user from another place is not affected.
-    assert (await logins_service.check_pin("202", "0815", source="elsewhere")).extension == "202"
+    assert caught.value.retry_after == pytest.approx(1)  # the first delay; it is true:
+    clock.advance(caught.value.retry_after)
+    user = await logins_service.check_pin("201", "4711", source="phone PJSIP/office1-desk")
+    assert user.extension == "201"
+    # The stranger's place stays locked; the user's count is cleared.
+    with pytest.raises(LoginDenied) as caught:
+        await logins_service.check_pin("202", "0815", source="api 10.6.6.6")
+    assert caught.value.reason is Refusal.LOCKED and caught.value.retry_after is not None
+    assert 890 < caught.value.retry_after <= 900
+    for attempt in range(4):
+        with pytest.raises(LoginDenied):
+            await logins_service.check_pin("201", "0000", source=f"api 10.7.0.{attempt}")
+    assert (await logins_service.check_pin("201", "4711", source="api 10.7.1.1")).name
+
+
+@pytest.mark.parametrize("kind", ["database", "memory"])
+async def test_after_hours_of_guessing_the_user_waits_three_minutes_at_most(
+    live: Live, kind: str
+) -> None:
+    clock = Clock()
+    logins_service = service(live, lockout=lockout_of(kind, live, clock))
+    start = clock.seconds()
+    sources = (f"api 10.8.{n}" for n in range(10_000))  # a new place for every try
+
+    async def guess() -> None:
+        """One wrong PIN checked, waiting as long as the lockout says."""
+        while True:
+            try:
+                await logins_service.check_pin("201", "0000", source=next(sources))
+            except LoginDenied as denied:
+                if denied.reason is Refusal.BAD_CREDENTIALS:
+                    return
+                assert denied.retry_after is not None and 0 < denied.retry_after <= 180
+                clock.advance(denied.retry_after)
+
+    for _ in range(40):
+        await guess()
+    # 5 at once, 8 more in 255 s (1 + 2 + ... + 128), then one per 180 s.
+    assert clock.seconds() - start == pytest.approx(255 + (40 - 13) * 180)
+    with pytest.raises(LoginDenied) as caught:  # right after the stranger's last try
+        await logins_service.check_pin("201", "4711", source="phone PJSIP/office1-desk")
+    assert caught.value.retry_after == pytest.approx(180)
+    clock.advance(180)
+    assert (await logins_service.check_pin("201", "4711", source="phone PJSIP/office1-desk")).name
 
 
 async def test_unknown_extensions_lock_like_known_ones(live: Live) -> None:
@@ -177,28 +255,90 @@ async def test_routers_sharing_a_directory_share_the_lockout(live: Live) -> None
         for attempt in range(5):
             router = here if attempt % 2 else there
             with pytest.raises(LoginDenied):
-                await router.check_pin("201", "0000", source=f"api 10.0.0.{attempt}")
+                await router.check_pin(f"20{attempt}", "0000", source="api 10.0.0.7")
         for router in (here, there):
             with pytest.raises(LoginDenied) as caught:
-                await router.check_pin("201", "4711", source="api 10.0.0.99")
+                await router.check_pin("201", "4711", source="api 10.0.0.7")
             assert caught.value.reason is Refusal.LOCKED
+            assert caught.value.retry_after is not None and caught.value.retry_after > 800
     finally:
         await other_engine.dispose()
 
 
 async def test_database_lockout_window_and_clearing(live: Live) -> None:
-    now = [datetime(2026, 11, 28, 12, 0, tzinfo=UTC)]
-    lockout = DatabaseLockout(live.engine, clock=lambda: now[0])
-    for _ in range(5):
-        await lockout.failed("user:201", "source:x")
-        now[0] += timedelta(minutes=1)
-    wait = await lockout.retry_after("user:201")
-    assert wait == pytest.approx(15 * 60 - 5 * 60)  # the first try leaves the window then
-    assert await lockout.retry_after("user:202") is None
-    await lockout.succeeded("user:201")
-    assert await lockout.retry_after("user:201") is None
-    assert await lockout.retry_after("source:x") is not None  # the source still counts
-    now[0] += timedelta(minutes=11)
-    assert await lockout.retry_after("source:x") is None
-    await lockout.failed("user:203")  # rows that left the window are deleted meanwhile
-    assert await rows(live.engine, s.pin_failures, "key") == [("source:x",)] * 3 + [("user:203",)]
+    clock = Clock()
+    lockout = DatabaseLockout(live.engine, clock=clock.now)
+    for _ in range(4):
+        await lockout.reserve("201", "x")  # wrong PINs: the reservations stay
+        clock.advance(60)
+    right = await lockout.reserve("201", "x")
+    keys = await rows(live.engine, s.pin_failures, "key")
+    assert keys == [(source_key("x"),)] * 5 + [("user:201",)] * 5
+    await lockout.succeeded(right)  # its own rows and the user's count go
+    assert await rows(live.engine, s.pin_failures, "key") == [(source_key("x"),)] * 4
+    await lockout.reserve("202", "x")  # the source's fifth
+    with pytest.raises(Locked) as caught:
+        await lockout.reserve("203", "x")
+    assert caught.value.source_locked
+    assert caught.value.retry_after == pytest.approx(15 * 60 - 4 * 60)  # the first leaves then
+    clock.advance(caught.value.retry_after + 1)
+    await lockout.reserve("203", "x")
+    # Rows that left every window (the longest: a user's hour) are deleted meanwhile.
+    clock.advance(3600)
+    await lockout.reserve("204", "y")
+    assert sorted(await rows(live.engine, s.pin_failures, "key")) == sorted(
+        [(source_key("y"),), ("user:204",)]
+    )
+
+
+async def test_keys_are_bounded_so_a_long_source_is_counted(live: Live) -> None:
+    """A 300-character source, a 40-character extension: counted (on PostgreSQL the key
+    column is VARCHAR(255); it was a 500 and no count), and the lock engages."""
+    logins_service = service(live, lockout=DatabaseLockout(live.engine))
+    source = "api " + "a" * 300
+    for attempt in range(5):
+        with pytest.raises(LoginDenied) as caught:
+            await logins_service.check_pin("2" * 40 if attempt else "201", "0", source=source)
+        assert caught.value.reason is Refusal.BAD_CREDENTIALS
+    with pytest.raises(LoginDenied) as caught:
+        await logins_service.check_pin("201", "4711", source=source)
+    assert caught.value.reason is Refusal.LOCKED
+    stored = await rows(live.engine, s.pin_failures, "key")
+    assert len(stored) == 10 and all(len(key) <= 80 for (key,) in stored)
+
+
+class BrokenLockout:
+    async def reserve(self, extension: str, source: str) -> Reservation:
+        raise DatabaseError("the directory database is locked by another process")
+
+    async def succeeded(self, reservation: Reservation) -> None:
+        raise AssertionError("nothing was reserved")
+
+
+async def test_a_try_that_cannot_be_counted_is_refused_not_checked(
+    live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    monkeypatch.setattr(service_module, "verify_pin", lambda pin, stored: checked.append(pin))
+    gone = create_engine(f"sqlite:///{tmp_path / 'missing' / 'directory.db'}")
+    try:
+        for lockout in (BrokenLockout(), DatabaseLockout(gone)):
+            logins_service = service(live, lockout=lockout)
+            with pytest.raises(LoginDenied) as caught:
+                await logins_service.check_pin("201", "4711", source="api 10.0.0.1")
+            assert caught.value.reason is Refusal.LOCKED
+            assert str(caught.value) == "PIN tries cannot be counted right now; try again later"
+    finally:
+        await gone.dispose()
+    assert checked == []
+
+
+async def test_a_right_pin_whose_clearing_fails_still_logs_in(live: Live) -> None:
+    class Unclearable(MemoryLockout):
+        async def succeeded(self, reservation: Reservation) -> None:
+            raise DatabaseError("gone")
+
+    lockout = Unclearable()
+    user = await service(live, lockout=lockout).check_pin("201", "4711", source="s")
+    assert user.extension == "201"
+    assert lockout.counts.retry_after("201", "s") is None  # counted as one wrong PIN
