@@ -1,0 +1,211 @@
+"""YAML text to plain data, with the position of every value and every mapping key.
+
+``load_yaml`` composes PyYAML's node tree itself and turns it into plain data (only
+YAML's standard scalars go through PyYAML's SafeConstructor; a ``!!python/...`` or
+any other tag is an error), recording where each value and each mapping key stands
+in the file.  Mapping keys are kept as their raw text, so
+``201:`` is ``"201"`` and ``0201:`` stays ``"0201"`` (no YAML 1.1 octal), and a key
+written twice is an error instead of PyYAML's silent "last one wins".
+
+A file that cannot be read raises ``OSError`` as usual; everything wrong *inside* a
+file raises ``YamlFileError`` carrying every located error at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from callrouter.yamlfile.errors import (
+    FileName,
+    Located,
+    Mark,
+    Path,
+    Positions,
+    YamlFileError,
+    format_path,
+)
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
+# Aliases may repeat parts of a document, but not blow it up ("billion laughs").
+_ALIAS_EXPANSION_FACTOR = 10
+_ALIAS_EXPANSION_SLACK = 10_000
+
+
+def load_yaml(path: FileName) -> tuple[Any, Positions]:
+    """Read ``path`` into plain data and the positions of its parts.
+
+    Raises OSError when the file cannot be read and YamlFileError for anything
+    wrong inside it (syntax, duplicate keys, unsupported tags).  An empty file is
+    an empty mapping.
+    """
+    return parse_yaml(FsPath(path).read_bytes(), os.fspath(path))
+
+
+def parse_yaml(source: str | bytes, file: str = "<string>") -> tuple[Any, Positions]:
+    """``load_yaml`` for text already in memory; ``file`` only names it in errors."""
+    if isinstance(source, bytes):
+        try:
+            text = source.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line, column = _line_column(source, exc.start)
+            message = f"not UTF-8 text (byte 0x{source[exc.start]:02X}): save the file as UTF-8"
+            raise YamlFileError.from_located(file, [Located(file, line, column, message)]) from None
+    else:
+        text = source
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(file, text, exc) from None
+    try:
+        root = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(file, text, exc) from None
+    except yaml.MarkedYAMLError as exc:
+        raise YamlFileError.from_located(file, [_syntax_error(file, exc)]) from None
+    finally:
+        loader.dispose()
+
+    builder = _Builder(file)
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG and not root.value):
+        builder.positions.values[()] = Mark(1, 1)
+        return {}, builder.positions
+    data = builder.build(root)
+    if builder.errors:
+        raise YamlFileError.from_located(file, builder.errors)
+    return data, builder.positions
+
+
+def _line_column(source: bytes | str, offset: int) -> tuple[int, int]:
+    newline: Any = b"\n" if isinstance(source, bytes) else "\n"
+    line = source.count(newline, 0, offset) + 1
+    column = offset - (source.rfind(newline, 0, offset) + 1) + 1
+    return line, column
+
+
+def _reader_error(file: str, text: str, exc: yaml.reader.ReaderError) -> YamlFileError:
+    line, column = _line_column(text, exc.position)
+    message = f"character U+{exc.character:04X} is not allowed in a YAML file"
+    return YamlFileError.from_located(file, [Located(file, line, column, message)])
+
+
+def _syntax_error(file: str, exc: yaml.MarkedYAMLError) -> Located:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = exc.problem or "not valid YAML"
+    if "'\\t'" in problem:
+        return Located(file, line, column, "YAML syntax error: a tab; indent with spaces only")
+    context = exc.context or ""
+    cm = exc.context_mark
+    if context and cm is not None and (cm.line + 1, cm.column + 1) != (line, column):
+        context += f" at line {cm.line + 1}, column {cm.column + 1}"
+    if not context:
+        message = problem
+    elif context.startswith("while "):  # "while parsing a block mapping": background
+        message = f"{problem} ({context})"
+    else:  # "expected a single document ...", "but found another document"
+        message = f"{context}, {problem}"
+    return Located(file, line, column, f"YAML syntax error: {message}")
+
+
+class _Builder:
+    """Turns a composed node tree into plain data, recording positions on the way."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.positions = Positions()
+        self.errors: list[Located] = []
+        self._constructor = SafeConstructor()
+        self._open: set[int] = set()  # collections being built: an alias to one is a cycle
+        self._distinct: set[int] = set()
+        self._visits = 0
+
+    def error(self, mark: Mark, path: Path, message: str) -> None:
+        where = format_path(path)
+        self.errors.append(
+            Located(self.file, mark.line, mark.column, f"{where}: {message}" if where else message)
+        )
+
+    def build(self, node: Node, path: Path = ()) -> Any:
+        mark = _mark(node)
+        self.positions.values[path] = mark
+        self._visits += 1
+        self._distinct.add(id(node))
+        if self._visits > _ALIAS_EXPANSION_FACTOR * len(self._distinct) + _ALIAS_EXPANSION_SLACK:
+            raise YamlFileError.from_located(
+                self.file,
+                [
+                    *self.errors,
+                    Located(
+                        self.file,
+                        mark.line,
+                        mark.column,
+                        "aliases (*name) expand to too much data; write the values out",
+                    ),
+                ],
+            )
+        if isinstance(node, ScalarNode):
+            self.positions.scalars[path] = node.value
+            try:
+                return self._constructor.construct_object(node, deep=True)
+            except ConstructorError as exc:
+                self.error(mark, path, f"cannot read this value: {exc.problem}")
+                return None
+            except (ValueError, OverflowError) as exc:  # e.g. a date like 2024-13-45
+                self.error(mark, path, f"cannot read this value: {exc}")
+                return None
+        if id(node) in self._open:
+            self.error(mark, path, "an alias (*name) refers to a value that contains itself")
+            return None
+        self._open.add(id(node))
+        try:
+            if node.tag not in (_MAP_TAG, _SEQ_TAG):
+                self.error(mark, path, f"the tag {node.tag} is not supported here")
+                return None
+            if isinstance(node, SequenceNode):
+                return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+            assert isinstance(node, MappingNode)
+            return self._mapping(node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        first_seen: dict[str, Mark] = {}
+        for key_node, value_node in node.value:
+            key_mark = _mark(key_node)
+            if not isinstance(key_node, ScalarNode):
+                self.error(
+                    key_mark, path, "a key must be a plain name or number, not a list or a mapping"
+                )
+                continue
+            if key_node.tag == _MERGE_TAG:
+                self.error(key_mark, path, "merge keys (<<) are not supported: write the keys out")
+                continue
+            key = key_node.value
+            key_path = (*path, key)
+            if key in first_seen:
+                first = first_seen[key]
+                self.error(
+                    key_mark,
+                    key_path,
+                    f"duplicate key: already given at line {first.line}, column "
+                    f"{first.column}; YAML would silently keep only the last",
+                )
+                continue
+            first_seen[key] = key_mark
+            self.positions.keys[key_path] = key_mark
+            result[key] = self.build(value_node, key_path)
+        return result
+
+
+def _mark(node: Node) -> Mark:
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
