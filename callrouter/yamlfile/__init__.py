@@ -2,7 +2,7 @@
 
 - ``load``: YAML to plain data with the position of every value and mapping key
   (``load_yaml``, ``parse_yaml``); refuses what YAML would silently get wrong
-  (duplicate keys, unsupported tags, ...).
+  (duplicate keys, unsupported tags, ...) and files over ``MAX_FILE_BYTES``.
 - ``errors``: paths into the data, ``Positions``, and the located errors
   (``Located``, ``YamlFileError``, ``format_path``).
 - ``validation``: pydantic's errors and the cross-checks' ``Problem``\\ s as located
@@ -28,7 +28,7 @@ from callrouter.yamlfile.errors import (
     format_path,
     sort_located,
 )
-from callrouter.yamlfile.load import load_yaml, parse_yaml
+from callrouter.yamlfile.load import MAX_FILE_BYTES, load_yaml, parse_yaml
 from callrouter.yamlfile.partial import Salvage, salvage
 from callrouter.yamlfile.validation import (
     error_path,
@@ -40,6 +40,7 @@ from callrouter.yamlfile.validation import (
 )
 
 __all__ = [
+    "MAX_FILE_BYTES",
     "FileName",
     "Located",
     "Mark",

@@ -14,7 +14,6 @@ file raises ``YamlFileError`` carrying every located error at once.
 from __future__ import annotations
 
 import os
-from pathlib import Path as FsPath
 from typing import Any
 
 import yaml
@@ -38,16 +37,43 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 # Aliases may repeat parts of a document, but not blow it up ("billion laughs").
 _ALIAS_EXPANSION_FACTOR = 10
 _ALIAS_EXPANSION_SLACK = 10_000
+# Larger files are refused unread: PyYAML is pure Python here, and a 10 MB rules file
+# once took 30 s to parse.  Far above any real directory or rules file.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 def load_yaml(path: FileName) -> tuple[Any, Positions]:
     """Read ``path`` into plain data and the positions of its parts.
 
     Raises OSError when the file cannot be read and YamlFileError for anything
-    wrong inside it (syntax, duplicate keys, unsupported tags).  An empty file is
-    an empty mapping.
+    wrong inside it (syntax, duplicate keys, unsupported tags) or when it is larger
+    than ``MAX_FILE_BYTES``.  An empty file is an empty mapping.
     """
-    return parse_yaml(FsPath(path).read_bytes(), os.fspath(path))
+    return parse_yaml(_read_file(path), os.fspath(path))
+
+
+def _read_file(path: FileName) -> bytes:
+    """The file's bytes; YamlFileError, unread, when it is larger than ``MAX_FILE_BYTES``.
+
+    The size is taken from the open file before reading, and the read is capped too,
+    for a file that grows meanwhile or reports no size (a pipe).
+    """
+    limit = MAX_FILE_BYTES
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        source = b"" if size > limit else stream.read(limit + 1)
+    if size > limit or len(source) > limit:
+        file = os.fspath(path)
+        # No size known (a pipe) or grown since: the read stopped past the limit.
+        shown = _size(size) if size > limit else f"at least {len(source)} bytes"
+        message = f"the file is too large to read: {shown}; the limit is {_size(limit)}"
+        raise YamlFileError.from_located(file, [Located(file, 1, 1, message)])
+    return source
+
+
+def _size(count: int) -> str:
+    mib = f" ({count / 2**20:.1f} MiB)" if count >= 2**20 else ""
+    return f"{count} bytes{mib}"
 
 
 def parse_yaml(source: str | bytes, file: str = "<string>") -> tuple[Any, Positions]:

@@ -9,7 +9,7 @@ import pytest
 from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
-from callrouter.yamlfile import YamlFileError
+from callrouter.yamlfile import MAX_FILE_BYTES, YamlFileError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TEMPLATE = 'defaults:\n  external_endpoint: "PJSIP/{number}@trunk"\n'
@@ -351,3 +351,15 @@ def test_with_a_directory_valid_rules_load(tmp_path: Path) -> None:
 def test_a_missing_file_is_an_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_rules(tmp_path / "nowhere.yaml")
+
+
+def test_a_rules_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    with path.open("wb") as sparse:
+        sparse.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(YamlFileError) as caught:
+        load_rules(path, SNAPSHOT)
+    assert caught.value.errors == [
+        f"{path}:1:1: the file is too large to read: 4194305 bytes (4.0 MiB); "
+        "the limit is 4194304 bytes (4.0 MiB)"
+    ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from callrouter.yamlfile import (
+    MAX_FILE_BYTES,
     Located,
     Mark,
     Problem,
@@ -24,6 +28,7 @@ from callrouter.yamlfile import (
     salvage,
     validate_yaml,
 )
+from callrouter.yamlfile import load as yaml_load
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "f.yaml") -> Path:
@@ -244,6 +249,53 @@ def test_aliases_may_not_explode(tmp_path: Path) -> None:
 def test_an_unreadable_file_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    with path.open("wb") as sparse:  # were it read, its NUL bytes would be another error
+        sparse.truncate(10 * 1024 * 1024)
+    with pytest.raises(YamlFileError) as caught:
+        load_yaml(path)
+    assert caught.value.errors == [
+        f"{path}:1:1: the file is too large to read: 10485760 bytes (10.0 MiB); "
+        "the limit is 4194304 bytes (4.0 MiB)"
+    ]
+    assert MAX_FILE_BYTES == 4 * 1024 * 1024
+
+
+def test_the_size_limit_is_inclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "a: 1\nb: 2\n"
+    monkeypatch.setattr(yaml_load, "MAX_FILE_BYTES", len(text))
+    assert load_yaml(write(tmp_path, text))[0] == {"a": 1, "b": 2}
+    assert errors_of(tmp_path, text + "#") == [
+        "f.yaml:1:1: the file is too large to read: 11 bytes; the limit is 10 bytes"
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_the_read_is_capped_where_the_size_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(yaml_load, "MAX_FILE_BYTES", 64)
+    path = tmp_path / "f.yaml"
+    os.mkfifo(path)
+
+    def feed() -> None:
+        # The reader may stop at the limit and close its end before all is written.
+        with contextlib.suppress(BrokenPipeError), path.open("wb", buffering=0) as pipe:
+            pipe.write(b"a: 1\n" * 1000)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        with pytest.raises(YamlFileError) as caught:
+            load_yaml(path)
+    finally:
+        writer.join(timeout=10)
+    assert caught.value.errors == [
+        f"{path}:1:1: the file is too large to read: at least 65 bytes; the limit is 64 bytes"
+    ]
 
 
 # --- validation ----------------------------------------------------------------------
