@@ -208,7 +208,8 @@ def _role_forbids(
 
 
 def _user(doc: DirectoryDocument, users: dict[str, int], extension: str) -> str:
-    return f"user {extension} ({doc.users[users[extension]].name})"
+    index = users.get(extension)  # None: unknown, or an entry left out for its errors
+    return f"user {extension}" if index is None else f"user {extension} ({doc.users[index].name})"
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:

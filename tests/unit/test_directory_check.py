@@ -390,6 +390,22 @@ CROSS: list[tuple[str, dict[str, Any], list[Problem]]] = [
         ],
     ),
     (
+        "two logins at one workplace, the first by an unknown extension",
+        {
+            "users": [user("201")],
+            "workplaces": [workplace("desk-1", "801")],
+            "logins": {"298": "desk-1", "299": "desk-1"},
+        },
+        [
+            Problem(("logins", "298"), "no user has the extension 298", at_key=True),
+            Problem(("logins", "299"), "no user has the extension 299", at_key=True),
+            Problem(
+                ("logins", "299"),
+                "user 298 is already logged in at desk-1; a workplace holds at most one user",
+            ),
+        ],
+    ),
+    (
         "a login the role does not allow",
         {
             "roles": [{"name": "intern", "workplaces": ["desk-1"]}],
@@ -432,6 +448,17 @@ def test_unchecked_names_are_not_reported_unknown() -> None:
     assert check_document(doc) != []
     unchecked = Unchecked(roles={"staff"}, extensions={"202"}, workplaces=EVERY_NAME)
     assert check_document(doc, unchecked=unchecked) == []
+
+
+def test_a_workplace_taken_by_an_unchecked_user_is_reported_without_a_name() -> None:
+    doc = document(users=[user("201")], logins={"202": "desk-1", "201": "desk-1"})
+    unchecked = Unchecked(extensions={"202"}, workplaces=EVERY_NAME)
+    assert check_document(doc, unchecked=unchecked) == [
+        Problem(
+            ("logins", "201"),
+            "user 202 is already logged in at desk-1; a workplace holds at most one user",
+        )
+    ]
 
 
 # --- the loader: every error at once ---------------------------------------------------
