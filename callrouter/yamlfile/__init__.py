@@ -2,7 +2,8 @@
 
 - ``load``: YAML to plain data with the position of every value and mapping key
   (``load_yaml``, ``parse_yaml``); refuses what YAML would silently get wrong
-  (duplicate keys, unsupported tags, ...) and files over ``MAX_FILE_BYTES``.
+  (duplicate keys, unsupported tags, ...) and files over ``MAX_FILE_BYTES``;
+  ``read_yaml`` reports the local ones and goes on, for one run to show all errors.
 - ``errors``: paths into the data, ``Positions``, and the located errors
   (``Located``, ``YamlFileError``, ``format_path``).
 - ``validation``: pydantic's errors and the cross-checks' ``Problem``\\ s as located
@@ -28,7 +29,15 @@ from callrouter.yamlfile.errors import (
     format_path,
     sort_located,
 )
-from callrouter.yamlfile.load import MAX_FILE_BYTES, load_yaml, parse_yaml
+from callrouter.yamlfile.load import (
+    MAX_FILE_BYTES,
+    UNREADABLE,
+    Loaded,
+    load_yaml,
+    parse_yaml,
+    read_yaml,
+    read_yaml_text,
+)
 from callrouter.yamlfile.partial import Salvage, salvage
 from callrouter.yamlfile.validation import (
     error_path,
@@ -41,7 +50,9 @@ from callrouter.yamlfile.validation import (
 
 __all__ = [
     "MAX_FILE_BYTES",
+    "UNREADABLE",
     "FileName",
+    "Loaded",
     "Located",
     "Mark",
     "Path",
@@ -57,6 +68,8 @@ __all__ = [
     "locate_problems",
     "locate_validation_error",
     "parse_yaml",
+    "read_yaml",
+    "read_yaml_text",
     "salvage",
     "sort_located",
     "validate_data",

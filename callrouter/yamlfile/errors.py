@@ -78,6 +78,9 @@ class Positions:
     values: dict[Path, Mark] = field(default_factory=dict)  # the value's node
     keys: dict[Path, Mark] = field(default_factory=dict)  # the mapping key's node
     scalars: dict[Path, str] = field(default_factory=dict)  # raw text of scalar values
+    # Values that could not be read (e.g. an unsupported tag), already reported as
+    # such while loading: errors found in them later are not reported again.
+    unreadable: set[Path] = field(default_factory=set)
 
     def nearest(self, path: Iterable[PathKey]) -> Path:
         """The deepest recorded path along ``path``; unrecorded steps are skipped.
@@ -100,6 +103,13 @@ class Positions:
             if key is not None:
                 return key
         return self.values.get(found, Mark(1, 1))
+
+    def in_unreadable(self, path: Iterable[PathKey]) -> bool:
+        """Whether ``path`` (as ``nearest`` finds it) is, or is in, an unreadable value."""
+        if not self.unreadable:
+            return False
+        found = self.nearest(path)
+        return any(found[:length] in self.unreadable for length in range(len(found) + 1))
 
 
 def format_path(path: Iterable[PathKey]) -> str:

@@ -9,12 +9,21 @@ written twice is an error instead of PyYAML's silent "last one wins".
 
 A file that cannot be read raises ``OSError`` as usual; everything wrong *inside* a
 file raises ``YamlFileError`` carrying every located error at once.
+
+``read_yaml`` goes on where a problem is local, so that the schema's and the
+cross-checks' errors of the same file can be reported in the same run: a duplicate
+key keeps its first value, a value that cannot be read (an unsupported tag, a date
+like 2024-13-45) becomes ``UNREADABLE`` (invalid for any model field) and its path
+is recorded in ``Positions.unreadable``.  Only what stops parsing altogether (a
+syntax error, bytes that are not UTF-8, a file over ``MAX_FILE_BYTES``, aliases
+expanding to too much data) raises.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -38,8 +47,31 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 _ALIAS_EXPANSION_FACTOR = 10
 _ALIAS_EXPANSION_SLACK = 10_000
 # Larger files are refused unread: PyYAML is pure Python here, and a 10 MB rules file
-# once took 30 s to parse.  Far above any real directory or rules file.
+# once took 30 s to parse.  Far above any real directory or rules file (a 4 MiB one
+# holds some 28,000 FollowMe rules and itself takes 10 to 30 s).
 MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+class _Unreadable:
+    """The type of ``UNREADABLE``: no model field accepts it (unless typed Any/object)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNREADABLE"
+
+
+# In ``read_yaml``'s data: a value that could not be read, its error already reported.
+UNREADABLE: Final = _Unreadable()
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A file's data and positions, and the problems in it that did not stop loading."""
+
+    data: Any
+    positions: Positions
+    errors: tuple[Located, ...] = ()
 
 
 def load_yaml(path: FileName) -> tuple[Any, Positions]:
@@ -49,7 +81,15 @@ def load_yaml(path: FileName) -> tuple[Any, Positions]:
     wrong inside it (syntax, duplicate keys, unsupported tags) or when it is larger
     than ``MAX_FILE_BYTES``.  An empty file is an empty mapping.
     """
-    return parse_yaml(_read_file(path), os.fspath(path))
+    return _strict(read_yaml(path))
+
+
+def read_yaml(path: FileName) -> Loaded:
+    """``load_yaml``, going on after local problems: they are returned, not raised.
+
+    Raises OSError, and YamlFileError only for what stops parsing (module docstring).
+    """
+    return read_yaml_text(_read_file(path), os.fspath(path))
 
 
 def _read_file(path: FileName) -> bytes:
@@ -78,6 +118,17 @@ def _size(count: int) -> str:
 
 def parse_yaml(source: str | bytes, file: str = "<string>") -> tuple[Any, Positions]:
     """``load_yaml`` for text already in memory; ``file`` only names it in errors."""
+    return _strict(read_yaml_text(source, file))
+
+
+def _strict(loaded: Loaded) -> tuple[Any, Positions]:
+    if loaded.errors:
+        raise YamlFileError.from_located(loaded.errors[0].file, loaded.errors)
+    return loaded.data, loaded.positions
+
+
+def read_yaml_text(source: str | bytes, file: str = "<string>") -> Loaded:
+    """``read_yaml`` for text already in memory; ``file`` only names it in errors."""
     if isinstance(source, bytes):
         try:
             text = source.decode("utf-8-sig")
@@ -103,11 +154,9 @@ def parse_yaml(source: str | bytes, file: str = "<string>") -> tuple[Any, Positi
     builder = _Builder(file)
     if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG and not root.value):
         builder.positions.values[()] = Mark(1, 1)
-        return {}, builder.positions
+        return Loaded({}, builder.positions)
     data = builder.build(root)
-    if builder.errors:
-        raise YamlFileError.from_located(file, builder.errors)
-    return data, builder.positions
+    return Loaded(data, builder.positions, tuple(builder.errors))
 
 
 def _line_column(source: bytes | str, offset: int) -> tuple[int, int]:
@@ -154,6 +203,11 @@ class _Builder:
         self._distinct: set[int] = set()
         self._visits = 0
 
+    def unreadable(self, mark: Mark, path: Path, message: str) -> _Unreadable:
+        self.error(mark, path, message)
+        self.positions.unreadable.add(path)
+        return UNREADABLE
+
     def error(self, mark: Mark, path: Path, message: str) -> None:
         where = format_path(path)
         self.errors.append(
@@ -183,19 +237,16 @@ class _Builder:
             try:
                 return self._constructor.construct_object(node, deep=True)
             except ConstructorError as exc:
-                self.error(mark, path, f"cannot read this value: {exc.problem}")
-                return None
+                return self.unreadable(mark, path, f"cannot read this value: {exc.problem}")
             except (ValueError, OverflowError) as exc:  # e.g. a date like 2024-13-45
-                self.error(mark, path, f"cannot read this value: {exc}")
-                return None
+                return self.unreadable(mark, path, f"cannot read this value: {exc}")
         if id(node) in self._open:
-            self.error(mark, path, "an alias (*name) refers to a value that contains itself")
-            return None
+            message = "an alias (*name) refers to a value that contains itself"
+            return self.unreadable(mark, path, message)
         self._open.add(id(node))
         try:
             if node.tag not in (_MAP_TAG, _SEQ_TAG):
-                self.error(mark, path, f"the tag {node.tag} is not supported here")
-                return None
+                return self.unreadable(mark, path, f"the tag {node.tag} is not supported here")
             if isinstance(node, SequenceNode):
                 return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
             assert isinstance(node, MappingNode)

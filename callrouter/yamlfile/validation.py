@@ -29,7 +29,7 @@ from callrouter.yamlfile.errors import (
     format_path,
     sort_located,
 )
-from callrouter.yamlfile.load import load_yaml
+from callrouter.yamlfile.load import read_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,9 +38,20 @@ _SECRET_FIELDS = frozenset({"pin", "pin_hash", "password", "secret", "token"})
 
 
 def validate_yaml(path: FileName, model_cls: type[M]) -> M:
-    """Load ``path`` and validate it as ``model_cls``; raise YamlFileError with every error."""
-    data, positions = load_yaml(path)
-    return validate_data(path, data, positions, model_cls)
+    """Load ``path`` and validate it as ``model_cls``; raise YamlFileError with every error.
+
+    Problems that do not stop loading (a duplicate key, an unsupported tag) are
+    reported together with the validation errors of the rest.
+    """
+    loaded = read_yaml(path)
+    try:
+        model = model_cls.model_validate(loaded.data)
+    except ValidationError as exc:
+        located = locate_validation_error(path, exc, loaded.positions, model_cls)
+        raise YamlFileError.from_located(path, [*loaded.errors, *located]) from None
+    if loaded.errors:
+        raise YamlFileError.from_located(path, loaded.errors)
+    return model
 
 
 def validate_data(path: FileName, data: Any, positions: Positions, model_cls: type[M]) -> M:
@@ -61,7 +72,9 @@ def locate_validation_error(
 ) -> list[Located]:
     """Each pydantic error as a located, readable error (never echoing its input).
 
-    ``model_cls`` lets an unknown key be answered with the keys allowed there.
+    ``model_cls`` lets an unknown key be answered with the keys allowed there.  Errors
+    in values that could not be read (``Positions.unreadable``) are left out: loading
+    reported those already.
     """
     file = os.fspath(path)
     located: list[Located] = []
@@ -71,6 +84,8 @@ def locate_validation_error(
         if error["type"] == "too_short" and _has_inner_error(loc, errors):
             continue  # pydantic counts only the valid items: the items' own errors say it
         at_key = error["type"] == "extra_forbidden" or "[key]" in error["loc"]
+        if not at_key and positions.in_unreadable(loc):
+            continue  # the value's error was reported by loading; its key's is not
         found = positions.nearest(loc)
         shown = found
         if error["type"] == "missing" and len(found) < len(loc):
@@ -106,7 +121,8 @@ def locate_problems(
 ) -> list[str]:
     """``FILE:LINE:COLUMN: message`` lines for ``problems``, sorted by position.
 
-    Without ``positions`` the file is read again to find them.
+    Without ``positions`` the file is read again to find them (``read_yaml``: its
+    own YAML problems are not raised here).
     """
     return [str(error) for error in locate_problem_list(path, problems, positions)]
 
@@ -116,7 +132,7 @@ def locate_problem_list(
 ) -> list[Located]:
     """``locate_problems``, as data."""
     if positions is None:
-        _, positions = load_yaml(path)
+        positions = read_yaml(path).positions
     file = os.fspath(path)
     located: list[Located] = []
     for problem in problems:
