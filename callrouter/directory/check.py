@@ -266,7 +266,7 @@ def _role_forbids(
 
 
 def _user(doc: DirectoryDocument, users: dict[str, int], extension: str) -> str:
-    index = users.get(extension)  # unknown extensions are reported where they stand
+    index = users.get(extension)  # None: unknown, or an entry left out for its errors
     return f"user {extension}" if index is None else f"user {extension} ({doc.users[index].name})"
 
 

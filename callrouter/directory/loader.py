@@ -24,9 +24,9 @@ from callrouter.yamlfile import (
     YamlFileError,
     error_path,
     format_path,
-    load_yaml,
     locate_problem_list,
     locate_validation_error,
+    read_yaml,
     salvage,
 )
 
@@ -34,23 +34,26 @@ from callrouter.yamlfile import (
 def load_document(path: FileName) -> DirectoryDocument:
     """The directory document in ``path``.
 
-    Raises YamlFileError with every error found (syntax, shape, values and
-    cross-references), sorted by line and column; OSError when unreadable.
+    Raises YamlFileError with every error found (YAML, shape, values and
+    cross-references), sorted by line and column; OSError when unreadable.  Only a
+    YAML problem that stops loading (a syntax error) hides the others.
     """
-    data, positions = load_yaml(path)
+    loaded = read_yaml(path)
+    data, positions = loaded.data, loaded.positions
+    errors = list(loaded.errors)
     try:
         document = DirectoryDocument.model_validate(data)
     except ValidationError as exc:
-        errors = locate_validation_error(path, exc, positions, DirectoryDocument)
+        errors += locate_validation_error(path, exc, positions, DirectoryDocument)
         partial = salvage(data, DirectoryDocument)
         if partial is not None:
             found = check_document(partial.model, unchecked=_unchecked(positions, partial.removed))
             problems = [partial.original_problem(problem) for problem in found]
             errors += locate_problem_list(path, problems, positions)
         raise YamlFileError.from_located(path, errors) from None
-    problems = check_document(document)
-    if problems:
-        raise YamlFileError.from_located(path, locate_problem_list(path, problems, positions))
+    errors += locate_problem_list(path, check_document(document), positions)
+    if errors:
+        raise YamlFileError.from_located(path, errors)
     return document
 
 

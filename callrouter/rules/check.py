@@ -118,7 +118,7 @@ _ENTRIES = {"users": "followme", "workplaces": "ring"}  # where each section's r
 
 
 def check_rules_data(data: Any, snapshot: DirectorySnapshot) -> list[Problem]:
-    """``check_rules`` for rules data (from ``load_yaml``) that is not valid as a whole.
+    """``check_rules`` for rules data (from ``read_yaml``) that is not valid as a whole.
 
     Each rule is checked on its own and each of its ring entries is validated on its
     own, invalid values left out (their validation errors say what is wrong with

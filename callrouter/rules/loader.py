@@ -14,9 +14,9 @@ from callrouter.rules.model import RingRules
 from callrouter.yamlfile import (
     FileName,
     YamlFileError,
-    load_yaml,
     locate_problem_list,
     locate_validation_error,
+    read_yaml,
 )
 
 
@@ -26,22 +26,26 @@ def load_rules(path: FileName, snapshot: DirectorySnapshot | None = None) -> Rin
     With ``snapshot`` the rules are also checked against the directory
     (``check_rules``), and those problems are reported together with any shape
     errors: the parts of the file that are valid are still cross-checked, each
-    rule and ring entry on its own (``check_rules_data``).
+    rule and ring entry on its own (``check_rules_data``).  So are the YAML problems
+    that do not stop loading (a duplicate key keeps its first value, a value that
+    cannot be read is invalid); a syntax error stops it.
 
     Raises YamlFileError with every error found, sorted by line and column, and
     OSError when the file cannot be read.
     """
-    data, positions = load_yaml(path)
+    loaded = read_yaml(path)
+    data, positions = loaded.data, loaded.positions
+    errors = list(loaded.errors)
     try:
         rules = RingRules.model_validate(data)
     except ValidationError as exc:
-        errors = locate_validation_error(path, exc, positions, RingRules)
+        errors += locate_validation_error(path, exc, positions, RingRules)
         if snapshot is not None:
             problems = check_rules_data(data, snapshot)
             errors += locate_problem_list(path, problems, positions)
         raise YamlFileError.from_located(path, errors) from None
     if snapshot is not None:
-        problems = check_rules(rules, snapshot)
-        if problems:
-            raise YamlFileError.from_located(path, locate_problem_list(path, problems, positions))
+        errors += locate_problem_list(path, check_rules(rules, snapshot), positions)
+    if errors:
+        raise YamlFileError.from_located(path, errors)
     return rules

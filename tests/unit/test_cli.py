@@ -100,6 +100,25 @@ def test_rules_check_reports_shape_and_directory_errors_in_one_run(cli, tmp_path
     ]
 
 
+def test_rules_check_reports_yaml_shape_and_directory_errors_in_one_run(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(THREE_ERRORS + "  office-9: {}\n")
+    code, out, err = cli("rules", "check", str(bad))
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f'{bad}:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to user 202 '
+        "(Boris Chen), not to user 201",
+        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting',
+        f"{bad}:7:3: workplaces.office-9: no workplace has the id office-9",
+        f"{bad}:10:3: workplaces.office-9: duplicate key: already given at line 7, column 3; "
+        "YAML would silently keep only the last",
+    ]
+
+
 def test_rules_check_with_only_directory_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert cli("db", "upgrade")[0] == 0
     assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0

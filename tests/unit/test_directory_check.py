@@ -410,17 +410,18 @@ CROSS: list[tuple[str, dict[str, Any], list[Problem]]] = [
         ],
     ),
     (
-        "an unknown user logged in at a workplace another login names too",
+        "two logins at one workplace, the first by an unknown extension",
         {
-            "users": [user("202")],
+            "users": [user("201")],
             "workplaces": [workplace("desk-1", "801")],
-            "logins": {"299": "desk-1", "202": "desk-1"},
+            "logins": {"298": "desk-1", "299": "desk-1"},
         },
         [
+            Problem(("logins", "298"), "no user has the extension 298", at_key=True),
             Problem(("logins", "299"), "no user has the extension 299", at_key=True),
             Problem(
-                ("logins", "202"),
-                "user 299 is already logged in at desk-1; a workplace holds at most one user",
+                ("logins", "299"),
+                "user 298 is already logged in at desk-1; a workplace holds at most one user",
             ),
         ],
     ),
@@ -467,6 +468,17 @@ def test_unchecked_names_are_not_reported_unknown() -> None:
     assert check_document(doc) != []
     unchecked = Unchecked(roles={"staff"}, extensions={"202"}, workplaces=EVERY_NAME)
     assert check_document(doc, unchecked=unchecked) == []
+
+
+def test_a_workplace_taken_by_an_unchecked_user_is_reported_without_a_name() -> None:
+    doc = document(users=[user("201")], logins={"202": "desk-1", "201": "desk-1"})
+    unchecked = Unchecked(extensions={"202"}, workplaces=EVERY_NAME)
+    assert check_document(doc, unchecked=unchecked) == [
+        Problem(
+            ("logins", "201"),
+            "user 202 is already logged in at desk-1; a workplace holds at most one user",
+        )
+    ]
 
 
 # --- the loader: every error at once ---------------------------------------------------
@@ -521,6 +533,53 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
         'directory.yaml:26:10: logins."203": user 203 may not log in at office-1: '
         "role intern may log in only at hotdesk-1, lab",
         'directory.yaml:27:3: logins."299": no user has the extension 299',
+    ]
+
+
+def test_yaml_problems_values_and_cross_references_in_one_run(tmp_path: Path) -> None:
+    text = (
+        "roles:\n"
+        "  - name: staff\n"
+        "users:\n"
+        '  - extension: "201"\n'
+        "    name: Anna Berger\n"
+        "    name: Anna B.\n"
+        '    pin: "12"\n'
+        "    phones: [PJSIP/anna-desk]\n"
+        '  - extension: !ext "202"\n'
+        "    name: Boris Chen\n"
+        '  - extension: "203"\n'
+        "    name: Clara\n"
+        "    role: staf\n"
+        "    phones: [PJSIP/anna-desk]\n"
+        "workplaces:\n"
+        '  - {id: office-1, name: Office 1, code: "801"}\n'
+        "logins:\n"
+        '  "202": office-1\n'
+        '  "299": office-1\n'
+    )
+    assert directory_errors(tmp_path, text) == [
+        "directory.yaml:6:5: users[0].name: duplicate key: already given at line 5, "
+        "column 5; YAML would silently keep only the last",
+        "directory.yaml:7:10: users[0].pin: the PIN must be 4 to 12 digits",
+        "directory.yaml:9:16: users[1].extension: cannot read this value: could not "
+        "determine a constructor for the tag '!ext'",
+        "directory.yaml:13:11: users[2].role: unknown role 'staf'; did you mean 'staff'?",
+        "directory.yaml:14:14: users[2].phones[0]: PJSIP/anna-desk is assigned twice: it "
+        "already belongs to user 201 (Anna Berger); a phone belongs to at most one user "
+        "or workplace",
+        # 202 is defined, if unreadably: not an unknown user, and it holds office-1.
+        'directory.yaml:19:3: logins."299": no user has the extension 299',
+        'directory.yaml:19:10: logins."299": user 202 is already logged in at office-1; '
+        "a workplace holds at most one user",
+    ]
+
+
+def test_a_duplicate_key_in_a_valid_directory_is_refused(tmp_path: Path) -> None:
+    text = USER + '    pin: "0815"\n    pin: "4711"\n'
+    assert directory_errors(tmp_path, text) == [
+        "directory.yaml:5:5: users[0].pin: duplicate key: already given at line 4, "
+        "column 5; YAML would silently keep only the last",
     ]
 
 

@@ -9,7 +9,7 @@ import pytest
 from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
-from callrouter.yamlfile import YamlFileError
+from callrouter.yamlfile import MAX_FILE_BYTES, YamlFileError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TEMPLATE = 'defaults:\n  external_endpoint: "PJSIP/{number}@trunk"\n'
@@ -342,6 +342,67 @@ def test_many_external_numbers_without_a_template_hide_no_directory_error(
     assert len(errors) == 2 + 60
 
 
+def test_a_duplicate_key_a_schema_error_and_a_directory_error_in_one_run(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "defaults:\n"
+        "  timeout: 0\n"
+        "users:\n"
+        "  '201':\n"
+        "    followme:\n"
+        "      - ring: [PJSIP/anna-desk, PJSIP/boris-desk]\n"
+        "  201: {}\n"
+        "  '299': {}\n"
+    )
+    expected = [
+        "rules.yaml:2:12: defaults.timeout: Input should be greater than 0",
+        'rules.yaml:6:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to '
+        "user 202 (Boris Chen), not to user 201",
+        'rules.yaml:7:3: users."201": duplicate key: already given at line 4, column 3; '
+        "YAML would silently keep only the last",
+        'rules.yaml:8:3: users."299": no user has the extension 299',
+    ]
+    assert rules_errors(tmp_path, text, SNAPSHOT) == expected
+    # Without a directory: the file's own errors, both kinds.
+    assert rules_errors(tmp_path, text) == [expected[0], expected[2]]
+
+
+def test_unreadable_values_are_reported_once_and_the_rest_is_checked(tmp_path: Path) -> None:
+    text = (
+        "workplaces:\n"
+        "  office-1:\n"
+        "    ring:\n"
+        "      - ring: [PJSIP/office1-desk, !secret x]\n"
+        "        delay: !!python/object/apply:os.system [ls]\n"
+        "      - ring: [PJSIP/ghost]\n"
+        "        timeout: 2024-13-45\n"
+    )
+    assert rules_errors(tmp_path, text, SNAPSHOT) == [
+        "rules.yaml:4:36: workplaces.office-1.ring[0].ring[1]: cannot read this value: "
+        "could not determine a constructor for the tag '!secret'",
+        "rules.yaml:5:16: workplaces.office-1.ring[0].delay: the tag "
+        "tag:yaml.org,2002:python/object/apply:os.system is not supported here",
+        "rules.yaml:6:16: workplaces.office-1.ring[1].ring[0]: PJSIP/ghost is not in the directory",
+        "rules.yaml:7:18: workplaces.office-1.ring[1].timeout: cannot read this value: "
+        "month must be in 1..12",
+    ]
+
+
+def test_a_duplicate_key_in_rules_valid_otherwise_is_refused(tmp_path: Path) -> None:
+    text = "users:\n  '201':\n    followme:\n      - ring: [PJSIP/anna-desk]\n  '201': {}\n"
+    assert rules_errors(tmp_path, text, SNAPSHOT) == [
+        'rules.yaml:5:3: users."201": duplicate key: already given at line 2, column 3; '
+        "YAML would silently keep only the last",
+    ]
+
+
+def test_a_syntax_error_still_stops_loading(tmp_path: Path) -> None:
+    text = "defaults:\n  timeout: 0\nusers:\n  '201': {}\n  '201': {\n"
+    [error] = rules_errors(tmp_path, text, SNAPSHOT)
+    assert error.startswith("rules.yaml:6:1: YAML syntax error: ")
+
+
 def test_with_a_directory_valid_rules_load(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("users:\n  '201':\n    followme:\n      - ring: [PJSIP/anna-desk]\n")
@@ -351,3 +412,15 @@ def test_with_a_directory_valid_rules_load(tmp_path: Path) -> None:
 def test_a_missing_file_is_an_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_rules(tmp_path / "nowhere.yaml")
+
+
+def test_a_rules_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    with path.open("wb") as sparse:
+        sparse.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(YamlFileError) as caught:
+        load_rules(path, SNAPSHOT)
+    assert caught.value.errors == [
+        f"{path}:1:1: the file is too large to read: 4194305 bytes (4.0 MiB); "
+        "the limit is 4194304 bytes (4.0 MiB)"
+    ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from callrouter.yamlfile import (
+    MAX_FILE_BYTES,
+    UNREADABLE,
     Located,
     Mark,
     Problem,
@@ -21,9 +26,12 @@ from callrouter.yamlfile import (
     load_yaml,
     locate_problems,
     parse_yaml,
+    read_yaml,
+    read_yaml_text,
     salvage,
     validate_yaml,
 )
+from callrouter.yamlfile import load as yaml_load
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "f.yaml") -> Path:
@@ -232,6 +240,54 @@ def test_load_errors_are_located(tmp_path: Path, text: str | bytes, expected: li
     assert errors_of(tmp_path, text) == expected
 
 
+def test_read_yaml_reports_local_problems_and_goes_on() -> None:
+    loaded = read_yaml_text(
+        "a: 1\n"
+        "b: !secret abc\n"
+        "c: [x, !!python/object/apply:os.system [ls], z]\n"
+        "a: 2\n"
+        "d: {since: 2024-13-45, ok: yes}\n"
+    )
+    # The first of two values is kept; a value that cannot be read is UNREADABLE.
+    assert loaded.data == {
+        "a": 1,
+        "b": UNREADABLE,
+        "c": ["x", UNREADABLE, "z"],
+        "d": {"since": UNREADABLE, "ok": True},
+    }
+    assert loaded.positions.unreadable == {("b",), ("c", 1), ("d", "since")}
+    assert loaded.positions.values[("d", "ok")] == Mark(5, 28)
+    assert [str(error) for error in loaded.errors] == [
+        "<string>:2:4: b: cannot read this value: could not determine a constructor "
+        "for the tag '!secret'",
+        "<string>:3:8: c[1]: the tag tag:yaml.org,2002:python/object/apply:os.system "
+        "is not supported here",
+        "<string>:4:1: a: duplicate key: already given at line 1, column 1; "
+        "YAML would silently keep only the last",
+        "<string>:5:12: d.since: cannot read this value: month must be in 1..12",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\na: 2\nb: [1, 2\n",  # a syntax error after a duplicate key
+        "a: 1\n\tb: 2\n",
+        b"a: 1\nb: Gr\xfc\xdfe\n",
+        "a: 1\nb: \x07\n",
+    ],
+)
+def test_read_yaml_stops_where_the_file_cannot_be_parsed(tmp_path: Path, text: str | bytes) -> None:
+    with pytest.raises(YamlFileError) as caught:
+        read_yaml(write(tmp_path, text))
+    assert len(caught.value.errors) == 1
+
+
+def test_read_yaml_of_a_valid_file_has_no_errors(tmp_path: Path) -> None:
+    loaded = read_yaml(write(tmp_path, "a: [1, 2]\n"))
+    assert (loaded.data, loaded.errors, loaded.positions.unreadable) == ({"a": [1, 2]}, (), set())
+
+
 def test_aliases_may_not_explode(tmp_path: Path) -> None:
     lines = ["l0: &l0 [a, a, a, a, a, a, a, a, a, a]"]
     for level in range(1, 8):
@@ -244,6 +300,53 @@ def test_aliases_may_not_explode(tmp_path: Path) -> None:
 def test_an_unreadable_file_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    with path.open("wb") as sparse:  # were it read, its NUL bytes would be another error
+        sparse.truncate(10 * 1024 * 1024)
+    with pytest.raises(YamlFileError) as caught:
+        load_yaml(path)
+    assert caught.value.errors == [
+        f"{path}:1:1: the file is too large to read: 10485760 bytes (10.0 MiB); "
+        "the limit is 4194304 bytes (4.0 MiB)"
+    ]
+    assert MAX_FILE_BYTES == 4 * 1024 * 1024
+
+
+def test_the_size_limit_is_inclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "a: 1\nb: 2\n"
+    monkeypatch.setattr(yaml_load, "MAX_FILE_BYTES", len(text))
+    assert load_yaml(write(tmp_path, text))[0] == {"a": 1, "b": 2}
+    assert errors_of(tmp_path, text + "#") == [
+        "f.yaml:1:1: the file is too large to read: 11 bytes; the limit is 10 bytes"
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_the_read_is_capped_where_the_size_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(yaml_load, "MAX_FILE_BYTES", 64)
+    path = tmp_path / "f.yaml"
+    os.mkfifo(path)
+
+    def feed() -> None:
+        # The reader may stop at the limit and close its end before all is written.
+        with contextlib.suppress(BrokenPipeError), path.open("wb", buffering=0) as pipe:
+            pipe.write(b"a: 1\n" * 1000)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        with pytest.raises(YamlFileError) as caught:
+            load_yaml(path)
+    finally:
+        writer.join(timeout=10)
+    assert caught.value.errors == [
+        f"{path}:1:1: the file is too large to read: at least 65 bytes; the limit is 64 bytes"
+    ]
 
 
 # --- validation ----------------------------------------------------------------------
@@ -385,6 +488,48 @@ def test_every_error_is_reported_sorted_by_line_then_column(tmp_path: Path) -> N
     ]
 
 
+def test_yaml_problems_and_validation_errors_come_together(tmp_path: Path) -> None:
+    text = (
+        "users:\n"
+        "  '201': {name: Anna}\n"
+        "  '201': {name: Other}\n"
+        "  '202':\n"
+        "    name: !upper boris\n"
+        "    followme:\n"
+        "      - ring: [a, !x b]\n"
+        "        timeout: 0\n"
+        "title: [x]\n"
+    )
+    # Each unreadable value reported once, as such: not again as a validation error.
+    assert errors_of(tmp_path, text, Sample) == [
+        'f.yaml:3:3: users."201": duplicate key: already given at line 2, column 3; '
+        "YAML would silently keep only the last",
+        'f.yaml:5:11: users."202".name: cannot read this value: could not determine a '
+        "constructor for the tag '!upper'",
+        'f.yaml:7:19: users."202".followme[0].ring[1]: cannot read this value: could not '
+        "determine a constructor for the tag '!x'",
+        'f.yaml:8:18: users."202".followme[0].timeout: Input should be greater than 0',
+        "f.yaml:9:1: title: expected text, got a list",
+    ]
+
+
+def test_a_key_is_checked_although_its_value_cannot_be_read(tmp_path: Path) -> None:
+    assert errors_of(tmp_path, "colour: !x red\nusers:\n  2x: !y {name: B}\n", Sample) == [
+        "f.yaml:1:1: colour: unknown key; allowed here: users, title",
+        "f.yaml:1:9: colour: cannot read this value: could not determine a constructor "
+        "for the tag '!x'",
+        "f.yaml:3:3: users.\"2x\": extension '2x' must be digits",
+        'f.yaml:3:7: users."2x": the tag !y is not supported here',
+    ]
+
+
+def test_a_yaml_problem_in_a_valid_document_is_still_an_error(tmp_path: Path) -> None:
+    assert errors_of(tmp_path, "users:\n  '201': {name: A}\ntitle: a\ntitle: b\n", Sample) == [
+        "f.yaml:4:1: title: duplicate key: already given at line 3, column 1; "
+        "YAML would silently keep only the last",
+    ]
+
+
 def test_validate_returns_the_model(tmp_path: Path) -> None:
     path = write(tmp_path, "users:\n  '201': {name: Anna}\n")
     assert validate_yaml(path, Sample).users["201"].name == "Anna"
@@ -411,6 +556,15 @@ def test_locate_problems(tmp_path: Path) -> None:
         f'{path}:4:19: users."201".followme[0].ring[1]: b is not in the directory',
         f'{path}:6:3: logins."299": no user has the extension 299',
         f'{path}:6:10: logins."299": unknown workplace',
+    ]
+
+
+def test_locate_problems_in_a_file_with_yaml_problems(tmp_path: Path) -> None:
+    path = write(tmp_path, "a: 1\nb: !x 2\na: 3\n")
+    problems = [Problem(("b",), "b is wrong"), Problem(("a",), "a is wrong")]
+    assert locate_problems(path, problems) == [
+        f"{path}:1:4: a: a is wrong",
+        f"{path}:2:4: b: b is wrong",
     ]
 
 
