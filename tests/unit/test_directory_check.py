@@ -595,3 +595,20 @@ def test_a_valid_file_loads(tmp_path: Path) -> None:
     loaded = load_document(path)
     assert loaded.users[0].pin == "0815"
     assert loaded.users[0].phones == ("PJSIP/anna-desk",)
+
+
+def test_a_directory_file_over_its_limit_is_refused_unread(tmp_path: Path) -> None:
+    from callrouter.directory.loader import MAX_DIRECTORY_BYTES
+    from callrouter.yamlfile import MAX_FILE_BYTES
+
+    assert MAX_DIRECTORY_BYTES > MAX_FILE_BYTES  # directories are larger than rules
+    path = tmp_path / "directory.yaml"
+    with path.open("wb") as out:  # sparse: nothing is written, nothing may be read
+        out.truncate(MAX_DIRECTORY_BYTES + 1)
+    with pytest.raises(YamlFileError) as caught:
+        load_document(path)
+    (line,) = caught.value.errors
+    assert line == (
+        f"{path}:1:1: the file is too large to read: {MAX_DIRECTORY_BYTES + 1} bytes "
+        f"(16.0 MiB); the limit is {MAX_DIRECTORY_BYTES} bytes (16.0 MiB)"
+    )
