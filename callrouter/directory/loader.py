@@ -30,7 +30,6 @@ from callrouter.yamlfile import (
     salvage,
 )
 
-
 # A directory file is imported by the CLI, not reloaded by the daemon, so it may be
 # larger than a rules file: 16 MiB holds some 160,000 users (measured here: 20,000
 # users, 2 MB, took 20 s and 200 MB to load, so 16 MiB about 1.5 GB and minutes).

@@ -74,17 +74,17 @@ class Loaded:
     errors: tuple[Located, ...] = ()
 
 
-def load_yaml(path: FileName, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[Any, Positions]:
+def load_yaml(path: FileName, *, max_bytes: int | None = None) -> tuple[Any, Positions]:
     """Read ``path`` into plain data and the positions of its parts.
 
     Raises OSError when the file cannot be read and YamlFileError for anything
     wrong inside it (syntax, duplicate keys, unsupported tags) or when it is larger
-    than ``max_bytes``.  An empty file is an empty mapping.
+    than ``max_bytes`` (default ``MAX_FILE_BYTES``).  An empty file is an empty mapping.
     """
     return _strict(read_yaml(path, max_bytes=max_bytes))
 
 
-def read_yaml(path: FileName, *, max_bytes: int = MAX_FILE_BYTES) -> Loaded:
+def read_yaml(path: FileName, *, max_bytes: int | None = None) -> Loaded:
     """``load_yaml``, going on after local problems: they are returned, not raised.
 
     Raises OSError, and YamlFileError only for what stops parsing (module docstring).
@@ -92,12 +92,13 @@ def read_yaml(path: FileName, *, max_bytes: int = MAX_FILE_BYTES) -> Loaded:
     return read_yaml_text(_read_file(path, max_bytes), os.fspath(path))
 
 
-def _read_file(path: FileName, limit: int) -> bytes:
+def _read_file(path: FileName, max_bytes: int | None) -> bytes:
     """The file's bytes; YamlFileError, unread, when it is larger than ``limit``.
 
     The size is taken from the open file before reading, and the read is capped too,
     for a file that grows meanwhile or reports no size (a pipe).
     """
+    limit = MAX_FILE_BYTES if max_bytes is None else max_bytes  # read now: tests patch it
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         source = b"" if size > limit else stream.read(limit + 1)
