@@ -8,6 +8,11 @@ This module only composes; each feature builds itself (``<feature>/build.py``):
   FastAGI (feature codes) ─┐
   HTTP API (client, admin) ┴──▶ LoginService ──▶ directory (SQL) ──▶ LiveDirectory
   AMI DeviceStateChange ──▶ PresenceService (tracker) ──▶ routing, API, Custom:user-EXT
+
+Operations: one ``Metrics`` (metrics.py) handed to the features, served at ``/metrics``
+with the health routes (api/health.py); ``Router.readiness()`` says whether a call can
+be routed now; ``run_router`` tells systemd (systemd.py) when it is ready, how it is,
+that it reloads or stops, and keeps its watchdog fed from the event loop.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from callrouter.ami.client import AmiClient
 from callrouter.api.build import build as build_api
+from callrouter.api.health import Readiness, assess
 from callrouter.ari.client import AriClient
 from callrouter.calls.build import build as build_calls
 from callrouter.calls.driver import CallDriver
@@ -28,8 +35,11 @@ from callrouter.directory.live import LiveDirectory
 from callrouter.fallback.build import build as build_fallback
 from callrouter.logins.build import build as build_logins
 from callrouter.logs import register_secret, setup_logging
+from callrouter.metrics import Metrics, watch_loop_lag
 from callrouter.presence.build import build as build_presence
 from callrouter.presence.live import AMI_EVENTS
+from callrouter.systemd import Notifier, keep_alive, watchdog_interval
+from callrouter.tasks import TaskSet
 from callrouter.yamlfile import YamlFileError
 
 log = logging.getLogger(__name__)
@@ -38,9 +48,12 @@ log = logging.getLogger(__name__)
 class Router:
     """Every running part of one router, built from its settings and the live directory."""
 
-    def __init__(self, settings: Settings, live: LiveDirectory) -> None:
+    def __init__(
+        self, settings: Settings, live: LiveDirectory, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.live = live
+        self.metrics = metrics = metrics if metrics is not None else Metrics()
         assert settings.ari_password is not None and settings.ami_secret is not None
         self.ari = AriClient(
             settings.ari_url,
@@ -56,22 +69,54 @@ class Router:
             events=AMI_EVENTS,  # presence; everything else is actions
         )
         self.presence = build_presence(
-            self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout
+            self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout, metrics=metrics
         )
         self.fallback = build_fallback(self.ami, live)
-        self.intake = build_calls(self.ari, live, self.presence.tracker)
-        self.login_parts = build_logins(settings, live)
+        self.intake = build_calls(self.ari, live, self.presence.tracker, metrics=metrics)
+        self.login_parts = build_logins(settings, live, metrics=metrics)
         self.logins = self.login_parts.service
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server
-        self.api_server = build_api(settings, self.logins, self.presence)
+        self.api_server = build_api(
+            settings, self.logins, self.presence, readiness=self.readiness, metrics=metrics
+        )
+        metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
+        metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)
+        metrics.track_directory(lambda: live.snapshot.revision)
+        metrics.track_ready(lambda: self.readiness().ready)
+        self._monitors = TaskSet("monitors")
 
     @property
     def calls(self) -> dict[str, CallDriver]:
         """The calls in progress, by the caller's channel id."""
         return self.intake.calls
 
+    def readiness(self) -> Readiness:
+        """Whether a call can be routed now, from what the parts know (no I/O)."""
+        checked_at = self.live.checked_at
+        return assess(
+            accepting=self.intake.accepting,
+            snapshot_loaded=self.live.loaded,
+            directory_revision=self.live.snapshot.revision,
+            ari_connected=self.ari.is_connected,
+            ami_connected=self.ami.connected,
+            database_error=self.live.check_error,
+            checked_seconds_ago=None if checked_at is None else time.monotonic() - checked_at,
+            max_snapshot_age=self.settings.snapshot_max_age,
+            calls_in_progress=len(self.calls),
+        )
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status callrouter``)."""
+        state = self.readiness()
+        if not state.ready:
+            return "not ready: " + "; ".join(state.reasons)
+        line = f"routing: {state.calls_in_progress} call(s) in progress, "
+        line += f"directory revision {state.directory_revision}"
+        return "; ".join((line, *state.warnings))
+
     async def start(self) -> None:
+        self._monitors.spawn(watch_loop_lag(self.metrics), "event-loop-lag")
         self.presence.start()
         await self.ami.start(wait=False)
         await self.ari.start()
@@ -94,6 +139,7 @@ class Router:
         await self.ari.close()
         await self.ami.close()
         await self.presence.close()
+        await self._monitors.close()
 
 
 class StopSignals:
@@ -121,17 +167,31 @@ async def run_router(
     force: asyncio.Event | None = None,
 ) -> int:
     """Serve until ``stop`` is set; ``reload`` re-reads directory and rules at once,
-    ``force`` (set while stopping) ends the shutdown grace."""
+    ``force`` (set while stopping) ends the shutdown grace.
+
+    Under systemd (``$NOTIFY_SOCKET``): ``READY=1`` once the snapshot is loaded, the
+    listeners are up and ARI and AMI are connected; ``WATCHDOG=1`` from this loop
+    at half of ``$WATCHDOG_USEC``; ``STOPPING=1`` when the shutdown starts."""
+    notifier = Notifier.from_environment()
+    watchdog = TaskSet("systemd watchdog")  # from the start to the very end
+    interval = watchdog_interval()
+    if notifier.enabled and interval is not None:
+        watchdog.spawn(keep_alive(notifier, interval), "systemd-watchdog")
+    notifier.status("loading the directory")
     engine = create_engine(settings.db)
     try:
         await check_schema(engine)
-        live = LiveDirectory(engine, settings.rules)
+        metrics = Metrics()
+        live = LiveDirectory(engine, settings.rules, metrics=metrics)
         await live.load()
-        router = Router(settings, live)
+        router = Router(settings, live, metrics)
         await router.start()
         log.info("callrouter serving ARI app %r at %s", settings.ari_app, settings.ari_url)
         if on_started is not None:
             on_started(router)
+        reporting = TaskSet("systemd status")
+        if notifier.enabled:
+            reporting.spawn(_report_to_systemd(router, notifier), "systemd-status")
         try:
             while not stop.is_set():
                 try:
@@ -144,16 +204,44 @@ async def run_router(
                     log.info("SIGHUP: reloading directory and rules")
                 if stop.is_set():
                     break
+                if forced:
+                    notifier.reloading()
                 try:
                     await live.refresh(force=forced)
                 except Exception:
                     log.exception("directory refresh failed; the current snapshot stays")
+                finally:
+                    if forced:
+                        notifier.reloaded(router.status_line())
         finally:
+            notifier.stopping(f"stopping: {len(router.calls)} call(s) in progress")
+            await reporting.close()
             await router.stop(settings.shutdown_grace, force=force)
     finally:
         await engine.dispose()
+        await watchdog.close()
+        notifier.close()
     log.info("callrouter stopped")
     return 0
+
+
+async def _report_to_systemd(router: Router, notifier: Notifier) -> None:
+    """READY=1 once ARI and AMI are both connected (the snapshot is loaded and the
+    listeners are up before this starts), then STATUS= whenever the line changes."""
+    last = ""
+    while not (router.ari.is_connected and router.ami.connected):
+        if (line := router.status_line()) != last:
+            notifier.status(line)
+            last = line
+        await asyncio.sleep(0.05)
+    last = router.status_line()
+    notifier.ready(last)
+    log.info("ready: %s", last)
+    while True:
+        await asyncio.sleep(1.0)
+        if (line := router.status_line()) != last:
+            notifier.status(line)
+            last = line
 
 
 def serve(settings: Settings) -> int:

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
 
     # How often the shared directory is checked for changes made elsewhere (seconds).
     directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
+    # When the database cannot be reached the router routes by its snapshot; it counts
+    # as ready (health/ready, callrouter status) for this long after the snapshot was
+    # last confirmed current (seconds).
+    snapshot_max_age: float = Field(default=60.0, gt=0, le=86400)
     # On SIGTERM: how long ringing calls may go on before they are handed back.
     shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
 

@@ -128,6 +128,7 @@ class AmiClient:
         self._closed = False
         self._close_done: asyncio.Event | None = None
         self.banner: str | None = None
+        self.connection_count = 0  # logins made so far (as AriClient counts its websockets)
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._closed else "disconnected"
@@ -438,6 +439,7 @@ class AmiClient:
     async def _serve(self, conn: Connection) -> None:
         """Run a logged-in connection until it ends."""
         self._conn = conn
+        self.connection_count += 1
         self._connected.set()
         if self._ping_interval is not None:
             conn.spawn(self._ping_loop(conn, self._ping_interval), f"ami-ping-{self.peer}")

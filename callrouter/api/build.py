@@ -1,16 +1,28 @@
-"""Wires the HTTP API: user tokens, the admin token, logins and presence."""
+"""Wires the HTTP API: user tokens, the admin token, logins and presence; and the
+operators' routes (health, readiness, /metrics: api/health.py) beside them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from callrouter.api.app import create_api
+from callrouter.api.health import Readiness, operations_routes
 from callrouter.api.server import ApiServer
 from callrouter.api.tokens import TokenSigner
 from callrouter.config import Settings
 from callrouter.logins.service import LoginService
+from callrouter.metrics import Metrics
 from callrouter.presence.live import PresenceService
 
 
-def build(settings: Settings, logins: LoginService, presence: PresenceService) -> ApiServer | None:
+def build(
+    settings: Settings,
+    logins: LoginService,
+    presence: PresenceService,
+    *,
+    readiness: Callable[[], Readiness] | None = None,
+    metrics: Metrics | None = None,
+) -> ApiServer | None:
     if not settings.api_enabled:
         return None
     secret = settings.api_token_secret
@@ -22,4 +34,5 @@ def build(settings: Settings, logins: LoginService, presence: PresenceService) -
     api = create_api(
         logins, signer, None if admin is None else admin.get_secret_value(), presence=presence
     )
+    api.include_router(operations_routes(readiness, metrics))
     return ApiServer(api, settings.api_host, settings.api_port)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from callrouter.ari.client import AriClient
 from callrouter.calls.intake import CallIntake
 from callrouter.directory.live import LiveDirectory
+from callrouter.metrics import Metrics
 from callrouter.routing.resolver import PresenceView
 
 
-def build(ari: AriClient, live: LiveDirectory, presence: PresenceView | None) -> CallIntake:
-    intake = CallIntake(ari, lambda: (live.snapshot, live.rules), presence)
+def build(
+    ari: AriClient,
+    live: LiveDirectory,
+    presence: PresenceView | None,
+    *,
+    metrics: Metrics | None = None,
+) -> CallIntake:
+    intake = CallIntake(ari, lambda: (live.snapshot, live.rules), presence, metrics=metrics)
     ari.on_event = intake.on_event
     ari.on_connected = intake.on_connected
     return intake

@@ -35,6 +35,7 @@ from callrouter.calls.flow import (
     StartOutcome,
     StopLeg,
 )
+from callrouter.metrics import Metrics
 from callrouter.routing.plan import RingPlan
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,14 @@ class CallDriver:
         *,
         ring_timeout_cap: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ari = ari
         self.caller = caller
         self.plan = plan
         self.clock = clock
+        self.arrived = clock()  # the caller's StasisStart reached the router
+        self.metrics = metrics if metrics is not None else Metrics()
         self.call_id = caller.id
         # Every line about this call carries its id as a field too (JSON logs).
         self.log = logging.LoggerAdapter(log, {"call_id": caller.id})
@@ -109,6 +113,7 @@ class CallDriver:
         # Transport only: leg id -> its originate request (the flow hears the outcome).
         self._originates: dict[str, asyncio.Task[StartOutcome]] = {}
         self._ring_timeout_cap = ring_timeout_cap
+        self._first_leg_asked = False
         self._t0 = 0.0
         self._announce = False
         self._detached = False  # see detach()
@@ -296,6 +301,9 @@ class CallDriver:
         run = self.flow.legs[command.leg_id]
         # Our own timer stops the leg; the originate timeout is only a safety net.
         timeout = max(1, round(min(run.stop_at - self.now(), self._ring_timeout_cap)) + 1)
+        # The call's set-up time ends with its first leg's request.
+        asked = None if self._first_leg_asked else self.clock()
+        self._first_leg_asked = True
         try:
             # With the caller as ``originator`` the leg takes over its caller id as it
             # is (and its linkedid and formats). Neither ``callerId`` (Asterisk parses
@@ -323,6 +331,11 @@ class CallDriver:
             if isinstance(exc, AriHttpError):
                 return StartOutcome.REFUSED
             return StartOutcome.UNANSWERED
+        finally:
+            # Counted once the request is out: nothing runs before it but the clock.
+            self.metrics.leg_started()
+            if asked is not None:
+                self.metrics.call_setup(asked - self.arrived)
         self._announce_start()
         self.log.info(
             "call %s: ringing %s (leg %s, t=%.3f)",
@@ -343,6 +356,7 @@ class CallDriver:
         await self._quietly(self.ari.hangup(leg_id))
 
     async def _connect(self, command: Connect) -> None:
+        answered = self.clock() - self.arrived
         self.bridge_id = self.ari.new_id(BRIDGE_PREFIX)
         self.ari.route(self.bridge_id, self.queue)
         try:
@@ -352,11 +366,13 @@ class CallDriver:
             )
             await self.ari.add_channel(self.bridge_id, [self.caller.id, command.leg_id])
         except AriError as exc:
+            self.metrics.call_answered(answered)
             self.log.warning(
                 "call %s: could not connect %s: %s", self.call_id, command.endpoint, exc
             )
             await self._execute(self.flow.connect_failed())
             return
+        self.metrics.call_answered(answered)
         self.log.info("call %s: connected with %s", self.call_id, command.endpoint)
         await self._execute(self.flow.connected())
         # For the dialplan after the call (hang-up handlers, CDRs); the call is up

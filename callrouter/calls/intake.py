@@ -4,7 +4,9 @@
 resolves each new call's plan from the live directory at the moment it arrives,
 reconciles with Asterisk's own lists after every ARI (re)connect, and at shutdown
 lets ringing calls finish within a grace period before handing the rest back to
-the dialplan.
+the dialplan.  It counts each call as it ends (metrics: result, hand-back, how its
+legs ended); the driver counts what happens while it runs (legs asked for, set-up and
+answer times).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError
 from callrouter.ari.events import AriEvent, Channel
 from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
+from callrouter.calls.flow import CallFlow, CallResult, LegChannel
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
+from callrouter.metrics import Metrics
 from callrouter.routing.resolver import PresenceView, resolve_plan
 from callrouter.rules.model import RingRules
 from callrouter.tasks import TaskSet
@@ -34,11 +38,15 @@ class CallIntake:
         ari: AriClient,
         routing_state: Callable[[], tuple[DirectorySnapshot, RingRules]],
         presence: PresenceView | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ari = ari
         self.routing_state = routing_state  # the snapshot and rules in force now
         self.presence = presence
+        self.metrics = metrics if metrics is not None else Metrics()
         self.calls: dict[str, CallDriver] = {}  # by caller channel id
+        self.metrics.track_calls(lambda: len(self.calls))
         self.tasks = TaskSet("calls")
         self.accepting = True
 
@@ -61,10 +69,22 @@ class CallIntake:
         plan = resolve_plan(
             snapshot, rules, extension, caller_endpoint(channel.name), presence=self.presence
         )
-        driver = CallDriver(self.ari, channel, plan)
+        driver = CallDriver(self.ari, channel, plan, metrics=self.metrics)
         self.calls[channel.id] = driver
         task = self.tasks.spawn(driver.run(), f"call {channel.id}")
-        task.add_done_callback(lambda _t: self.calls.pop(channel.id, None))
+        task.add_done_callback(lambda t: self._ended(channel.id, driver, t))
+
+    def _ended(self, channel_id: str, driver: CallDriver, task: asyncio.Task[None]) -> None:
+        self.calls.pop(channel_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            self.metrics.call_error()
+        # None: the task was cancelled first (a connected call left up at shutdown).
+        result = driver.flow.result
+        if result is not None:
+            self.metrics.call_finished(result.value.lower())
+            if result is CallResult.HANDED_BACK:
+                self.metrics.call_handed_back("shutdown")  # the only hand-back there is
+        self.metrics.legs_ended(leg_outcomes(driver.flow))
 
     async def on_connected(self) -> None:
         """After every (re)connect: Asterisk's lists are the truth, not our memory."""
@@ -124,3 +144,18 @@ class CallIntake:
             await driver.hand_back()  # ringing ones go to the fallback
         # Each call's own task sends its hand-back: a moment for that, then cancel.
         await self.tasks.close(grace=_HAND_BACK_TIME)
+
+
+def leg_outcomes(flow: CallFlow) -> list[str]:
+    """How each leg that was asked for ended, as metrics name it: the winner
+    "answered" (whatever ended it later), the rest by their end; a leg still ringing
+    when its call's task was cancelled counts as "cancelled"."""
+    outcomes = []
+    for run in flow.legs.values():
+        if run.channel is LegChannel.NONE:
+            continue  # never asked for
+        if run is flow.winner:
+            outcomes.append("answered")
+        else:
+            outcomes.append("cancelled" if run.end is None else run.end.value)
+    return outcomes

@@ -221,6 +221,18 @@ def rules_check(obj: dict[str, Any], file: Path | None) -> None:
 # --- plan -------------------------------------------------------------------------------
 
 
+def _router_option(help_text: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """``--router URL``: the running router's HTTP API (plan, status)."""
+    return click.option(
+        "--router",
+        "router_url",
+        envvar="CALLROUTER_ROUTER_URL",
+        default="http://127.0.0.1:8090",
+        show_default=True,
+        help=help_text,
+    )
+
+
 @main.command()
 @click.argument("extension")
 @click.option("--caller", help="The calling endpoint, which is never rung.")
@@ -230,14 +242,9 @@ def rules_check(obj: dict[str, Any], file: Path | None) -> None:
     is_flag=True,
     help="Show the rule alone, as if every phone were free and reachable.",
 )
-@click.option(
-    "--router",
-    "router_url",
-    envvar="CALLROUTER_ROUTER_URL",
-    default="http://127.0.0.1:8090",
-    show_default=True,
-    help="The running router's HTTP API, for live presence "
-    "(admin token from CALLROUTER_API_ADMIN_TOKEN).",
+@_router_option(
+    "The running router's HTTP API, for live presence "
+    "(admin token from CALLROUTER_API_ADMIN_TOKEN)."
 )
 @click.pass_obj
 @admin_errors
@@ -312,6 +319,67 @@ def _live_presence(snapshot: Any, extension: str, router_url: str) -> tuple[Any,
         if status is not ClientStatus.OFFLINE:
             tracker.set_client(extension, "router", status)
     return tracker, ""
+
+
+# --- status -----------------------------------------------------------------------------
+
+STATUS_READY, STATUS_NOT_READY, STATUS_UNREACHABLE = 0, 1, 2
+
+
+@main.command()
+@_router_option("The running router's HTTP API.")
+@click.option("--json", "as_json", is_flag=True, help="Print the router's answer as JSON.")
+def status(router_url: str, as_json: bool) -> None:
+    """Ask the running router whether it can route calls now.
+
+    Exit status 0 when it is ready, 1 when it is not (the reasons are printed),
+    2 when it cannot be reached.
+    """
+    import httpx
+
+    try:
+        with httpx.Client(base_url=router_url, timeout=3.0) as api:
+            reply = api.get("/api/v1/health/ready")
+        state = reply.json() if reply.status_code in (200, 503) else None
+    except httpx.HTTPError as exc:
+        click.echo(f"error: no router at {router_url}: {exc.__class__.__name__}: {exc}", err=True)
+        sys.exit(STATUS_UNREACHABLE)
+    except ValueError:  # not JSON: not a router's answer
+        state = None
+    if not isinstance(state, dict) or "ready" not in state:
+        click.echo(
+            f"error: {router_url} did not answer as a router does "
+            f"(GET /api/v1/health/ready: {reply.status_code})",
+            err=True,
+        )
+        sys.exit(STATUS_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        click.echo(_format_status(router_url, state), nl=False)
+    sys.exit(STATUS_READY if state["ready"] else STATUS_NOT_READY)
+
+
+def _format_status(router_url: str, state: dict[str, Any]) -> str:
+    def connected(flag: object) -> str:
+        return "connected" if flag else "NOT connected"
+
+    checked = state.get("snapshot_checked_seconds_ago")
+    database = "reachable" if state.get("database_reachable") else "UNREACHABLE"
+    if checked is not None:
+        database += f" (snapshot confirmed {checked:.1f} s ago)"
+    lines = [
+        f"router at {router_url}: {'ready' if state['ready'] else 'NOT READY'}",
+        f"  ARI        {connected(state.get('ari_connected'))}",
+        f"  AMI        {connected(state.get('ami_connected'))}",
+        f"  database   {database}",
+        f"  directory  revision {state.get('directory_revision')}",
+        f"  calls      {state.get('calls_in_progress')} in progress",
+        # The router's role (active/standby) goes here when that issue lands.
+    ]
+    lines += [f"  not ready: {reason}" for reason in state.get("reasons", [])]
+    lines += [f"  warning: {warning}" for warning in state.get("warnings", [])]
+    return "\n".join(lines) + "\n"
 
 
 # --- logins -----------------------------------------------------------------------------

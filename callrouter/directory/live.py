@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callrouter.directory.revisions import read_revisions
 from callrouter.directory.snapshot import load_logins, load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
+from callrouter.metrics import Metrics
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
 from callrouter.yamlfile import YamlFileError
@@ -30,13 +32,22 @@ class LiveDirectory:
     another router or the CLI arrive within one poll interval); the rules file when
     its modification time changes or on SIGHUP.  A rules file that fails validation
     is refused and the previous rules keep serving.
+
+    For readiness it keeps when the snapshot was last confirmed current against the
+    database (``checked_at``, monotonic) and why the last check failed, if it did.
     """
 
-    def __init__(self, engine: AsyncEngine, rules_path: Path) -> None:
+    def __init__(
+        self, engine: AsyncEngine, rules_path: Path, *, metrics: Metrics | None = None
+    ) -> None:
         self.engine = engine
         self.rules_path = rules_path
+        self.metrics = metrics
         self.snapshot = DirectorySnapshot()
         self.rules = RingRules()
+        self.loaded = False  # load() succeeded
+        self.checked_at: float | None = None  # time.monotonic() of the last good check
+        self.check_error: str | None = None  # why the last check failed (None: it did not)
         self._rules_mtime: float | None = None
         self._refreshing = asyncio.Lock()  # the poll loop and login changes both refresh
         # Called after every change with the extensions it concerns (None: anyone).
@@ -49,9 +60,13 @@ class LiveDirectory:
 
     async def load(self) -> None:
         """The first load: errors here stop the daemon."""
+        started = time.perf_counter()
         self.rules = await asyncio.to_thread(load_rules, self.rules_path)
         self._rules_mtime = self._mtime()
         self.snapshot = await load_snapshot(self.engine)
+        self._reloaded("full", started)
+        self.loaded = True
+        self.checked_at = time.monotonic()
         log.info(
             "directory revision %d: %d users, %d workplaces; rules from %s",
             self.snapshot.revision,
@@ -63,7 +78,16 @@ class LiveDirectory:
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload what changed; True if anything did."""
         async with self._refreshing:
-            return await self._refresh(force)
+            try:
+                changed = await self._refresh(force)
+            except Exception as exc:
+                self.check_error = f"{type(exc).__name__}: {exc}"
+                if self.metrics is not None:
+                    self.metrics.directory_refresh_failed()
+                raise
+            self.checked_at = time.monotonic()
+            self.check_error = None
+            return changed
 
     async def _refresh(self, force: bool) -> bool:
         changed = False
@@ -71,6 +95,7 @@ class LiveDirectory:
         mtime = self._mtime()
         if force or mtime != self._rules_mtime:
             self._rules_mtime = mtime
+            started = time.perf_counter()
             try:
                 # Parsed in a thread: a large file must not stall the calls being set up.
                 self.rules = await asyncio.to_thread(load_rules, self.rules_path)
@@ -83,6 +108,7 @@ class LiveDirectory:
                     exc.strerror,
                 )
             else:
+                self._reloaded("rules", started)
                 log.info("rules reloaded from %s", self.rules_path)
                 changed = True
         rules_changed = changed
@@ -91,9 +117,11 @@ class LiveDirectory:
         if not force and content_revision == old.content_revision and revision != old.revision:
             # Only logins changed: read just those (a full reload of 100,000 users
             # would hold up calls for most of a second).
+            started = time.perf_counter()
             logins, revision, content_revision = await load_logins(self.engine)
             if content_revision == old.content_revision:
                 self.snapshot = replace(old, logins=logins, revision=revision)
+                self._reloaded("logins", started)
                 log.info("logins reloaded at revision %d", revision)
                 concerned = frozenset(
                     ext
@@ -106,7 +134,9 @@ class LiveDirectory:
             or self.snapshot.revision != revision
             or self.snapshot.content_revision != content_revision
         ):
+            started = time.perf_counter()
             self.snapshot = await load_snapshot(self.engine)
+            self._reloaded("full", started)
             log.info("directory reloaded at revision %d", self.snapshot.revision)
             concerned = None
             changed = True
@@ -119,6 +149,10 @@ class LiveDirectory:
                 except Exception:  # one broken listener must not stop the others
                     log.exception("directory change listener failed")
         return changed
+
+    def _reloaded(self, kind: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.directory_reloaded(kind, time.perf_counter() - started)
 
     def _mtime(self) -> float | None:
         try:

@@ -10,8 +10,10 @@ from callrouter.config import Settings
 from callrouter.directory.live import LiveDirectory
 from callrouter.logins.feature_codes import FeatureCodes
 from callrouter.logins.lockout import DatabaseLockout
+from callrouter.logins.metered import MeteredLoginService
 from callrouter.logins.service import LoginService
 from callrouter.logins.sweeper import AutoLogout
+from callrouter.metrics import Metrics
 
 
 @dataclass(slots=True)
@@ -22,8 +24,9 @@ class Logins:
     auto_logout: AutoLogout
 
 
-def build(settings: Settings, live: LiveDirectory) -> Logins:
-    service = LoginService(
+def build(settings: Settings, live: LiveDirectory, *, metrics: Metrics | None = None) -> Logins:
+    service = MeteredLoginService(
+        metrics if metrics is not None else Metrics(),
         live.engine,
         lambda: live.snapshot,
         policy=settings.occupied_workplace,
