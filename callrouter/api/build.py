@@ -20,6 +20,10 @@ def build(settings: Settings, logins: LoginService, presence: PresenceService) -
     )
     admin = settings.api_admin_token
     api = create_api(
-        logins, signer, None if admin is None else admin.get_secret_value(), presence=presence
+        logins,
+        signer,
+        None if admin is None else admin.get_secret_value(),
+        presence=presence,
+        trusted_proxies=settings.api_trusted_proxies,
     )
     return ApiServer(api, settings.api_host, settings.api_port)
