@@ -122,7 +122,9 @@ class ApiServer:
     async def start(self) -> None:
         """Bind now (so a taken port fails the start, loudly), then serve in a task."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted
+        # connections (else Nagle and delayed ACKs hold each answer for ~40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.requested_port))
