@@ -7,13 +7,15 @@ secrets do.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -72,6 +74,10 @@ class Settings(BaseSettings):
     api_token_secret: SecretStr | None = None
     api_token_secret_file: Path | None = None
     api_token_ttl: float = Field(default=12 * 3600, gt=0, le=30 * 86400)
+    # Reverse proxies in front of the API (IP addresses or CIDR networks): only from
+    # these are X-Forwarded-For/Forwarded believed.  Empty: the TCP peer is the client.
+    # In the environment comma-separated: CALLROUTER_API_TRUSTED_PROXIES=10.0.0.5,::1
+    api_trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
 
     # How often the shared directory is checked for changes made elsewhere (seconds).
     directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
@@ -93,6 +99,27 @@ class Settings(BaseSettings):
         if "@" in value.split("//", 1)[1].split("/", 1)[0]:
             raise ValueError("put the ARI credentials in ari_user/ari_password, not the URL")
         return value.rstrip("/")
+
+    @field_validator("api_trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            return value
+        networks: list[Any] = []
+        for item in value:
+            if not isinstance(item, str):
+                networks.append(item)
+                continue
+            try:
+                networks.append(ip_network(item.strip()))
+            except ValueError as exc:
+                raise ValueError(
+                    f"{item.strip()!r} is not an IP address or network "
+                    f"(e.g. 10.0.0.5, 10.0.0.0/24): {exc}"
+                ) from None
+        return networks
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from callrouter.api.limits import MAX_BODY_BYTES, BodyLimit
+from callrouter.api.problems import Problem, ValidationProblem, field_problems
+from callrouter.api.sources import Network, client_address
 from callrouter.api.tokens import TokenSigner
 from callrouter.directory.database import DatabaseError
 from callrouter.domain.identifiers import CLIENT_ID_PATTERN, Extension, WorkplaceId
@@ -118,11 +122,6 @@ class ClientStatusRequest(_Body):
     extension: Extension | None = None  # the admin names the user; users omit it
 
 
-class Problem(BaseModel):
-    detail: str
-    reason: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     extension: str | None  # None: the admin
@@ -162,6 +161,51 @@ def _principal(
 
 # Module level, so that FastAPI can resolve the annotation (postponed evaluation).
 Auth = Annotated[Principal, Depends(_principal)]
+
+
+# The answers the routes give besides 200, for the OpenAPI document (``responses=``).
+_ANSWERS: dict[int, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not UTF-8 JSON"},
+    401: {"model": Problem, "description": "No valid token (a session: wrong extension or PIN)"},
+    403: {"model": Problem, "description": "Not allowed (the role, or another user's)"},
+    404: {"model": Problem, "description": "No such user or workplace"},
+    408: {"model": Problem, "description": "The request body did not arrive in time"},
+    409: {"model": Problem, "description": "The workplace is occupied"},
+    413: {"model": Problem, "description": f"Request body over {MAX_BODY_BYTES} bytes"},
+    422: {
+        "model": ValidationProblem | Problem,
+        "description": "Malformed request: which fields and why (never their values)",
+    },
+    429: {"model": Problem, "description": "Too many wrong PINs: locked (see Retry-After)"},
+    503: {
+        "model": Problem,
+        "description": "The directory database or presence is not available (JSON); or the "
+        "listener has too many connections (text/plain)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
+
+
+# One Server-Sent Event of /api/v1/presence/events (keepalive comments are no events).
+_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["snapshot", "presence"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "snapshot: a JSON array of PresenceView; presence: one PresenceView",
+        },
+    },
+}
+
+
+def _answers(*codes: int, bad_request: str | None = None) -> dict[int | str, dict[str, Any]]:
+    answers: dict[int | str, dict[str, Any]] = {code: _ANSWERS[code] for code in codes}
+    if bad_request is not None:
+        answers[400] = {"model": Problem, "description": bad_request}
+    return answers
 
 
 KEEPALIVE_SECONDS = 15.0
@@ -204,19 +248,29 @@ def create_api(
     signer: TokenSigner,
     admin_token: str | None = None,
     presence: PresenceService | None = None,
+    trusted_proxies: Sequence[Network] = (),
 ) -> FastAPI:
     api = FastAPI(
         title="callrouter",
         summary="Workplace logins (hot desking) for client apps and admins.",
         version="1",
-        responses={401: {"model": Problem}, 422: {"description": "Malformed request"}},
+        # Every request passes the body limit, and the listener's connection cap.
+        responses=_answers(408, 413, 503),
     )
+    api.add_middleware(BodyLimit)
     api.state.logins = service
     api.state.signer = signer
     api.state.admin_token = admin_token
 
     def source_of(request: Request) -> str:
-        return f"api {request.client.host if request.client else 'unknown'}"
+        """The TCP peer, or behind a trusted proxy the client it names (sources.py)."""
+        address = client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            request.headers.getlist("forwarded"),
+            trusted_proxies,
+        )
+        return f"api {address}"
 
     def subject(who: Principal, extension: str | None) -> str:
         """Whom a request acts on: users themselves; the admin whoever they name."""
@@ -239,6 +293,10 @@ def create_api(
             headers=headers,
         )
 
+    @api.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(field_problems(exc.errors()).model_dump(exclude_none=True), 422)
+
     @api.exception_handler(DatabaseError)
     async def _database(request: Request, exc: DatabaseError) -> JSONResponse:
         return JSONResponse(
@@ -251,7 +309,7 @@ def create_api(
     async def health() -> dict[str, object]:
         return {"status": "ok", "directory_revision": service.snapshot.revision}
 
-    @api.post("/api/v1/session", responses={429: {"model": Problem}})
+    @api.post("/api/v1/session", responses=_answers(400, 401, 422, 429))
     async def open_session(body: SessionRequest, request: Request) -> SessionResponse:
         """Trade extension and PIN for a token (lockout after 5 wrong PINs in 15 minutes)."""
         user = await service.check_pin(body.extension, body.pin, source=source_of(request))
@@ -264,7 +322,7 @@ def create_api(
             expires_at=datetime.fromtimestamp(expires, UTC),
         )
 
-    @api.get("/api/v1/me")
+    @api.get("/api/v1/me", responses=_answers(401, bad_request="The admin token is no user's"))
     async def me(who: Auth) -> Me:
         if who.extension is None:
             raise HTTPException(400, "the admin token belongs to no user")
@@ -276,7 +334,7 @@ def create_api(
             extension=user.extension, name=user.name, workplace=snapshot.logins.get(user.extension)
         )
 
-    @api.get("/api/v1/workplaces")
+    @api.get("/api/v1/workplaces", responses=_answers(401))
     async def workplaces(who: Auth) -> list[WorkplaceView]:
         """The workplaces the user may log in to (the admin: all), with who is where."""
         snapshot = service.snapshot
@@ -313,7 +371,7 @@ def create_api(
 
     @api.post(
         "/api/v1/login",
-        responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
+        responses=_answers(400, 401, 403, 404, 409, 422),
     )
     async def login(body: LoginRequest, who: Auth, request: Request) -> LoginState:
         """Log in at a workplace (leaving the previous one)."""
@@ -343,13 +401,23 @@ def create_api(
             device_state=state.device_state.value,
         )
 
-    @api.get("/api/v1/presence")
+    @api.get("/api/v1/presence", responses=_answers(401))
     async def everyone(who: Auth) -> list[PresenceView]:
         """Everyone's merged presence, by extension."""
         tracker = need_presence().tracker
         return [view(tracker.users()[ext]) for ext in sorted(tracker.users())]
 
-    @api.get("/api/v1/presence/events")
+    @api.get(
+        "/api/v1/presence/events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "The event stream",
+                "content": {"text/event-stream": {"schema": _EVENT}},
+            },
+            **_answers(401),
+        },
+    )
     async def presence_events(who: Auth, request: Request) -> StreamingResponse:
         """Server-Sent Events: ``snapshot`` (everyone, once), then one ``presence``
         event per change; a comment line every 15 s keeps proxies from timing out."""
@@ -360,14 +428,14 @@ def create_api(
             headers={"Cache-Control": "no-cache"},
         )
 
-    @api.get("/api/v1/presence/{extension}", responses={404: {"model": Problem}})
+    @api.get("/api/v1/presence/{extension}", responses=_answers(401, 404, 422))
     async def one(extension: str, who: Auth) -> PresenceView:
         state = need_presence().tracker.user(extension)
         if state is None:
             raise HTTPException(404, f"no user with extension {extension}")
         return view(state)
 
-    @api.put("/api/v1/presence/client")
+    @api.put("/api/v1/presence/client", responses=_answers(400, 401, 403, 404, 422))
     async def client_status(body: ClientStatusRequest, who: Auth) -> PresenceView:
         """Set one client's status (and count as its heartbeat)."""
         extension = subject(who, body.extension)
@@ -378,7 +446,7 @@ def create_api(
         assert state is not None
         return view(state)
 
-    @api.get("/api/v1/devices")
+    @api.get("/api/v1/devices", responses=_answers(401, 403))
     async def devices(who: Auth) -> dict[str, str]:
         """Admin: every device state the router knows (what routing sees)."""
         if who.extension is not None:
@@ -388,7 +456,7 @@ def create_api(
             for endpoint, state in sorted(need_presence().tracker.devices().items())
         }
 
-    @api.post("/api/v1/logout", responses={404: {"model": Problem}})
+    @api.post("/api/v1/logout", responses=_answers(400, 401, 403, 404, 422))
     async def logout(who: Auth, request: Request, body: LogoutRequest | None = None) -> LoginState:
         """Log out of the current workplace (nothing happens if not logged in)."""
         extension = subject(who, None if body is None else body.extension)

@@ -32,7 +32,11 @@ def build(
     )
     admin = settings.api_admin_token
     api = create_api(
-        logins, signer, None if admin is None else admin.get_secret_value(), presence=presence
+        logins,
+        signer,
+        None if admin is None else admin.get_secret_value(),
+        presence=presence,
+        trusted_proxies=settings.api_trusted_proxies,
     )
     api.include_router(operations_routes(readiness, metrics))
     return ApiServer(api, settings.api_host, settings.api_port)
