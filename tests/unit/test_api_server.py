@@ -26,7 +26,7 @@ from callrouter.api import TokenSigner, create_api
 from callrouter.api.limits import MAX_BODY_BYTES
 from callrouter.api.server import ApiServer
 from callrouter.api.sources import Network
-from callrouter.logins.lockout import DatabaseLockout
+from callrouter.logins.lockout import DatabaseLockout, Reservation
 from callrouter.logins.service import LoginService
 from tests.unit.conftest import Live
 from tests.unit.test_directory_store import audit_entries
@@ -37,15 +37,15 @@ LOOPBACK: Sequence[Network] = [ip_network("127.0.0.1")]
 
 
 class RecordingLockout(DatabaseLockout):
-    """The lockout in the directory database, noting the keys of every wrong PIN."""
+    """The lockout in the directory database, noting the source of every PIN try."""
 
     def __init__(self, live: Live) -> None:
         super().__init__(live.engine)
-        self.failures: list[tuple[str, ...]] = []
+        self.tried_from: list[str] = []
 
-    async def failed(self, *keys: str) -> None:
-        self.failures.append(keys)
-        await super().failed(*keys)
+    async def reserve(self, extension: str, source: str) -> Reservation:
+        self.tried_from.append(source)
+        return await super().reserve(extension, source)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Router:
         return f"http://127.0.0.1:{self.server.port}"
 
     def sources(self) -> list[str]:
-        return [key for keys in self.lockout.failures for key in keys if key.startswith("source:")]
+        return self.lockout.tried_from
 
 
 @contextlib.asynccontextmanager
@@ -109,7 +109,7 @@ async def test_forwarding_headers_from_an_untrusted_peer_change_nothing(live: Li
             assert (await wrong_pin(http, f"90{i}", forged)).status_code == 401
         reply = await wrong_pin(http, "909", {"X-Forwarded-For": "203.0.113.99"})
         assert reply.status_code == 429
-        assert set(router.sources()) == {"source:api 127.0.0.1"}
+        assert set(router.sources()) == {"api 127.0.0.1"}
 
         reply = await http.post(
             "/api/v1/login",
@@ -130,9 +130,9 @@ async def test_behind_a_trusted_proxy_the_client_it_names_counts(live: Live) -> 
         await wrong_pin(http, "902", {"X-Forwarded-For": "10.9.9.9, 198.51.100.4, 127.0.0.1"})
         await wrong_pin(http, "903", {"Forwarded": 'for="[2001:db8::17]:4711";proto=https'})
         assert router.sources() == [
-            "source:api 203.0.113.9",
-            "source:api 198.51.100.4",
-            "source:api 2001:db8::17",
+            "api 203.0.113.9",
+            "api 198.51.100.4",
+            "api 2001:db8::17",
         ]
         reply = await http.post(
             "/api/v1/login",
@@ -169,7 +169,7 @@ async def test_garbage_from_a_trusted_proxy_falls_back_to_the_peer(
         httpx.AsyncClient(base_url=router.url) as http,
     ):
         assert (await wrong_pin(http, "901", headers)).status_code == 401
-        assert router.sources() == ["source:api 127.0.0.1"]
+        assert router.sources() == ["api 127.0.0.1"]
 
 
 # --- bodies -------------------------------------------------------------------------------
