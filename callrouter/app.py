@@ -60,7 +60,7 @@ class Router:
         )
         self.fallback = build_fallback(self.ami, live)
         self.intake = build_calls(self.ari, live, self.presence.tracker)
-        self.login_parts = build_logins(settings, live)
+        self.login_parts = build_logins(settings, live, self.ari)  # ARI checks AGI channels
         self.logins = self.login_parts.service
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server
