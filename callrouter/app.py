@@ -73,7 +73,8 @@ class Router:
         )
         self.fallback = build_fallback(self.ami, live)
         self.intake = build_calls(self.ari, live, self.presence.tracker, metrics=metrics)
-        self.login_parts = build_logins(settings, live, metrics=metrics)
+        # ARI checks that a FastAGI session is a real call on this Asterisk.
+        self.login_parts = build_logins(settings, live, self.ari, metrics=metrics)
         self.logins = self.login_parts.service
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server

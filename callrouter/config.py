@@ -49,6 +49,21 @@ class Settings(BaseSettings):
     agi_enabled: bool = True
     agi_host: str = "127.0.0.1"
     agi_port: int = Field(default=4573, ge=0, le=65535)
+    # Any local process can connect to the FastAGI port, so a session is served only
+    # when ARI confirms its channel (a live call running AGI), and the room is split
+    # (see AgiServer): verified sessions, i.e. real calls, at once ...
+    agi_max_sessions: int = Field(default=256, ge=1, le=10_000)
+    # ... and connections not verified yet, in all and per peer address.  A new
+    # connection takes the slot of a refused, silent or stalled one, so a flood cannot
+    # starve real calls; the per-address cap keeps one address from taking all of it.
+    # Under a flood of forged sessions the room must exceed what a few turns of the
+    # event loop accept (16 a turn) plus the checks in flight: 32 was measured too
+    # small, 128 enough (README).
+    agi_max_unverified: int = Field(default=256, ge=1, le=10_000)
+    agi_max_unverified_per_source: int = Field(default=128, ge=1, le=10_000)
+    # Asterisk sends the whole AGI environment at once; a peer that does not (seconds)
+    # is dropped.
+    agi_environment_timeout: float = Field(default=2.0, gt=0, le=60)
     # What a workplace phone dials to log in (prefix + extension [+ # + PIN]) or,
     # alone, to log out.  The dialplan's pattern must match it (dialplan/callrouter.conf).
     login_prefix: str = Field(default="*44", pattern=r"^[*#]?[0-9]{1,6}$")

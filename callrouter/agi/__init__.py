@@ -15,7 +15,8 @@ from callrouter.agi.protocol import (
     parse_reply,
     parse_request,
 )
-from callrouter.agi.server import AgiServer, AgiSession, Handler
+from callrouter.agi.ratelimit import RateLimitedLog
+from callrouter.agi.server import AgiServer, AgiSession, ChannelCheck, Handler
 
 __all__ = [
     "MAX_HEADER_LINES",
@@ -29,8 +30,10 @@ __all__ = [
     "AgiServer",
     "AgiSession",
     "AgiTimeout",
+    "ChannelCheck",
     "EnvironmentParser",
     "Handler",
+    "RateLimitedLog",
     "format_command",
     "parse_reply",
     "parse_request",

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from callrouter.agi import AgiServer
+from callrouter.agi import AgiServer, ChannelCheck
+from callrouter.ari.rest import AriRest
 from callrouter.config import Settings
 from callrouter.directory.live import LiveDirectory
 from callrouter.logins.feature_codes import FeatureCodes
@@ -14,6 +15,9 @@ from callrouter.logins.metered import MeteredLoginService
 from callrouter.logins.service import LoginService
 from callrouter.logins.sweeper import AutoLogout
 from callrouter.metrics import Metrics
+
+# The dialplan application a channel runs while it talks to our FastAGI server.
+AGI_APP = "AGI"
 
 
 @dataclass(slots=True)
@@ -24,7 +28,26 @@ class Logins:
     auto_logout: AutoLogout
 
 
-def build(settings: Settings, live: LiveDirectory, *, metrics: Metrics | None = None) -> Logins:
+def ari_channel_check(ari: AriRest) -> ChannelCheck:
+    """A FastAGI session is a real call when ARI has a channel whose id is the
+    session's ``agi_uniqueid`` (a channel's ARI id is its uniqueid), whose name is
+    exactly its ``agi_channel``, and which is running AGI now (so the name and
+    uniqueid of a call that is merely in progress, ringing or talking, do not do).
+
+    A 404 is False; ARI unreachable or answering with another error raises, and the
+    server refuses the session as unverifiable.
+    """
+
+    async def check(channel: str, uniqueid: str) -> bool:
+        found = await ari.get_channel(uniqueid)  # GET /channels/{uniqueid}
+        return found is not None and found.name == channel and found.app_name == AGI_APP
+
+    return check
+
+
+def build(
+    settings: Settings, live: LiveDirectory, ari: AriRest, *, metrics: Metrics | None = None
+) -> Logins:
     service = MeteredLoginService(
         metrics if metrics is not None else Metrics(),
         live.engine,
@@ -35,7 +58,17 @@ def build(settings: Settings, live: LiveDirectory, *, metrics: Metrics | None = 
     )
     feature_codes = FeatureCodes(service, settings.login_prefix)
     agi_server = (
-        AgiServer(feature_codes.handlers, host=settings.agi_host, port=settings.agi_port)
+        AgiServer(
+            feature_codes.handlers,
+            host=settings.agi_host,
+            port=settings.agi_port,
+            channel_check=ari_channel_check(ari),
+            on_refused=feature_codes.refuse_unverified,
+            max_sessions=settings.agi_max_sessions,
+            max_unverified=settings.agi_max_unverified,
+            max_unverified_per_source=settings.agi_max_unverified_per_source,
+            environment_timeout=settings.agi_environment_timeout,
+        )
         if settings.agi_enabled
         else None
     )

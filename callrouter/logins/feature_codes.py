@@ -8,6 +8,12 @@ From a workplace's phone, with the default prefix ``*44``:
 
 The workplace is always the one the calling phone belongs to.  Each outcome is
 spoken with Asterisk's own sound files, then the call ends.
+
+The calling phone is known from ``agi_channel`` alone, which any local process can
+write: so nothing is done for a session whose channel the FastAGI server has not
+verified (``AgiSession.channel_verified``: ARI knows a channel of that name and
+uniqueid, running AGI).  The server hands sessions it refused to
+:meth:`FeatureCodes.refuse_unverified`, which says "not available" and nothing else.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ PIN_TIMEOUT_MS = 10_000
 MAX_PIN_DIGITS = PIN_LENGTH
 
 # Asterisk core sounds (English), by what they say.
+NOT_AVAILABLE = "feature-not-avail-line"  # "... that feature is not available on this line"
 ASK_PIN = "agent-pass"  # "Please enter your password followed by the pound key."
 LOGGED_IN = "agent-loginok"  # "Agent logged in."
 LOGGED_OUT = "agent-loggedoff"  # "Agent logged off."
@@ -42,15 +49,17 @@ PROMPTS: dict[Refusal | None, tuple[str, ...]] = {
     Refusal.BAD_CREDENTIALS: ("vm-incorrect",),  # "Login incorrect."
     Refusal.UNKNOWN_USER: ("vm-incorrect",),  # said the same way: never tell which
     Refusal.LOCKED: ("vm-incorrect", "please-try-call-later"),
-    Refusal.NOT_ALLOWED: ("im-sorry", "feature-not-avail-line"),
+    Refusal.NOT_ALLOWED: ("im-sorry", NOT_AVAILABLE),
     Refusal.OCCUPIED: ("im-sorry", "is-in-use"),
-    Refusal.NOT_A_WORKPLACE_PHONE: ("feature-not-avail-line",),
-    Refusal.UNKNOWN_WORKPLACE: ("feature-not-avail-line",),
+    Refusal.NOT_A_WORKPLACE_PHONE: (NOT_AVAILABLE,),
+    Refusal.UNKNOWN_WORKPLACE: (NOT_AVAILABLE,),
     Refusal.BAD_INPUT: ("privacy-incorrect",),  # "I'm sorry, that number is not valid."
     None: ("im-sorry", "please-try-call-later"),  # our own failure
 }
+# What a session whose channel could not be verified hears (forged, or ARI down).
+UNVERIFIED_PROMPTS = (NOT_AVAILABLE, GOODBYE)
 ALL_PROMPTS = frozenset(
-    {ASK_PIN, LOGGED_IN, LOGGED_OUT, GOODBYE}
+    {ASK_PIN, LOGGED_IN, LOGGED_OUT, GOODBYE, *UNVERIFIED_PROMPTS}
     | {name for names in PROMPTS.values() for name in names}
 )
 
@@ -121,8 +130,31 @@ class FeatureCodes:
             self._index = (id(snapshot), _phone_index(snapshot))
         return self._index[1].get(endpoint)
 
+    async def refuse_unverified(self, session: AgiSession) -> None:
+        """A session whose channel was not verified: "not available", and hang up.
+
+        Acts on nothing, records no outcome and logs nothing: the server logged the
+        refusal, rate-limited, and a flood of forged sessions must neither fill the
+        log nor push real calls out of :attr:`outcomes`.
+        """
+        with contextlib.suppress(AgiError):
+            await session.answer()
+            for name in UNVERIFIED_PROMPTS:
+                with contextlib.suppress(AgiCommandFailed):  # a missing sound
+                    await session.stream_file(name)
+            await session.hangup()
+
     async def handle(self, session: AgiSession) -> None:
         request = session.request
+        if not session.channel_verified:
+            # Only a server without a channel check gets here: a wiring mistake.
+            log.error(
+                "feature code on %s: channel not verified (the FastAGI server has no "
+                "channel check?): refused",
+                request.channel,
+            )
+            await self.refuse_unverified(session)
+            return
         dialed = request.args[0] if request.args else request.extension
         endpoint = caller_endpoint(request.channel)
         call = _Call(session, request.channel, endpoint)

@@ -10,6 +10,7 @@ import pytest
 
 from callrouter.ami import AmiClient
 from callrouter.ami.protocol import AmiMessage
+from callrouter.ari.events import Channel
 from callrouter.directory.database import create_engine
 from callrouter.directory.revisions import read_revision
 from callrouter.logins.feature_codes import FeatureCodes, FeatureOutcome
@@ -105,6 +106,35 @@ async def dial_code(
     outcome = features.outcomes[-1]
     assert outcome.failed_prompts == (), f"Asterisk could not play {outcome.failed_prompts}"
     return outcome
+
+
+async def forged_session(port: int, channel: str, uniqueid: str, dialed: str) -> list[str]:
+    """A local process posing as Asterisk on the router's FastAGI port: the
+    environment of ``channel``, then "200" to every command; the commands it got."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    env = {
+        "agi_network": "yes",
+        "agi_network_script": "workplace-login",
+        "agi_request": f"agi://127.0.0.1:{port}/workplace-login",
+        "agi_channel": channel,
+        "agi_uniqueid": uniqueid,
+        "agi_callerid": "841",
+        "agi_context": "phones",
+        "agi_extension": "s",
+        "agi_priority": "5",
+        "agi_arg_1": dialed,
+    }
+    writer.write("".join(f"{k}: {v}\n" for k, v in env.items()).encode() + b"\n")
+    commands: list[str] = []
+    try:
+        async with asyncio.timeout(10):
+            while line := await reader.readline():
+                commands.append(line.decode().strip())
+                writer.write(b"200 result=0 endpos=0\n")
+                await writer.drain()
+    finally:
+        writer.close()
+    return commands
 
 
 async def rung(
@@ -239,3 +269,51 @@ async def test_a_login_made_elsewhere_reaches_the_router_through_the_database(
         [phones["rt-dora-own"], phones["rt-desk-b"]],
         [phones["rt-desk-a"]],
     )
+
+
+async def test_a_forged_fastagi_session_cannot_log_the_occupant_out(
+    asterisk: AsteriskSandbox, setup: tuple[RunningRouter, dict[str, SimulatedPhone]]
+) -> None:
+    """Any local process can reach the FastAGI port and name a workplace phone's
+    channel; the router asks ARI first, and the occupant stays."""
+    running, phones = setup
+    router = running.router
+    assert router.agi_server is not None
+    desk_a = phones["rt-desk-a"]
+    outcome = await dial_code(asterisk, running, desk_a, "*44401", pin="4711")
+    assert outcome.ok and router.live.snapshot.logins == {"401": "desk-a"}
+    assert router.agi_server.stats["verified"] == 1  # the real call passed the ARI check
+    revision = await read_revision(router.live.engine)
+    outcomes = len(router.feature_codes.outcomes)
+
+    # A live channel of the workplace's phone: desk A calls 499.
+    call = await desk_a.call("499", asterisk.sip_port)
+    live: list[Channel] = []
+    deadline = time.monotonic() + 10
+    while not live and time.monotonic() < deadline:
+        live = [
+            c for c in await router.ari.list_channels() if c.name.startswith("PJSIP/rt-desk-a-")
+        ]
+        await asyncio.sleep(0.05)
+    assert live, "no channel of rt-desk-a"
+    real = live[0]
+    try:
+        # Its real name with a made-up uniqueid: ARI knows no such channel (404).
+        made_up = await forged_session(router.agi_server.port, real.name, "1700000000.4242", "*44")
+        # Its real name and its real uniqueid (a process could learn both): the channel
+        # lives, but it is ringing 499, not running the feature code's AGI.
+        borrowed = await forged_session(router.agi_server.port, real.name, real.id, "*44")
+    finally:
+        await call.hangup()
+    for commands in (made_up, borrowed):
+        assert commands == [
+            "ANSWER",
+            'STREAM FILE feature-not-avail-line ""',
+            'STREAM FILE goodbye ""',
+            "HANGUP",
+        ]
+    assert router.agi_server.stats["refused"] == 2
+    assert router.live.snapshot.logins == {"401": "desk-a"}
+    assert await read_revision(router.live.engine) == revision
+    assert len(router.feature_codes.outcomes) == outcomes  # forged sessions leave no trace
+    await rung(phones["rt-wl-caller"], asterisk, "401", [phones["rt-dora-own"], desk_a], [])

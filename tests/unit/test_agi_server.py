@@ -417,12 +417,12 @@ async def test_command_words_with_line_breaks_are_refused_before_sending(
 # -- bad peers ----------------------------------------------------------------------
 
 
-async def test_a_silent_peer_is_dropped_after_the_read_timeout(
+async def test_a_silent_peer_is_dropped_after_the_environment_timeout(
     make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
 ) -> None:
     outcome = Outcome()
     server = await make_server(
-        {"login": outcome.handler(lambda s, v: asyncio.sleep(0))}, read_timeout=SHORT
+        {"login": outcome.handler(lambda s, v: asyncio.sleep(0))}, environment_timeout=SHORT
     )
     fake = await connect(server, fakes)
     await fake.wait_closed()
@@ -430,10 +430,10 @@ async def test_a_silent_peer_is_dropped_after_the_read_timeout(
     assert outcome.calls == 0
 
 
-async def test_a_peer_dripping_the_environment_is_dropped_after_the_read_timeout(
+async def test_a_peer_dripping_the_environment_is_dropped_after_the_environment_timeout(
     make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await make_server({}, read_timeout=SHORT)
+    server = await make_server({}, environment_timeout=SHORT)
     fake = await connect(server, fakes)
     await fake.send("agi_network: yes", "agi_channel: PJSIP/a")  # and no more
     await fake.wait_closed()
@@ -533,7 +533,7 @@ async def test_a_failing_handler_is_logged_hung_up_and_the_server_serves_the_nex
 # -- capacity and shutdown ------------------------------------------------------------
 
 
-async def test_connections_over_max_sessions_are_closed_at_once(
+async def test_calls_over_max_sessions_are_closed_at_once(
     make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
 ) -> None:
     release = asyncio.Event()
@@ -551,9 +551,10 @@ async def test_connections_over_max_sessions_are_closed_at_once(
         await started.wait()
 
     refused = await connect(server, fakes)
+    await refused.send_env()
     await refused.wait_closed()
     assert "refused, 1 calls already running (max_sessions)" in caplog.text
-    assert server.sessions == 1
+    assert server.sessions == 1 and server.verified_sessions == 1
 
     release.set()
     await busy.expect("VERBOSE released 1", "200 result=1")
@@ -634,3 +635,165 @@ async def test_the_server_works_as_a_context_manager_on_a_port_it_is_given(
         await outcome.wait()
         await fake.wait_closed()
     assert outcome.values["script"] == "login"
+
+
+# -- only real calls: the channel check --------------------------------------------------
+
+
+class Checks:
+    """A channel check that says yes to the uniqueids in ``live``, and records calls."""
+
+    def __init__(self, *live: str, error: Exception | None = None) -> None:
+        self.live = set(live)
+        self.error = error
+        self.asked: list[tuple[str, str]] = []
+        self.release: asyncio.Event | None = None  # set: checks wait for it
+
+    async def __call__(self, channel: str, uniqueid: str) -> bool:
+        self.asked.append((channel, uniqueid))
+        if self.release is not None:
+            await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return uniqueid in self.live
+
+
+async def refuse(session: AgiSession) -> None:
+    await session.stream_file("feature-not-avail-line")
+    await session.hangup()
+
+
+async def test_a_session_whose_channel_is_live_reaches_its_handler_verified(
+    start_call: StartCall,
+) -> None:
+    checks = Checks("1732800000.17")
+
+    async def body(session: AgiSession, seen: dict[str, Any]) -> None:
+        seen["verified"] = session.channel_verified
+        await session.verbose("real")
+
+    outcome, fake = await start_call(body, channel_check=checks, on_refused=refuse)
+    await fake.expect("VERBOSE real 1", "200 result=1")
+    await fake.wait_closed()
+    assert outcome.values["verified"] is True
+    assert checks.asked == [("PJSIP/alice-00000001", "1732800000.17")]
+
+
+@pytest.mark.parametrize(
+    ("checks", "env", "logged"),
+    [
+        (Checks(), {}, "refused PJSIP/alice-00000001 (uniqueid 1732800000.17): not a live"),
+        (Checks(), {"agi_uniqueid": ""}, "refused PJSIP/alice-00000001: no agi_uniqueid"),
+        (
+            Checks("1732800000.17", error=ConnectionRefusedError(111, "Connection refused")),
+            {},
+            "refused PJSIP/alice-00000001: cannot check the channel (ConnectionRefusedError: "
+            "[Errno 111] Connection refused); a feature code that cannot be verified changes "
+            "nothing",
+        ),
+    ],
+    ids=["not-live", "no-uniqueid", "ari-down"],
+)
+async def test_a_session_whose_channel_is_not_verified_hears_the_refusal_only(
+    make_server: MakeServer,
+    fakes: list[FakeAsterisk],
+    caplog: pytest.LogCaptureFixture,
+    checks: Checks,
+    env: dict[str, str],
+    logged: str,
+) -> None:
+    outcome = Outcome()
+    server = await make_server(
+        {"login": outcome.handler(lambda s, v: asyncio.sleep(0))},
+        channel_check=checks,
+        on_refused=refuse,
+    )
+    fake = await connect(server, fakes)
+    await fake.send_env(**env)
+    await fake.expect('STREAM FILE feature-not-avail-line ""', "200 result=0 endpos=100")
+    await fake.expect("HANGUP", "200 result=1")
+    await fake.wait_closed()
+    assert outcome.calls == 0
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logged in record.getMessage()
+    assert server.stats["verified"] == 0
+
+
+async def test_a_check_that_does_not_answer_in_time_refuses(
+    make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
+) -> None:
+    checks = Checks("1732800000.17")
+    checks.release = asyncio.Event()  # never set: ARI hangs
+    server = await make_server({"login": refuse}, channel_check=checks, check_timeout=SHORT)
+    fake = await connect(server, fakes)
+    await fake.send_env()
+    await fake.expect("HANGUP", "200 result=1")  # no on_refused: hung up
+    await fake.wait_closed()
+    assert "cannot check the channel (no answer within 0.2 s)" in caplog.text
+    assert server.stats["unverifiable"] == 1
+
+
+async def test_a_silent_peer_makes_room_for_a_new_one_and_a_talking_peer_is_spared(
+    make_server: MakeServer, fakes: list[FakeAsterisk], caplog: pytest.LogCaptureFixture
+) -> None:
+    outcome = Outcome()
+
+    async def body(session: AgiSession, seen: dict[str, Any]) -> None:
+        seen.setdefault("served", []).append(session.request.channel)
+        await session.verbose("served")
+
+    server = await make_server(
+        {"login": outcome.handler(body)}, max_unverified=10, max_unverified_per_source=2
+    )
+    silent = await connect(server, fakes)
+    talking = await connect(server, fakes)
+    await talking.send("agi_network: yes")  # the start of an environment, the rest to come
+    async with asyncio.timeout(WAIT):
+        while server.unverified_sessions < 2:
+            await asyncio.sleep(0.01)
+
+    newcomer = await connect(server, fakes)  # the third from 127.0.0.1: one must go
+    await silent.wait_closed()
+    assert server.stats["evicted"] == 1
+    assert "dropped (silent so far) to make room for a new connection" in caplog.text
+
+    await newcomer.send_env(agi_channel="PJSIP/new-00000002")
+    await newcomer.expect("VERBOSE served 1", "200 result=1")
+    await newcomer.wait_closed()
+    await talking.send(  # the rest of it
+        "agi_network_script: login", "agi_channel: PJSIP/talking-00000003", ""
+    )
+    await talking.expect("VERBOSE served 1", "200 result=1")
+    await talking.wait_closed()
+    assert outcome.values["served"] == ["PJSIP/new-00000002", "PJSIP/talking-00000003"]
+
+
+async def test_the_server_accepts_no_faster_than_it_checks(
+    make_server: MakeServer, fakes: list[FakeAsterisk]
+) -> None:
+    checks = Checks(*(f"1.{n}" for n in range(4)))
+    checks.release = asyncio.Event()
+    outcome = Outcome()
+    server = await make_server(
+        {"login": outcome.handler(lambda s, v: s.verbose("ok"))},
+        channel_check=checks,
+        max_checks=1,
+    )
+    first, second = await connect(server, fakes), await connect(server, fakes)
+    await first.send_env(agi_uniqueid="1.0")
+    await second.send_env(agi_uniqueid="1.1")
+    async with asyncio.timeout(WAIT):
+        while len(checks.asked) < 1 or server.unverified_sessions < 2:
+            await asyncio.sleep(0.01)
+    # One being checked, one waiting: the server stops accepting; a third connection
+    # waits in the kernel's queue, its environment sent, until checks catch up.
+    third = await connect(server, fakes)
+    await third.send_env(agi_uniqueid="1.2")
+    await asyncio.sleep(SHORT)
+    assert server.stats["connections"] == 2
+
+    checks.release.set()
+    for fake in (first, second, third):
+        await fake.expect("VERBOSE ok 1", "200 result=1")
+        await fake.wait_closed()
+    assert server.stats["connections"] == 3 and server.stats["verified"] == 3
