@@ -233,6 +233,9 @@ async def test_a_large_rules_file_is_reloaded_without_stalling_the_event_loop(
         done.set()
         await ticking
         assert len(live.rules.users) == 1500
-        assert max(gaps) < parse_time / 4, (max(gaps), parse_time)
+        # Parsed on the loop's thread, the parse would be one gap as long as itself; in
+        # a thread the loop keeps ticking (a busy machine may still add a hiccup).
+        stalled = sum(gap for gap in gaps if gap > 0.05)
+        assert stalled < parse_time / 2, (stalled, parse_time, max(gaps))
     finally:
         await engine.dispose()
