@@ -20,6 +20,7 @@ from benchmarks.sipp_load import (
     proc_cpu_ticks,
     summary,
     sustained_rate,
+    sustained_ratio,
     udp_bound,
 )
 
@@ -200,6 +201,20 @@ def test_sustained_rate_is_the_last_before_falling_off() -> None:
     assert sustained_rate([step("router", 50, 10)], "router") == (None, True)
 
 
+def test_sustained_ratio_decides_only_what_the_floors_allow() -> None:
+    assert sustained_ratio(125, True, 175, True) == ("0.71", False)
+    assert sustained_ratio(175, True, 175, True) == ("1.00", True)
+    # Native did not fall off: its real rate is higher, the real ratio lower.
+    assert sustained_ratio(100, True, 400, False) == ("≤ 0.25", False)
+    assert sustained_ratio(400, True, 400, False) == ("≤ 1.00", None)
+    # The router did not fall off: the real ratio is higher.
+    assert sustained_ratio(400, False, 300, True) == ("≥ 1.33", True)
+    assert sustained_ratio(100, False, 300, True) == ("≥ 0.33", None)
+    assert sustained_ratio(10, False, 10, False) == ("1.00 (both floors)", None)
+    assert sustained_ratio(None, True, 50, True) == ("0.00", False)
+    assert sustained_ratio(50, True, None, True) == ("-", None)
+
+
 def test_overload_rate() -> None:
     assert overload_rate(125, [25, 50], None) == 250
     assert overload_rate(None, [25, 50], None) == 50
@@ -230,6 +245,14 @@ def test_summary_marks_each_goal() -> None:
 
 def test_summary_without_the_steps_says_not_measured() -> None:
     lines = summary([step("router", 5, 40), step("native", 5, 40)])
-    assert "ratio 1.00 (goal ≥ 0.9) met" in lines[0]
+    assert "ratio 1.00 (both floors) (goal ≥ 0.9) not measured" in lines[0]
     assert lines[-1].endswith("no 50/s step not measured")
     assert "overload: not run" in "\n".join(lines)
+
+
+def test_summary_overload_after_a_floor() -> None:
+    ladder = [step("router", 10, 80), step("native", 10, 80)]
+    passed = summary([*ladder, step("router", 20, 160, overload=True)])
+    assert "(goal ≥ 99%) not measured" in "\n".join(passed)
+    failed = summary([*ladder, step("router", 20, 100, overload=True)])
+    assert "(goal ≥ 99%) MISSED" in "\n".join(failed)
