@@ -228,6 +228,8 @@ class Step:
     asterisk_cpu: float  # s over the step
     leftover: int = 0  # Asterisk channels still up after the drain time-out
     wall: float = 0.0  # s over which the CPU was measured
+    #: Calls the SIPp phones counted as failed (their own view): phone -> count.
+    phone_failures: dict[str, int] = field(default_factory=dict)
     overload: bool = False
     note: str = ""
 
@@ -633,11 +635,15 @@ class Bench:
         """Wait until Asterisk has no channels; hang up what is left after the
         time-out and return how many that were."""
         deadline = time.monotonic() + DRAIN_TIMEOUT
+        count = -1  # not known yet
         while True:
-            count = self.channels()
+            with contextlib.suppress(httpx.HTTPError):  # a busy Asterisk: ask again
+                count = self.channels()
             if count == 0:
                 return 0
             if time.monotonic() > deadline:
+                if count < 0:
+                    raise BenchmarkError(f"Asterisk's ARI did not answer for {DRAIN_TIMEOUT:g} s")
                 self.asterisk.cli("channel request hangup all")
                 time.sleep(2.0)
                 return count
@@ -719,6 +725,12 @@ class Bench:
         wall = time.monotonic() - started
         for phone in phones:
             self.processes.stop(phone, grace=2.0)
+        phone_failures: dict[str, int] = {}
+        for name in ("answer", "ring"):
+            with contextlib.suppress(OSError, ValueError):
+                failed = parse_stat_csv((dirs[name] / "stat.csv").read_text(encoding="utf-8"))
+                if failed.failed:
+                    phone_failures[name] = failed.failed
         if self.router.poll() is not None:
             raise BenchmarkError(f"the router exited during a step\n{tail(self.router_log)}")
         stat_file = dirs["caller"] / "stat.csv"
@@ -733,7 +745,7 @@ class Bench:
             setup.extend(parse_rtt_csv(Path(rtt).read_text(encoding="utf-8", errors="replace")))
         return Step(
             path, rate, seconds, calls, counts, setup, router_cpu, asterisk_cpu, leftover,
-            wall, overload, note,
+            wall, phone_failures, overload, note,
         )  # fmt: skip
 
 
@@ -757,6 +769,9 @@ def describe(step: Step) -> str:
     unfinished = step.attempted - step.counts.successful - step.counts.failed
     if unfinished > 0:
         extra.append(f"{unfinished} not finished")
+    if step.phone_failures:
+        failed = ", ".join(f"{k} {v}" for k, v in sorted(step.phone_failures.items()))
+        extra.append(f"failed at the phones: {failed}")
     if step.leftover:
         extra.append(f"{step.leftover} channels left, hung up")
     if step.note:
