@@ -39,6 +39,7 @@ import csv
 import glob
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,6 +182,28 @@ def parse_rtt_csv(text: str, rtd: int = 1) -> list[float]:
     return values
 
 
+UNEXPECTED = re.compile(r"while expecting '([^']*)' \(index \d+\), received '([^\r\n]*)")
+
+
+def parse_unexpected(text: str) -> dict[str, int]:
+    """What SIPp's errors log (``-trace_err``) says it got instead of what the
+    scenario expected: ``"<got> instead of <expected>"`` -> count, where <got> is a
+    request's method or a response's code."""
+    counts: dict[str, int] = {}
+    for expected, first_line in UNEXPECTED.findall(text):
+        words = first_line.split() or ["?"]
+        got = words[1] if words[0] == "SIP/2.0" and len(words) > 1 else words[0]
+        key = f"{got} instead of {expected}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def most_common(counts: dict[str, int], limit: int = 3) -> str:
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    more = len(counts) - len(top)
+    return ", ".join(f"{key}: {value}" for key, value in top) + (f", +{more} more" if more else "")
+
+
 def proc_cpu_ticks(stat: str) -> int:
     """utime + stime (clock ticks, every thread) from the text of /proc/PID/stat."""
     # The command name (field 2) is in parentheses and may hold spaces.
@@ -230,6 +253,8 @@ class Step:
     wall: float = 0.0  # s over which the CPU was measured
     #: Calls the SIPp phones counted as failed (their own view): phone -> count.
     phone_failures: dict[str, int] = field(default_factory=dict)
+    #: Unexpected messages, caller's and phones': "answer: BYE instead of ACK" -> count.
+    unexpected: dict[str, int] = field(default_factory=dict)
     overload: bool = False
     note: str = ""
 
@@ -731,6 +756,12 @@ class Bench:
                 failed = parse_stat_csv((dirs[name] / "stat.csv").read_text(encoding="utf-8"))
                 if failed.failed:
                     phone_failures[name] = failed.failed
+        unexpected: dict[str, int] = {}
+        for name, d in dirs.items():
+            for log in glob.glob(str(d / "*_errors.log")):
+                text = Path(log).read_text(encoding="utf-8", errors="replace")
+                for key, value in parse_unexpected(text).items():
+                    unexpected[f"{name}: {key}"] = value
         if self.router.poll() is not None:
             raise BenchmarkError(f"the router exited during a step\n{tail(self.router_log)}")
         stat_file = dirs["caller"] / "stat.csv"
@@ -745,7 +776,7 @@ class Bench:
             setup.extend(parse_rtt_csv(Path(rtt).read_text(encoding="utf-8", errors="replace")))
         return Step(
             path, rate, seconds, calls, counts, setup, router_cpu, asterisk_cpu, leftover,
-            wall, phone_failures, overload, note,
+            wall, phone_failures, unexpected, overload, note,
         )  # fmt: skip
 
 
@@ -772,6 +803,8 @@ def describe(step: Step) -> str:
     if step.phone_failures:
         failed = ", ".join(f"{k} {v}" for k, v in sorted(step.phone_failures.items()))
         extra.append(f"failed at the phones: {failed}")
+    if step.unexpected:
+        extra.append(f"unexpected: {most_common(step.unexpected)}")
     if step.leftover:
         extra.append(f"{step.leftover} channels left, hung up")
     if step.note:

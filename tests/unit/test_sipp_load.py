@@ -17,6 +17,7 @@ from benchmarks.sipp_load import (
     overload_rate,
     parse_rtt_csv,
     parse_stat_csv,
+    parse_unexpected,
     proc_cpu_ticks,
     summary,
     sustained_rate,
@@ -114,6 +115,37 @@ def test_parse_rtt_in_seconds() -> None:
     assert parse_rtt_csv(RTT, rtd=2) == []
     # -rtt_freq dumps append; a repeated header or a blank line is skipped.
     assert parse_rtt_csv(RTT + "\n" + RTT) == pytest.approx([0.216, 0.204, 0.204] * 2)
+
+
+# -trace_err of the caller, answered 503 (as SIPp 3.6.1 wrote it: lines end in CR LF;
+# the third entry is the same shortened and edited to an unexpected request).
+ERRORS_LOG = (
+    "The following events occurred:\n"
+    "2026-12-01\t21:38:15.847086\t1796161095.847086: Aborting call on unexpected message"
+    " for Call-Id '1-7419@127.0.0.1': while expecting '100' (index 1), received 'SIP/2.0"
+    " 503 Service Unavailable\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:17002;branch=z9hG4bK-7419-1-0\r\n"
+    "From: <sip:x@127.0.0.1:17002>;tag=7419SIPpTag001\r\n"
+    "To: <sip:5000@127.0.0.1:17001>;tag=7414x1\r\n"
+    "Call-ID: 1-7419@127.0.0.1\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+    "'2026-12-01\t21:38:16.047061\t1796161096.047061: Aborting call on unexpected message"
+    " for Call-Id '2-7419@127.0.0.1': while expecting '100' (index 1), received 'SIP/2.0"
+    " 503 Service Unavailable\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:17002;branch=z9hG4bK-7419-2-0\r\n"
+    "\r\n"
+    "'2026-12-01\t21:38:16.247057\t1796161096.247057: Aborting call on unexpected message"
+    " for Call-Id '3-7419@127.0.0.1': while expecting 'ACK' (index 4), received 'BYE"
+    " sip:5000@127.0.0.1:17001 SIP/2.0\r\n"
+    "\r\n'"
+)
+
+
+def test_parse_unexpected_messages() -> None:
+    assert parse_unexpected(ERRORS_LOG) == {"503 instead of 100": 2, "BYE instead of ACK": 1}
+    assert parse_unexpected("") == {}
 
 
 def test_proc_stat_user_plus_system_ticks() -> None:
