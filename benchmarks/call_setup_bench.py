@@ -30,13 +30,19 @@ import logging
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from benchmarks.common import (
+    NATIVE_FAMILY,
+    directory_yaml,
+    native_dial_string,
+    native_number,
+    percentile,
+)
 from callrouter.app import Router
 from callrouter.ari.events import Channel
 from sandbox.asterisk import AsteriskSandbox, ensure_rootfs
@@ -86,17 +92,6 @@ class Results:
         return [s for s in self.samples if s.kind == kind]
 
 
-def percentile(values: list[float], pct: float) -> float:
-    """Linear-interpolated percentile (0..100) of ``values``."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * pct / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -144,7 +139,7 @@ async def place_call(
         phone.clear_events()
     trace.reset()
     cpu_start = time.process_time()
-    call = await caller.call(extension if kind == "router" else f"*{extension}", port)
+    call = await caller.call(extension if kind == "router" else native_number(extension), port)
     invites = [await phone.wait_for("INVITE", timeout=10) for phone in callees]
     t0 = (await caller.wait_for("INVITE", direction="out", call_id=call.call_id)).time
     first, second = sorted(invite.time for invite in invites)
@@ -183,20 +178,16 @@ async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int, warmup: i
             b.ring()
             pairs.append((a, b))
         await asterisk.add_phones_async(bank.contacts())
-        lines = []
+        entries: list[tuple[str, str, list[str]]] = []
         for i, (a, b) in enumerate(pairs):
             extension = str(FIRST_EXTENSION + i)
-            asterisk.db_put("native", extension, f"PJSIP/{a.name}&PJSIP/{b.name}")
-            lines.append(
-                f'- {{extension: "{extension}", name: User {i}, '
-                f"phones: [PJSIP/{a.name}, PJSIP/{b.name}]}}"
-            )
-        lines.append('- {extension: "4999", name: Caller, phones: [PJSIP/bench-caller]}')
-        directory_yaml = "users:\n" + textwrap.indent("\n".join(lines), "  ") + "\n"
+            asterisk.db_put(NATIVE_FAMILY, extension, native_dial_string([a.name, b.name]))
+            entries.append((extension, f"User {i}", [a.name, b.name]))
+        entries.append(("4999", "Caller", ["bench-caller"]))
         with tempfile.TemporaryDirectory(prefix="callrouter-bench-") as tmp:
             directory_file = Path(tmp) / "directory.yaml"
             rules_file = Path(tmp) / "rules.yaml"
-            directory_file.write_text(directory_yaml)
+            directory_file.write_text(directory_yaml(entries))
             rules_file.write_text("defaults: {timeout: 20}\n")
             async with running_router(
                 asterisk, Path(tmp), directory_file, rules_file, actor="benchmark"
@@ -227,7 +218,7 @@ async def benchmark(asterisk: AsteriskSandbox, calls: int, users: int, warmup: i
                     if (n + 1) % 50 == 0:
                         print(f"  {n + 1}/{total} call pairs", file=sys.stderr)
         for i in range(users):
-            asterisk.db_del("native", str(FIRST_EXTENSION + i))
+            asterisk.db_del(NATIVE_FAMILY, str(FIRST_EXTENSION + i))
         names = [p.name for p in bank]
     if asterisk.running:
         asterisk.remove_phones(names)

@@ -29,7 +29,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -340,6 +340,30 @@ class SandboxPorts:
             raise SandboxError(f"ports already in use on 127.0.0.1: {', '.join(busy)}")
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A PJSIP endpoint for another SIP user agent than the simulated phones (SIPp).
+
+    Built from the same templates as the phones (context ``phones``, identified by
+    its name as From user, no authentication).  ``port``: its contact is
+    ``sip:NAME@127.0.0.1:PORT``; None: no contact (it only calls in).  ``options``:
+    more endpoint settings, e.g. ``{"send_connected_line": "no"}``.
+    """
+
+    name: str
+    port: int | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if not _valid_phone_name(self.name):
+            raise ValueError(f"endpoint name {self.name!r}: use letters, digits, '-' and '_'")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"endpoint {self.name!r}: port {self.port} out of range")
+        for key, value in self.options.items():
+            if not _valid_phone_name(key) or any(ch in value for ch in "\r\n;[]"):
+                raise ValueError(f"endpoint {self.name!r}: bad option {key} = {value!r}")
+
+
 # ---------------------------------------------------------------------------------------
 # One Asterisk
 # ---------------------------------------------------------------------------------------
@@ -402,6 +426,7 @@ class AsteriskSandbox:
         self._phones: dict[str, int] = {}
         self._extra_dialplan = ""
         self._qualified: set[str] = set()
+        self._endpoints: dict[str, Endpoint] = {}
 
     # -- addresses --------------------------------------------------------------------
 
@@ -443,6 +468,11 @@ class AsteriskSandbox:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The Asterisk process's id (``chroot`` execs Asterisk), while it runs."""
+        return self._process.pid if self._process is not None and self.running else None
 
     def __repr__(self) -> str:
         return (
@@ -628,6 +658,35 @@ class AsteriskSandbox:
         """The phones added so far: name -> SIP port."""
         return dict(self._phones)
 
+    def add_endpoints(self, endpoints: Iterable[Endpoint], *, timeout: float = 10.0) -> None:
+        """Add (or replace) PJSIP endpoints for other user agents (see :class:`Endpoint`).
+
+        They are written into the same file as the phones (pjsip_phones.conf); a name
+        may not be a phone's too.
+        """
+        items = {endpoint.name: endpoint for endpoint in endpoints}
+        for endpoint in items.values():
+            endpoint.check()
+            if endpoint.name in self._phones:
+                raise ValueError(f"endpoint {endpoint.name!r} is a phone already")
+        self._endpoints.update(items)
+        self._reload_phones(set(items), timeout=timeout)
+
+    def remove_endpoints(self, names: Iterable[str], *, timeout: float = 10.0) -> None:
+        for name in names:
+            self._endpoints.pop(name, None)
+        self._reload_phones(set(), timeout=timeout)
+
+    async def add_endpoints_async(
+        self, endpoints: Iterable[Endpoint], *, timeout: float = 10.0
+    ) -> None:
+        await asyncio.to_thread(self.add_endpoints, list(endpoints), timeout=timeout)
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """The endpoints added by :meth:`add_endpoints`: name -> Endpoint."""
+        return dict(self._endpoints)
+
     def set_dialplan(self, extra: str) -> None:
         """Replace the test dialplan (``extensions_sandbox.conf``) and reload the dialplan."""
         extensions = (self.etc_dir / "extensions.conf").read_text(encoding="utf-8")
@@ -735,6 +794,18 @@ class AsteriskSandbox:
             )
             if name in self._qualified:
                 out.append("qualify_frequency = 1\nqualify_timeout = 0.5\n")
+        for name, endpoint in sorted(self._endpoints.items()):
+            options = "".join(f"{key} = {value}\n" for key, value in endpoint.options.items())
+            contact = (
+                f"contact = sip:{name}@127.0.0.1:{endpoint.port}\n"
+                if endpoint.port is not None
+                else ""
+            )
+            out.append(
+                f"\n; AsteriskSandbox.add_endpoints\n[{name}](phone-endpoint)\naors = {name}\n"
+                f"callerid = {name} <{name}>\n{options}"
+                f"\n[{name}](phone-aor)\n{contact}"
+            )
         return "".join(out)
 
     def _reload_phones(self, wanted: set[str], *, timeout: float) -> None:

@@ -4,11 +4,12 @@ and callrouter.conf's fallback (no router running) rings the phones from AstDB."
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
 
-from sandbox.asterisk import AsteriskSandbox
+from sandbox.asterisk import AsteriskSandbox, Endpoint
 from sandbox.phones import CallFailed
 
 from .conftest import MakePhones
@@ -204,3 +205,27 @@ async def test_admin_override_of_callrouter_result(
         assert failed.value.status == 486
     finally:
         asterisk.set_dialplan("")
+
+
+def test_endpoints_for_other_user_agents(asterisk: AsteriskSandbox) -> None:
+    """add_endpoints (the SIPp benchmark's): with or without a contact, extra options."""
+    asterisk.add_endpoints(
+        [
+            Endpoint("smoke-uac", None, {"send_connected_line": "no"}),
+            Endpoint("smoke-uas", 15999),
+        ]
+    )
+    try:
+        uac = asterisk.cli("pjsip show endpoint smoke-uac")
+        assert re.search(r"send_connected_line\s*:\s*no", uac), uac
+        assert "sip:smoke-uac@" not in asterisk.cli("pjsip show aor smoke-uac")
+        uas = asterisk.cli("pjsip show endpoint smoke-uas")
+        assert re.search(r"send_connected_line\s*:\s*yes", uas), uas
+        assert "sip:smoke-uas@127.0.0.1:15999" in asterisk.cli("pjsip show aor smoke-uas")
+        assert set(asterisk.endpoints) >= {"smoke-uac", "smoke-uas"}
+        with pytest.raises(ValueError):
+            asterisk.add_endpoints([Endpoint("smoke-bad", None, {"context": "x\n[evil]"})])
+    finally:
+        asterisk.remove_endpoints(["smoke-uac", "smoke-uas"])
+    assert "Unable to find object" in asterisk.cli("pjsip show endpoint smoke-uac")
+    assert asterisk.pid is not None and asterisk.pid > 0
