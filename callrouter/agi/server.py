@@ -14,50 +14,33 @@ peer holds a task for ever.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
-import fcntl
 import logging
-import re
 import socket
-import sys
-import termios
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeAlias
 
+from callrouter.agi.admission import Connection, Phase, SourcePool
 from callrouter.agi.protocol import (
-    HANGUP_NOTIFICATION,
     MAX_LINE_BYTES,
-    AgiCommandFailed,
     AgiError,
     AgiHangup,
     AgiProtocolError,
-    AgiReply,
     AgiRequest,
-    AgiTimeout,
     EnvironmentParser,
-    format_command,
-    is_usage_end,
-    parse_reply,
 )
 from callrouter.agi.ratelimit import RateLimitedLog
+from callrouter.agi.session import STREAM_LIMIT, AgiSession, Handler, peer_names, shown
 from callrouter.tasks import TaskSet
 
 __all__ = ["AgiServer", "AgiSession", "ChannelCheck", "Handler"]
 
 log = logging.getLogger(__name__)
 
-Handler: TypeAlias = Callable[["AgiSession"], Awaitable[None]]
 # (agi_channel, agi_uniqueid) -> whether a channel of that name and uniqueid lives on
 # our Asterisk now; raises when it cannot tell (ARI down).
 ChannelCheck: TypeAlias = Callable[[str, str], Awaitable[bool]]
 
-# Reply lines can be long (GET VARIABLE of a long value); the environment has its own,
-# smaller limit checked line by line in EnvironmentParser.
-STREAM_LIMIT: Final = 64 * 1024
-# How long a GET DATA reply may take beyond its digit time-out: the prompt plays first.
-PROMPT_MARGIN: Final = 30.0
 # The kernel's queue of connections not accepted yet: while the server does not accept
 # (checks backed up), a flood waits there, in order, with the real calls among it.
 LISTEN_BACKLOG: Final = 1024
@@ -66,352 +49,19 @@ LISTEN_BACKLOG: Final = 1024
 ACCEPT_BATCH: Final = 16
 # After accept() failed for lack of file descriptors (EMFILE): wait before trying again.
 ACCEPT_RETRY: Final = 0.5
-# The 520 usage text is a few lines; more is not Asterisk.
-MAX_USAGE_LINES: Final = 200
-# Leading upper-case words of a command are its name, logged; arguments may be PINs.
-_VERB_RE: Final = re.compile(r"[A-Z][A-Z0-9_]*")
-
-
-def _shown(text: str, limit: int = 80) -> str:
-    """A value from the peer, cut for a log line (the parser let no control
-    characters through)."""
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _peer_names(peer: object) -> tuple[str, str]:
-    """The peer's address (what the per-source cap counts) and address:port (for logs)."""
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = str(peer[0]), peer[1]
-        return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(peer), str(peer)
-
-
-def _verb(words: tuple[str, ...]) -> str:
-    name = []
-    for word in words:
-        if not _VERB_RE.fullmatch(word):
-            break
-        name.append(word)
-    return " ".join(name) or "?"
-
-
-class AgiSession:
-    """One FastAGI connection: the request and a way to send commands.
-
-    Commands run one at a time (a lock), each reply read within ``read_timeout``
-    seconds or the ``timeout`` given.  A reply that does not come in time leaves the
-    connection out of step (a late reply would answer the next command), so every
-    later command fails at once with :class:`AgiTimeout`.
-    """
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        request: AgiRequest,
-        peer: str,
-        *,
-        read_timeout: float,
-    ) -> None:
-        self.request = request
-        self.peer = peer
-        self.hung_up = False  # set when Asterisk says the channel hung up
-        # True once the server's channel check found the channel live on our Asterisk.
-        self.channel_verified = False
-        self.read_timeout = read_timeout
-        self._reader = reader
-        self._writer = writer
-        self._lock = asyncio.Lock()
-        self._out_of_step = False
-        self._closed = False  # end of stream seen
-        self._hangup_sent = False
-
-    def __repr__(self) -> str:
-        return f"AgiSession({self.peer}, script={self.request.script!r}, {self.request.channel})"
-
-    @property
-    def _tag(self) -> str:
-        return f"{self.peer} {self.request.uniqueid or self.request.channel}"
-
-    # -- raw commands -------------------------------------------------------------
-
-    async def command(self, *words: str, timeout: float | None = None) -> AgiReply:
-        """Send one command and return its reply, whatever its code.
-
-        Raises :class:`AgiHangup` on a ``511`` reply or end of stream,
-        :class:`AgiTimeout` when no reply comes within ``timeout`` (default
-        ``read_timeout``), :class:`AgiProtocolError` on a garbled reply, ValueError
-        for CR/LF/NUL in a word.
-        """
-        data = format_command(*words)
-        verb = _verb(words)
-        async with self._lock:
-            if self._closed:
-                raise AgiHangup(f"{verb}: the AGI connection is closed")
-            if self._out_of_step:
-                raise AgiTimeout(f"{verb}: an earlier command got no clean reply; session unusable")
-            if words[0].upper() == "HANGUP":
-                self._hangup_sent = True
-            log.debug("%s -> %s", self._tag, verb)
-            wait = self.read_timeout if timeout is None else timeout
-            try:
-                # The drain is under the deadline too: a peer that stops reading
-                # must not hold the call.
-                async with asyncio.timeout(wait):
-                    self._writer.write(data)
-                    await self._writer.drain()
-                    reply = await self._read_reply(verb)
-            except ConnectionError as exc:
-                self._closed = True
-                raise AgiHangup(f"{verb}: connection lost ({exc})") from exc
-            except TimeoutError:
-                self._out_of_step = True
-                raise AgiTimeout(f"{verb}: no reply within {wait:g} s") from None
-            except (AgiProtocolError, asyncio.CancelledError):
-                # The reply, or the rest of it, may still come and answer the next one.
-                self._out_of_step = True
-                raise
-        log.debug("%s <- %s %s", self._tag, reply.code, verb)
-        if reply.code == 511:
-            self.hung_up = True
-            raise AgiHangup(f"{verb}: {reply.code} {reply.text}")
-        return reply
-
-    async def _readline(self, verb: str) -> str:
-        try:
-            raw = await self._reader.readline()
-        except ValueError:  # the line exceeded the stream limit
-            raise AgiProtocolError(f"{verb}: reply line longer than {STREAM_LIMIT} bytes") from None
-        except ConnectionError as exc:
-            raw = b""
-            log.debug("%s read failed: %s", self._tag, exc)
-        if not raw.endswith(b"\n"):
-            # b'' or a partial line: end of stream either way.
-            self._closed = True
-            self.hung_up = True
-            raise AgiHangup(f"{verb}: connection closed by Asterisk")
-        return raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
-
-    async def _read_reply(self, verb: str) -> AgiReply:
-        while True:
-            line = await self._readline(verb)
-            if line == HANGUP_NOTIFICATION:
-                # The channel hung up; the reply to our command still follows.
-                log.debug("%s <- HANGUP notification", self._tag)
-                self.hung_up = True
-                continue
-            reply = parse_reply(line)
-            if not reply.multiline:
-                return reply
-            usage: list[str] = []
-            for _ in range(MAX_USAGE_LINES):
-                line = await self._readline(verb)
-                if is_usage_end(line, reply.code):
-                    return AgiReply(code=reply.code, data="\n".join(usage), text=reply.text)
-                usage.append(line)
-            raise AgiProtocolError(
-                f"{verb}: {reply.code} usage longer than {MAX_USAGE_LINES} lines"
-            )
-
-    async def _checked(self, *words: str, timeout: float | None = None) -> AgiReply:
-        """``command``, raising :class:`AgiCommandFailed` unless the code is 200."""
-        reply = await self.command(*words, timeout=timeout)
-        if reply.code != 200:
-            verb = _verb(words)
-            raise AgiCommandFailed(
-                f"{verb} refused: {reply.code} {reply.text}", command=verb, reply=reply
-            )
-        return reply
-
-    def _failed(self, verb: str, reply: AgiReply) -> AgiError:
-        if self.hung_up:
-            return AgiHangup(f"{verb}: result={reply.result} after the channel hung up")
-        return AgiCommandFailed(f"{verb} failed: result={reply.result}", command=verb, reply=reply)
-
-    # -- convenience ----------------------------------------------------------------
-
-    async def answer(self) -> None:
-        reply = await self._checked("ANSWER")
-        if reply.result == "-1":
-            raise self._failed("ANSWER", reply)
-
-    async def stream_file(
-        self, name: str, escape_digits: str = "", *, timeout: float | None = None
-    ) -> str | None:
-        """Play ``name``; the escape digit pressed, or None when it played to the end.
-
-        Raises :class:`AgiCommandFailed` on ``result=-1`` (file missing, or playback
-        failed), :class:`AgiHangup` if the channel hung up meanwhile.  The reply
-        comes when playback ends: pass ``timeout`` for files longer than
-        ``read_timeout`` + 30 s.
-        """
-        if timeout is None:
-            timeout = self.read_timeout + PROMPT_MARGIN
-        reply = await self._checked("STREAM", "FILE", name, escape_digits, timeout=timeout)
-        code = _int_result("STREAM FILE", reply)
-        if code < 0:
-            raise self._failed("STREAM FILE", reply)
-        return chr(code) if code > 0 else None
-
-    async def get_data(
-        self, prompt: str, timeout_ms: int, max_digits: int, *, timeout: float | None = None
-    ) -> tuple[str, bool]:
-        """Play ``prompt`` and collect up to ``max_digits`` digits.
-
-        Returns the digits and whether Asterisk stopped waiting because of the time-out.
-        Raises :class:`AgiHangup` on ``result=-1``.  The reply is awaited for
-        ``timeout`` seconds, by default the digit time-out + ``read_timeout`` + 30 s
-        for the prompt; pass more for prompts longer than that.
-        """
-        if timeout is None:
-            # The reply comes after the prompt and the digit time-out: wait for both.
-            timeout = timeout_ms / 1000 + self.read_timeout + PROMPT_MARGIN
-        reply = await self._checked(
-            "GET", "DATA", prompt, str(timeout_ms), str(max_digits), timeout=timeout
-        )
-        digits = reply.result or ""
-        if digits == "-1":
-            self.hung_up = True
-            raise AgiHangup("GET DATA: result=-1 (channel hung up)")
-        return digits, reply.data == "timeout"
-
-    async def get_variable(self, name: str) -> str | None:
-        """The channel variable's value, or None when it is not set."""
-        reply = await self._checked("GET", "VARIABLE", name)
-        if reply.result == "1":
-            return reply.data if reply.data is not None else ""
-        return None
-
-    async def set_variable(self, name: str, value: str) -> None:
-        await self._checked("SET", "VARIABLE", name, value)
-
-    async def verbose(self, message: str, level: int = 1) -> None:
-        await self._checked("VERBOSE", message, str(level))
-
-    async def hangup(self) -> None:
-        """Hang the channel up; Asterisk ends the AGI with the next command."""
-        await self._checked("HANGUP")
-        self.hung_up = True
-
-    async def _hangup_quietly(self) -> None:
-        """HANGUP at the end of a failed session, unless pointless; never raises."""
-        if self.hung_up or self._hangup_sent or self._closed:
-            return
-        if self._out_of_step or self._lock.locked():
-            # Replies no longer match commands: send it and don't wait for an answer.
-            self._hangup_sent = True
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self._writer.write(format_command("HANGUP"))
-                await self._writer.drain()
-            return
-        try:
-            await self.command("HANGUP")
-        except (AgiError, ConnectionError) as exc:
-            log.debug("%s HANGUP after failure not answered: %s", self._tag, exc)
-
-
-def _int_result(verb: str, reply: AgiReply) -> int:
-    try:
-        return int(reply.result or "")
-    except ValueError:
-        raise AgiProtocolError(f"{verb}: result {reply.result!r} is not a number") from None
-
-
-class _Phase(enum.Enum):
-    """Where a connection is; all but VERIFIED are *unverified* (see AgiServer)."""
-
-    PENDING = "silent so far"
-    TALKING = "sending its environment"
-    QUEUED = "waiting for its channel check"
-    CHECKING = "its channel being checked"
-    REFUSED = "refused, hearing why"
-    VERIFIED = "verified"
-
-
-# Which unverified connection makes room for a new one, first to last: a refused one
-# (it is not a real call, or cannot be told from one), then one that has sent nothing
-# (Asterisk sends its environment as soon as it is connected), then one still sending
-# it, then one waiting for its check.  One being checked is left alone: its ARI
-# request runs anyway, and cancelling it would cost ARI a connection.  Within a phase
-# the oldest goes first.  "Sent nothing" is judged by the bytes themselves, not by
-# age: a real call is read a few loop turns after it is accepted, and under a flood
-# every turn accepts new connections, so a real call may be "old" before it is read.
-_EVICTION_ORDER: Final = (_Phase.REFUSED, _Phase.PENDING, _Phase.TALKING, _Phase.QUEUED)
-
-
-class _Conn:
-    """One FastAGI connection, for the bookkeeping of the server's caps."""
-
-    __slots__ = ("peer", "phase", "sock", "source", "started", "task", "writer")
-
-    def __init__(self, sock: socket.socket, source: str, peer: str) -> None:
-        self.sock = sock
-        self.source = source  # the peer's address: what the per-source cap counts
-        self.peer = peer  # address and port, for log lines
-        self.phase: _Phase | None = None  # None: not counted (not yet, or no more)
-        self.task: asyncio.Task[None] | None = None
-        self.started = False  # the task has begun (it closes the socket from then on)
-        self.writer: asyncio.StreamWriter | None = None  # once the transport exists
-
-    def bytes_waiting(self) -> bool:
-        """Whether the peer has sent bytes that are not read yet (FIONREAD)."""
-        if self.sock.fileno() < 0:
-            return False
-        try:
-            raw = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        except OSError:
-            return False
-        return int.from_bytes(raw, sys.byteorder) > 0
-
-
-class _SourcePool:
-    """The unverified connections from one address, by phase, each oldest first."""
-
-    __slots__ = ("count", "phases")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.phases: dict[_Phase, dict[_Conn, None]] = {
-            phase: {} for phase in _Phase if phase is not _Phase.VERIFIED
-        }
-
-    def victim(self) -> _Conn | None:
-        """The connection to evict, or None when all are being checked.
-
-        The silent are asked whether bytes wait for them in the kernel (sent, not read
-        yet): those are moved to TALKING, in the order found.
-        """
-        for phase in _EVICTION_ORDER:
-            conns = self.phases[phase]
-            if phase is _Phase.PENDING:
-                silent, talking = None, []
-                for conn in conns:
-                    if not conn.bytes_waiting():
-                        silent = conn
-                        break
-                    talking.append(conn)
-                for conn in talking:
-                    del conns[conn]
-                    self.phases[_Phase.TALKING][conn] = None
-                    conn.phase = _Phase.TALKING
-                if silent is not None:
-                    return silent
-            elif conns:
-                return next(iter(conns))
-        return None
 
 
 class _Protocol(asyncio.StreamReaderProtocol):
     """asyncio's stream protocol, telling the server when a silent peer first talks."""
 
-    def __init__(self, reader: asyncio.StreamReader, conn: _Conn, server: AgiServer) -> None:
+    def __init__(self, reader: asyncio.StreamReader, conn: Connection, server: AgiServer) -> None:
         super().__init__(reader)
         self._conn = conn
         self._agi_server = server
 
     def data_received(self, data: bytes) -> None:
-        if self._conn.phase is _Phase.PENDING:
-            self._agi_server._set_phase(self._conn, _Phase.TALKING)
+        if self._conn.phase is Phase.PENDING:
+            self._agi_server._set_phase(self._conn, Phase.TALKING)
         super().data_received(data)
 
 
@@ -437,7 +87,7 @@ class AgiServer:
     (Asterisk sends it at once).  A new connection is not refused for want of an
     unverified slot: it takes the slot of an unverified connection from its own
     address when that address is at its cap, else from the address holding the most,
-    in ``_EVICTION_ORDER`` (refused, then silent, then talking, then waiting for a
+    in ``EVICTION_ORDER`` (refused, then silent, then talking, then waiting for a
     check).  So connections that idle, drip or stall cannot hold slots.  And the
     server accepts no more than it can check: while ``max_checks`` sessions wait for
     a check, it stops accepting, and new connections wait in the kernel's queue
@@ -501,10 +151,10 @@ class AgiServer:
         self._accepting = False  # the listening socket is watched
         self._accept_retry: asyncio.TimerHandle | None = None
         self._tasks = TaskSet("FastAGI")  # one per connection being served
-        self._pools: dict[str, _SourcePool] = {}  # unverified connections, by address
+        self._pools: dict[str, SourcePool] = {}  # unverified connections, by address
         self._unverified = 0
         self._queued = 0  # connections waiting for a check slot
-        self._verified: set[_Conn] = set()
+        self._verified: set[Connection] = set()
         self._closing = False
 
     @property
@@ -566,7 +216,7 @@ class AgiServer:
         for pool in list(self._pools.values()):
             for conns in pool.phases.values():
                 for conn in list(conns):
-                    if conn.phase is not _Phase.CHECKING:
+                    if conn.phase is not Phase.CHECKING:
                         self._drop(conn)
         pending = await self._tasks.wait(grace)
         if pending:
@@ -625,7 +275,7 @@ class AgiServer:
     def _admit(self, sock: socket.socket, address: object) -> None:
         sock.setblocking(False)
         self.stats["connections"] += 1
-        source, peer = _peer_names(address)
+        source, peer = peer_names(address)
         if not self._make_room(source):
             self.stats["no room"] += 1
             self._limited.warning(
@@ -636,8 +286,8 @@ class AgiServer:
             )
             sock.close()
             return
-        conn = _Conn(sock, source, peer)
-        self._set_phase(conn, _Phase.PENDING)
+        conn = Connection(sock, source, peer)
+        self._set_phase(conn, Phase.PENDING)
         conn.task = self._tasks.spawn(self._serve(conn), f"agi {peer}")
 
     def _make_room(self, source: str) -> bool:
@@ -659,7 +309,7 @@ class AgiServer:
                 return False
             self._evict(victim)
 
-    def _evict(self, conn: _Conn) -> None:
+    def _evict(self, conn: Connection) -> None:
         self.stats["evicted"] += 1
         assert conn.phase is not None
         self._limited.warning(
@@ -674,7 +324,7 @@ class AgiServer:
         )
         self._drop(conn)
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: Connection) -> None:
         """Close ``conn`` at once and end its task."""
         self._set_phase(conn, None)
         if conn.writer is not None:
@@ -684,12 +334,12 @@ class AgiServer:
         if conn.task is not None:
             conn.task.cancel()
 
-    def _set_phase(self, conn: _Conn, phase: _Phase | None) -> None:
+    def _set_phase(self, conn: Connection, phase: Phase | None) -> None:
         """Move ``conn`` to ``phase`` (None: out of every count), keeping the counts."""
         old = conn.phase
         if old is phase:
             return
-        if old is _Phase.VERIFIED:
+        if old is Phase.VERIFIED:
             self._verified.discard(conn)
         elif old is not None:
             pool = self._pools[conn.source]
@@ -699,25 +349,23 @@ class AgiServer:
             if not pool.count:
                 del self._pools[conn.source]
         conn.phase = phase
-        if phase is _Phase.VERIFIED:
+        if phase is Phase.VERIFIED:
             self._verified.add(conn)
         elif phase is not None:
-            pool = self._pools.get(conn.source) or self._pools.setdefault(
-                conn.source, _SourcePool()
-            )
+            pool = self._pools.get(conn.source) or self._pools.setdefault(conn.source, SourcePool())
             pool.phases[phase][conn] = None
             pool.count += 1
             self._unverified += 1
-        if old is _Phase.QUEUED:
+        if old is Phase.QUEUED:
             self._queued -= 1
             if not self._accepting:
                 self._resume_accepting()
-        elif phase is _Phase.QUEUED:
+        elif phase is Phase.QUEUED:
             self._queued += 1
 
     # -- one connection -------------------------------------------------------------------
 
-    async def _open(self, conn: _Conn) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(self, conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Streams over the accepted socket (what asyncio.start_server would give)."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
@@ -727,7 +375,7 @@ class AgiServer:
         conn.writer = writer
         return reader, writer
 
-    async def _serve(self, conn: _Conn) -> None:
+    async def _serve(self, conn: Connection) -> None:
         conn.started = True
         writer: asyncio.StreamWriter | None = None
         try:
@@ -738,19 +386,19 @@ class AgiServer:
             session = AgiSession(reader, writer, request, conn.peer, read_timeout=self.read_timeout)
             handler = self.handlers.get(request.script)
             if handler is None:
-                self._set_phase(conn, _Phase.REFUSED)
+                self._set_phase(conn, Phase.REFUSED)
                 self.stats["no handler"] += 1
                 self._limited.warning(
                     "no handler for the script",
                     "FastAGI %s: no handler for script %r (channel %s), hanging up",
                     conn.peer,
-                    _shown(request.script, 40),
-                    _shown(request.channel),
+                    shown(request.script, 40),
+                    shown(request.channel),
                 )
                 await self._finish_refused(session, None)
                 return
             if not await self._verify(conn, request):
-                self._set_phase(conn, _Phase.REFUSED)
+                self._set_phase(conn, Phase.REFUSED)
                 await self._finish_refused(session, self.on_refused)
                 return
             if len(self._verified) >= self.max_sessions:
@@ -762,7 +410,7 @@ class AgiServer:
                     len(self._verified),
                 )
                 return
-            self._set_phase(conn, _Phase.VERIFIED)
+            self._set_phase(conn, Phase.VERIFIED)
             self.stats["verified"] += 1
             session.channel_verified = self.channel_check is not None
             await self._run(session, handler)
@@ -827,12 +475,12 @@ class AgiServer:
             )
         return None
 
-    async def _verify(self, conn: _Conn, request: AgiRequest) -> bool:
+    async def _verify(self, conn: Connection, request: AgiRequest) -> bool:
         """Whether ``request`` comes from a live channel (True without a check)."""
         check = self.channel_check
         if check is None:
             return True
-        channel = _shown(request.channel)
+        channel = shown(request.channel)
         if not request.uniqueid:
             self.stats["refused"] += 1
             self._limited.warning(
@@ -842,12 +490,12 @@ class AgiServer:
                 channel,
             )
             return False
-        self._set_phase(conn, _Phase.QUEUED)
+        self._set_phase(conn, Phase.QUEUED)
         try:
             # The wait for a check slot counts: checks backed up are checks not done.
             async with asyncio.timeout(self.check_timeout):
                 async with self._check_slots:
-                    self._set_phase(conn, _Phase.CHECKING)
+                    self._set_phase(conn, Phase.CHECKING)
                     live = await check(request.channel, request.uniqueid)
         except TimeoutError:
             problem = f"no answer within {self.check_timeout:g} s"
@@ -862,7 +510,7 @@ class AgiServer:
                 "FastAGI %s: refused %s (uniqueid %s): not a live channel of this Asterisk",
                 conn.peer,
                 channel,
-                _shown(request.uniqueid),
+                shown(request.uniqueid),
             )
             return False
         self.stats["unverifiable"] += 1
