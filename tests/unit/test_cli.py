@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from callrouter.cli.main import main
+from tests.fakes.fake_router_api import FakeRouterApi
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -191,46 +192,21 @@ def test_login_mistakes_are_named(cli, args: tuple[str, ...], message: str) -> N
     assert code != 0 and message in err, err
 
 
-class _FakeRouterApi:
-    """The two API answers `plan` asks a running router for, from a thread."""
-
-    def __init__(self, devices: dict[str, str], client: str) -> None:
-        import http.server
-        import threading
-
-        answers = {
-            "/api/v1/devices": devices,
-            "/api/v1/presence/201": {"extension": "201", "client": client},
+def _router_answering(devices: dict[str, str], client: str) -> FakeRouterApi:
+    """The two API answers `plan` asks a running router for."""
+    return FakeRouterApi(
+        {
+            "/api/v1/devices": (200, devices),
+            "/api/v1/presence/201": (200, {"extension": "201", "client": client}),
         }
-        self.seen_tokens: list[str | None] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.seen_tokens.append(self.headers.get("Authorization"))
-                body = json.dumps(answers.get(self.path, {})).encode()
-                self.send_response(200 if self.path in answers else 404)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    )
 
 
 def test_plan_applies_live_presence_from_the_router(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     assert cli("db", "upgrade")[0] == 0
     assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
     monkeypatch.setenv("CALLROUTER_API_ADMIN_TOKEN", "admin-token-0123456789")
-    api = _FakeRouterApi(
+    api = _router_answering(
         {"PJSIP/anna-desk": "UNAVAILABLE", "PJSIP/anna-soft": "NOT_INUSE"}, "online"
     )
     try:
@@ -246,7 +222,7 @@ def test_plan_applies_live_presence_from_the_router(cli, monkeypatch) -> None:  
         assert "PJSIP/anna-desk" in {leg["endpoint"] for leg in json.loads(out)["legs"]}
     finally:
         api.close()
-    dnd = _FakeRouterApi({}, "dnd")
+    dnd = _router_answering({}, "dnd")
     try:
         _code, out, _ = cli("plan", "201", "--router", dnd.url)
         assert "do not disturb" in out and "(dnd)" in out

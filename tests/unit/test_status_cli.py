@@ -3,9 +3,7 @@ asks a real one): exit 0 ready, 1 not ready, 2 no router."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from callrouter.cli.main import main
+from tests.fakes.fake_router_api import FakeRouterApi
+
+READY_PATH = "/api/v1/health/ready"
 
 READY: dict[str, Any] = {
     "ready": True,
@@ -28,36 +29,9 @@ READY: dict[str, Any] = {
 }
 
 
-class FakeRouter:
-    def __init__(self) -> None:
-        self.answer: tuple[int, bytes] = (200, json.dumps(READY).encode())
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = outer.answer
-                if self.path != "/api/v1/health/ready":
-                    status, body = 404, b'{"detail": "Not Found"}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def router() -> Iterator[FakeRouter]:
-    fake = FakeRouter()
+def router() -> Iterator[FakeRouterApi]:
+    fake = FakeRouterApi({READY_PATH: (200, READY)})
     yield fake
     fake.close()
 
@@ -67,7 +41,7 @@ def status(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_a_ready_router(router: FakeRouter) -> None:
+def test_a_ready_router(router: FakeRouterApi) -> None:
     code, out, _ = status("--router", router.url)
     assert code == 0, out
     assert out.splitlines()[0] == f"router at {router.url}: ready"
@@ -77,25 +51,25 @@ def test_a_ready_router(router: FakeRouter) -> None:
     assert code == 0 and json.loads(out) == READY
 
 
-def test_a_router_that_is_not_ready_says_why(router: FakeRouter) -> None:
+def test_a_router_that_is_not_ready_says_why(router: FakeRouterApi) -> None:
     state = {
         **READY,
         "ready": False,
         "ari_connected": False,
         "reasons": ["ARI is not connected: calls cannot reach the router"],
     }
-    router.answer = (503, json.dumps(state).encode())
+    router.answers[READY_PATH] = (503, state)
     code, out, _ = status("--router", router.url)
     assert code == 1
     assert "NOT READY" in out and "ARI        NOT connected" in out
     assert "not ready: ARI is not connected" in out
 
 
-def test_no_router_is_exit_2_with_a_clear_message(router: FakeRouter) -> None:
+def test_no_router_is_exit_2_with_a_clear_message(router: FakeRouterApi) -> None:
     code, _, err = status("--router", "http://127.0.0.1:9")
     assert code == 2 and "error: no router at http://127.0.0.1:9" in err
     # Something answers, but not as a router does.
-    router.answer = (200, b"<html>hello</html>")
+    router.answers[READY_PATH] = (200, b"<html>hello</html>")
     code, _, err = status("--router", router.url)
     assert code == 2 and "did not answer as a router does" in err
     code, _, err = status("--router", router.url + "/elsewhere")
@@ -103,7 +77,7 @@ def test_no_router_is_exit_2_with_a_clear_message(router: FakeRouter) -> None:
 
 
 def test_the_router_url_comes_from_the_environment_like_plan(
-    router: FakeRouter, monkeypatch: pytest.MonkeyPatch
+    router: FakeRouterApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CALLROUTER_ROUTER_URL", router.url)
     assert status()[0] == 0
