@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import disable_created_metrics as _disable_created_metrics
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+M = TypeVar("M", Counter, Histogram)
 
 # The ``*_created`` series double every counter's series in the text format, and
 # nobody queries them: off, for this process (the router's own).
@@ -52,7 +55,7 @@ CALL_RESULTS = (
 HAND_BACK_REASONS = ("shutdown",)
 # "started" counts every leg asked for; the others how each started leg ended.
 LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled")
-# A login attempt, counted once by how it ended (logins.metered maps the refusals).
+# A login attempt, counted once by how it ended (logins.service maps the refusals).
 LOGIN_OUTCOMES = (
     "ok",
     "wrong_pin",
@@ -75,6 +78,12 @@ _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 _RELOAD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 LOOP_LAG_INTERVAL = 0.25  # seconds the loop-lag probe sleeps between measurements
+
+
+def _children(metric: M, values: Iterable[str]) -> dict[str, M]:
+    """One child per label value of a closed set, made at once: every series is there
+    (at 0) from the first scrape, and no value outside the set can be recorded."""
+    return {value: metric.labels(value) for value in values}
 
 
 class _SampledCounters(Collector):
@@ -100,17 +109,19 @@ class Metrics:
         r = self.registry
 
         # Calls.
-        calls = Counter(
-            "callrouter_calls", "Calls routed, by how they ended.", ["result"], registry=r
+        self._calls = _children(
+            Counter("callrouter_calls", "Calls routed, by how they ended.", ["result"], registry=r),
+            CALL_RESULTS,
         )
-        self._calls = {v: calls.labels(v) for v in CALL_RESULTS}
-        handed_back = Counter(
-            "callrouter_calls_handed_back",
-            "Ringing calls handed back to the dialplan's fallback, by why.",
-            ["reason"],
-            registry=r,
+        self._handed_back = _children(
+            Counter(
+                "callrouter_calls_handed_back",
+                "Ringing calls handed back to the dialplan's fallback, by why.",
+                ["reason"],
+                registry=r,
+            ),
+            HAND_BACK_REASONS,
         )
-        self._handed_back = {v: handed_back.labels(v) for v in HAND_BACK_REASONS}
         self._call_errors = Counter(
             "callrouter_call_errors",
             "Call tasks that ended with an error (a bug; the next ARI resync takes "
@@ -120,13 +131,15 @@ class Metrics:
         self._in_progress = Gauge(
             "callrouter_calls_in_progress", "Calls the router is handling now.", registry=r
         )
-        legs = Counter(
-            "callrouter_legs",
-            "Legs (one phone rung for a call): started, and how each started leg ended.",
-            ["outcome"],
-            registry=r,
+        self._legs = _children(
+            Counter(
+                "callrouter_legs",
+                "Legs (one phone rung for a call): started, and how each started leg ended.",
+                ["outcome"],
+                registry=r,
+            ),
+            LEG_OUTCOMES,
         )
-        self._legs = {v: legs.labels(v) for v in LEG_OUTCOMES}
         self._setup = Histogram(
             "callrouter_call_setup_seconds",
             "From a call's StasisStart to the request for its first leg.",
@@ -162,28 +175,34 @@ class Metrics:
             "Device and contact state events from Asterisk (AMI).",
             registry=r,
         )
-        logins = Counter(
-            "callrouter_logins",
-            "Workplace login attempts (phone, API), by how they ended.",
-            ["outcome"],
-            registry=r,
+        self._logins = _children(
+            Counter(
+                "callrouter_logins",
+                "Workplace login attempts (phone, API), by how they ended.",
+                ["outcome"],
+                registry=r,
+            ),
+            LOGIN_OUTCOMES,
         )
-        self._logins = {v: logins.labels(v) for v in LOGIN_OUTCOMES}
-        reloads = Counter(
-            "callrouter_directory_reloads",
-            "Directory refreshes that read something again (the first load included).",
-            ["kind"],
-            registry=r,
+        self._reloads = _children(
+            Counter(
+                "callrouter_directory_reloads",
+                "Directory refreshes that read something again (the first load included).",
+                ["kind"],
+                registry=r,
+            ),
+            RELOAD_KINDS,
         )
-        self._reloads = {v: reloads.labels(v) for v in RELOAD_KINDS}
-        reload_seconds = Histogram(
-            "callrouter_directory_reload_seconds",
-            "How long each reload took.",
-            ["kind"],
-            buckets=_RELOAD_BUCKETS,
-            registry=r,
+        self._reload_seconds = _children(
+            Histogram(
+                "callrouter_directory_reload_seconds",
+                "How long each reload took.",
+                ["kind"],
+                buckets=_RELOAD_BUCKETS,
+                registry=r,
+            ),
+            RELOAD_KINDS,
         )
-        self._reload_seconds = {v: reload_seconds.labels(v) for v in RELOAD_KINDS}
         self._refresh_failures = Counter(
             "callrouter_directory_refresh_failures",
             "Directory refreshes that failed (the database unreachable); the snapshot stays.",

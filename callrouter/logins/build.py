@@ -11,7 +11,6 @@ from callrouter.config import Settings
 from callrouter.directory.live import LiveDirectory
 from callrouter.logins.feature_codes import FeatureCodes
 from callrouter.logins.lockout import DatabaseLockout
-from callrouter.logins.metered import MeteredLoginService
 from callrouter.logins.service import LoginService
 from callrouter.logins.sweeper import AutoLogout
 from callrouter.metrics import Metrics
@@ -48,13 +47,13 @@ def ari_channel_check(ari: AriRest) -> ChannelCheck:
 def build(
     settings: Settings, live: LiveDirectory, ari: AriRest, *, metrics: Metrics | None = None
 ) -> Logins:
-    service = MeteredLoginService(
-        metrics if metrics is not None else Metrics(),
+    service = LoginService(
         live.engine,
         lambda: live.snapshot,
         policy=settings.occupied_workplace,
         lockout=DatabaseLockout(live.engine),  # shared by all routers of the directory
         on_change=live.refresh,  # this router sees its own changes at once
+        metrics=metrics,
     )
     feature_codes = FeatureCodes(service, settings.login_prefix)
     agi_server = (

@@ -23,6 +23,7 @@ from callrouter.logins import store
 from callrouter.logins.autologout import logout_cutoffs
 from callrouter.logins.lockout import Locked, Lockout, MemoryLockout
 from callrouter.logins.policy import OccupiedPolicy, Refusal
+from callrouter.metrics import Metrics
 from callrouter.rules.model import RingRules
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,23 @@ class LoginDenied(Exception):
         self.occupant = occupant
 
 
+# A login attempt is counted once (metrics), by how far it got: a PIN check that fails
+# ends it; otherwise the login says ``ok`` or why not.  A PIN check that succeeds is
+# not counted by itself (an API session is no login yet; the phone's *44 goes on to
+# the login, which counts).  Every Refusal has its label (tests/unit/test_metrics.py).
+OUTCOMES: dict[Refusal, str] = {
+    Refusal.BAD_CREDENTIALS: "wrong_pin",  # or an unknown extension: never say which
+    Refusal.LOCKED: "locked",
+    Refusal.NOT_ALLOWED: "refused_role",
+    Refusal.OCCUPIED: "occupied",
+    Refusal.UNKNOWN_WORKPLACE: "unknown_workplace",
+    Refusal.UNKNOWN_USER: "unknown_user",
+    Refusal.NOT_A_WORKPLACE_PHONE: "not_a_workplace_phone",
+    Refusal.BAD_INPUT: "bad_input",
+}
+OK = "ok"
+
+
 class LoginService:
     def __init__(
         self,
@@ -58,12 +76,14 @@ class LoginService:
         policy: OccupiedPolicy = "displace",
         lockout: Lockout | None = None,
         on_change: Callable[[], Awaitable[object]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self._snapshot = snapshot
         self.policy = policy
         self.lockout: Lockout = lockout or MemoryLockout()
         self._on_change = on_change
+        self.metrics = metrics
 
     @property
     def snapshot(self) -> DirectorySnapshot:
@@ -72,6 +92,13 @@ class LoginService:
     # --- PINs -----------------------------------------------------------------------
 
     async def check_pin(self, extension: str, pin: str, *, source: str) -> User:
+        try:
+            return await self._check_pin(extension, pin, source=source)
+        except LoginDenied as exc:
+            self._count(OUTCOMES[exc.reason])
+            raise
+
+    async def _check_pin(self, extension: str, pin: str, *, source: str) -> User:
         """The user, if ``pin`` is theirs; else ``LoginDenied`` (BAD_CREDENTIALS or
         LOCKED), the same for unknown extensions as for wrong PINs.
 
@@ -125,6 +152,21 @@ class LoginService:
     # --- changes --------------------------------------------------------------------
 
     async def login(
+        self, extension: str, workplace_id: str, *, actor: str, source: str
+    ) -> store.LoginChange:
+        try:
+            change = await self._login(extension, workplace_id, actor=actor, source=source)
+        except LoginDenied as exc:
+            self._count(OUTCOMES[exc.reason])
+            raise
+        self._count(OK)
+        return change
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.login(outcome)
+
+    async def _login(
         self, extension: str, workplace_id: str, *, actor: str, source: str
     ) -> store.LoginChange:
         try:

@@ -1,5 +1,5 @@
 """Health, readiness and /metrics, as api/build.py serves them beside the API; and the
-login attempts the metered login service counts (a real directory database)."""
+login attempts the login service counts (a real directory database)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from callrouter.api import TokenSigner, create_api
 from callrouter.api.health import Readiness, assess, operations_routes
-from callrouter.logins.metered import MeteredLoginService
+from callrouter.logins.service import LoginService
 from callrouter.metrics import CONTENT_TYPE, Metrics
 from tests.unit.conftest import Live
 from tests.unit.test_metrics import samples
@@ -67,8 +67,8 @@ async def served(
     live: Live,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Readiness], Metrics]]:
     metrics = Metrics()
-    service = MeteredLoginService(
-        metrics, live.engine, lambda: live.snapshot, on_change=live.refresh
+    service = LoginService(
+        live.engine, lambda: live.snapshot, on_change=live.refresh, metrics=metrics
     )
     api = create_api(service, TokenSigner(b"k" * 32), "admin-token-0123456789")
     state = {"now": READY}

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from callrouter.calls.flow import CallFlow, CallResult, LegEnd
 from callrouter.calls.intake import leg_outcomes
-from callrouter.logins.metered import OUTCOMES
 from callrouter.logins.policy import Refusal
+from callrouter.logins.service import OUTCOMES
 from callrouter.metrics import (
     CALL_RESULTS,
     LEG_OUTCOMES,
