@@ -10,7 +10,7 @@ This module only composes; each feature builds itself (``<feature>/build.py``):
   AMI DeviceStateChange ──▶ PresenceService (tracker) ──▶ routing, API, Custom:user-EXT
 
 Operations: one ``Metrics`` (metrics.py) handed to the features, served at ``/metrics``
-with the health routes (api/health.py); ``Router.readiness()`` says whether a call can
+with the health routes (api/operations.py); ``Router.readiness()`` says whether a call can
 be routed now; ``run_router`` tells systemd (systemd.py) when it is ready, how it is,
 that it reloads or stops, and keeps its watchdog fed from the event loop.
 """
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from callrouter.ami.client import AmiClient
 from callrouter.api.build import build as build_api
-from callrouter.api.health import Readiness, assess
+from callrouter.api.operations import Readiness, assess
 from callrouter.ari.client import AriClient
 from callrouter.calls.build import build as build_calls
 from callrouter.calls.driver import CallDriver

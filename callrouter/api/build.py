@@ -1,12 +1,12 @@
 """Wires the HTTP API: user tokens, the admin token, logins and presence; and the
-operators' routes (health, readiness, /metrics: api/health.py) beside them."""
+operators' routes (health, readiness, /metrics: api/operations.py) beside them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from callrouter.api.app import create_api
-from callrouter.api.health import Readiness, operations_routes
+from callrouter.api.operations import Readiness, operations_routes
 from callrouter.api.server import ApiServer
 from callrouter.api.tokens import TokenSigner
 from callrouter.config import Settings

@@ -252,20 +252,15 @@ async def begin_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 def migrations_directory() -> Path:
-    """Where Alembic's env.py and versions/ are: the ``callrouter.migrations`` package.
-
-    In a source checkout whose editable install predates the package mapping, the
-    top-level ``migrations/`` directory beside ``callrouter/`` is used.
-    """
+    """Where Alembic's env.py and versions/ are: the ``callrouter.migrations`` package
+    (``migrations/``, mapped into the package by setup.py; no fallback to the checkout,
+    which once hid a wheel without them)."""
     try:
-        package = importlib.import_module(MIGRATIONS_PACKAGE)  # the mapped migrations/
+        package = importlib.import_module(MIGRATIONS_PACKAGE)
     except ModuleNotFoundError:
-        candidate = Path(__file__).resolve().parents[2] / "migrations"
-        if (candidate / "env.py").is_file():
-            return candidate
         raise RuntimeError(
-            f"cannot find the migration scripts: neither the package {MIGRATIONS_PACKAGE} "
-            f"nor {candidate} exists; reinstall callrouter"
+            f"cannot find the migration scripts (package {MIGRATIONS_PACKAGE}); "
+            "reinstall callrouter"
         ) from None
     assert package.__file__ is not None
     return Path(package.__file__).resolve().parent

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from callrouter.api import TokenSigner, create_api
-from callrouter.api.health import Readiness, assess, operations_routes
+from callrouter.api.operations import Readiness, assess, operations_routes
 from callrouter.logins.service import LoginService
 from callrouter.metrics import CONTENT_TYPE, Metrics
 from tests.unit.conftest import Live
