@@ -201,3 +201,24 @@ def test_the_unit_file_passes_systemd_analyze_verify_where_there_is_one(
     assert result.returncode == 0, result.stdout + result.stderr
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert problems == [], problems
+
+
+@pytest.mark.parametrize("address", ["relative/socket", "tcp://127.0.0.1:1", "/nonexistent/x"])
+def test_a_malformed_or_missing_notify_socket_is_logged_once_and_never_raises(
+    address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = Notifier(address)
+    assert notifier.send("READY=1") is False
+    assert notifier.send("WATCHDOG=1") is False
+    notifier.close()
+    warnings = [r for r in caplog.records if r.name == "callrouter.systemd"]
+    assert len(warnings) == 1 and address in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("usec", ["", "abc", "-5", "0", "1e6"])
+def test_a_malformed_watchdog_usec_means_no_watchdog(
+    usec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() is None
