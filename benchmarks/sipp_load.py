@@ -504,9 +504,15 @@ class Bench:
     """The sandbox, the router subprocess and the SIPp phones of one run."""
 
     def __init__(
-        self, sipp: str, workdir: Path, processes: Processes, router_log_level: str
+        self,
+        sipp: str,
+        workdir: Path,
+        processes: Processes,
+        router_log_level: str,
+        profile_dir: Path | None = None,
     ) -> None:
         self.sipp = sipp
+        self.profile_dir = profile_dir
         self.workdir = workdir
         self.processes = processes
         self.router_log_level = router_log_level
@@ -674,6 +680,27 @@ class Bench:
                 return count
             time.sleep(0.25)
 
+    def start_profiler(self, name: str) -> subprocess.Popen[bytes] | None:
+        """py-spy sampling the router during a step (``--profile``): folded stacks in
+        PROFILE_DIR/NAME.txt (flamegraph.pl's input; its own per-function view is
+        ``benchmarks/profile_top.py``). The sampler costs CPU of its own, not the router's."""
+        if self.profile_dir is None or self.router is None:
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(py_spy).is_file():
+            raise BenchmarkError("--profile needs py-spy (pip install py-spy)")
+        out = self.profile_dir / f"{name}.txt"
+        cmd = [py_spy, "record", "--pid", str(self.router.pid), "--rate", "250", "--format"]
+        cmd += ["raw", "--nonblocking", "--output", str(out)]
+        return self.processes.start(cmd, cwd=self.profile_dir, log=self.profile_dir / "py-spy.log")
+
+    def stop_profiler(self, profiler: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            profiler.wait(timeout=10)
+        self.processes.stop(profiler)
+
     def start_phone(
         self, agent: Agent, scenario: Path, calls: int, limit: float, cwd: Path
     ) -> subprocess.Popen[bytes]:
@@ -737,6 +764,7 @@ class Bench:
         started = time.monotonic()
         router_cpu0 = cpu_seconds(self.router.pid)
         asterisk_cpu0 = cpu_seconds(self.asterisk.pid)
+        profiler = self.start_profiler(step_dir.name) if path == "router" else None
         caller = self.processes.start(cmd, cwd=dirs["caller"], log=dirs["caller"] / "screen.log")
         note = ""
         try:
@@ -744,6 +772,8 @@ class Bench:
         except subprocess.TimeoutExpired:
             note = "caller killed after its time-out"
         self.processes.stop(caller)
+        if profiler is not None:
+            self.stop_profiler(profiler)
         leftover = self.drain()
         router_cpu = cpu_seconds(self.router.pid) - router_cpu0
         asterisk_cpu = cpu_seconds(self.asterisk.pid) - asterisk_cpu0
@@ -964,7 +994,7 @@ def run(args: argparse.Namespace) -> tuple[list[Step], float | None]:
     steps: list[Step] = []
     idle_router: float | None = None
     with workdir(args.keep) as work:
-        bench = Bench(sipp, work, processes, args.router_log_level)
+        bench = Bench(sipp, work, processes, args.router_log_level, args.profile)
         try:
             bench.start()
             for path in PATHS:  # imports, connections, caches: not counted
@@ -1044,6 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and SIPp's files")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the router with py-spy during each router step; folded stacks in DIR",
+    )
+    parser.add_argument(
         "--router-log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -1060,6 +1096,9 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds = args.seconds or DEFAULT_SECONDS
     if args.seconds <= 0:
         parser.error("--seconds must be > 0")
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
     try:
