@@ -28,7 +28,7 @@ from callrouter.api.build import build as build_api
 from callrouter.api.operations import Readiness, assess
 from callrouter.ari.client import AriClient
 from callrouter.calls.build import build as build_calls
-from callrouter.calls.driver import CallDriver
+from callrouter.calls.driver import ARI_EVENTS, CallDriver
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.live import LiveDirectory
@@ -60,6 +60,7 @@ class Router:
             settings.ari_user,
             settings.ari_password.get_secret_value(),
             settings.ari_app,
+            events=ARI_EVENTS,  # what the call path reads
         )
         self.ami = AmiClient(
             settings.ami_host,

@@ -329,6 +329,18 @@ class AriRest:
             raise AriProtocolError("GET /asterisk/info did not return an object", str(data))
         return data
 
+    async def set_event_filter(self, allowed: Iterable[str]) -> None:
+        """``PUT /applications/{app}/eventFilter``: Asterisk sends the app only these
+        event types (an empty list would mean all of them)."""
+        types = [{"type": event_type} for event_type in allowed]
+        if not types:
+            raise ValueError("an event filter needs at least one event type")
+        await self.request(
+            "PUT",
+            f"/applications/{_seg(self.app)}/eventFilter",
+            json={"allowed": types, "disallowed": []},
+        )
+
     async def resync(self) -> tuple[list[Channel], list[Bridge]]:
         """Asterisk's current channels and bridges, fetched concurrently."""
         channels, bridges = await asyncio.gather(self.list_channels(), self.list_bridges())

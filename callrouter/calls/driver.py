@@ -64,6 +64,10 @@ LEG_APP_ARG = "leg"
 _RING_WAIT = 0.05
 _CALLER_GONE = frozenset({"StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"})
 _LEG_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
+# The only event types the call path reads; the app's event filter asks Asterisk for
+# these alone. A leg's ringing comes as Dial RINGING (its ChannelStateChange to Ringing
+# says the same); the bridge's and the variables' events are not read at all.
+ARI_EVENTS = frozenset({"StasisStart", "Dial", *_CALLER_GONE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,7 @@ class CallDriver:
                         await self._execute(self._on_vanished(event.channel_ids))
                     else:
                         await self._execute(self._on_event(event))
-            self.log.info("call %s: finished, %s", self.call_id, self.flow.result)
+            self._log_finished()
         finally:
             await self._clean_up()
             for channel_id in ids:
@@ -153,12 +157,28 @@ class CallDriver:
 
     # --- from the router ----------------------------------------------------------
 
+    def _log_finished(self) -> None:
+        """The one INFO line of a call (each line costs CPU on the call path): how it
+        ended, for whom, how many legs, who answered, how long the router had it."""
+        winner = self.flow.winner
+        self.log.info(
+            "call %s: finished, %s: %s (%s), %d leg(s)%s, status %s, %.2f s",
+            self.call_id,
+            self.flow.result,
+            self.plan.extension,
+            self.plan.user or "?",
+            len(self.plan.legs),
+            f", answered by {winner.leg.endpoint}" if winner is not None else "",
+            self.plan.status.value,
+            self.clock() - self.arrived,
+        )
+
     def _announce_start(self) -> None:
-        """Log the call's start once; log lines cost CPU, so not before the first INVITE."""
+        """Log the call's start once (at DEBUG); not before the first INVITE is out."""
         if not self._announce:
             return
         self._announce = False
-        self.log.info(
+        self.log.debug(
             "call %s: %s (%s) -> %d leg(s), status %s",
             self.call_id,
             self.plan.extension,
@@ -225,7 +245,7 @@ class CallDriver:
             return []
         if channel.id == self.caller.id:
             if event.type in _CALLER_GONE:
-                self.log.info("call %s: caller hung up (%s)", self.call_id, event.type)
+                self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
                 return self.flow.caller_gone()
             return []
         if channel.id not in self.flow.legs:
@@ -235,10 +255,7 @@ class CallDriver:
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
             return self.flow.leg_answered(leg_id)
-        if event.type == "ChannelStateChange":
-            if channel.state == "Ringing":
-                return self.flow.leg_ringing(leg_id)
-        elif event.type == "ChannelHangupRequest":
+        if event.type == "ChannelHangupRequest":
             # StasisEnd, which follows, carries no cause: the flow keeps this one.
             return self.flow.leg_hangup_requested(leg_id, event.cause)
         elif event.type in _LEG_GONE:
@@ -337,7 +354,7 @@ class CallDriver:
             if asked is not None:
                 self.metrics.call_setup(asked - self.arrived)
         self._announce_start()
-        self.log.info(
+        self.log.debug(
             "call %s: ringing %s (leg %s, t=%.3f)",
             self.call_id,
             command.endpoint,
@@ -352,7 +369,7 @@ class CallDriver:
             await asyncio.wait([task])  # never hang up before the originate went out
         if not self.flow.leg_hangup_sent(leg_id):
             return  # gone already, refused, or hung up before
-        self.log.info("call %s: stopping leg %s", self.call_id, leg_id)
+        self.log.debug("call %s: stopping leg %s", self.call_id, leg_id)
         await self._quietly(self.ari.hangup(leg_id))
 
     async def _connect(self, command: Connect) -> None:
@@ -373,7 +390,7 @@ class CallDriver:
             await self._execute(self.flow.connect_failed())
             return
         self.metrics.call_answered(answered)
-        self.log.info("call %s: connected with %s", self.call_id, command.endpoint)
+        self.log.debug("call %s: connected with %s", self.call_id, command.endpoint)
         await self._execute(self.flow.connected())
         # For the dialplan after the call (hang-up handlers, CDRs); the call is up
         # already, so failing to set them must not end it.
@@ -386,7 +403,7 @@ class CallDriver:
 
     async def _continue(self, command: ContinueInDialplan) -> None:
         result = command.result.value
-        self.log.info("call %s: no connection, %s -> %s", self.call_id, result, RESULT_CONTEXT)
+        self.log.debug("call %s: no connection, %s -> %s", self.call_id, result, RESULT_CONTEXT)
         try:
             await self.ari.set_variable(self.caller.id, "CALLROUTER_RESULT", result)
             await self.ari.continue_in_dialplan(

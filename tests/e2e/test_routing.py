@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX
+from callrouter.calls.driver import ARI_EVENTS, BRIDGE_PREFIX, LEG_PREFIX
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed, PhoneTimeout
@@ -80,13 +80,18 @@ async def test_direct_phones_ring_together_first_answer_wins(
     caller, desk, soft = await make_phones("rt-caller1", "rt-desk1", "rt-soft1")
     desk.ring()
     soft.answer(after=0.5)
-    await start_router(
+    handle = await start_router(
         directory("""
         - {extension: "301", name: Anna, phones: [PJSIP/rt-desk1, PJSIP/rt-soft1]}
         - {extension: "399", name: Caller, phones: [PJSIP/rt-caller1]}
     """),
         "defaults: {timeout: 20}\n",
     )
+    # Asterisk sends the app only the event types the call path reads.
+    ari = handle.router.ari
+    app = await ari.request("GET", f"/applications/{ari.app}")
+    assert {e["type"] for e in app["events_allowed"]} == ARI_EVENTS
+    assert app["events_disallowed"] == []
     call = await caller.call("301", asterisk_port(caller))
     desk_invite = await desk.wait_for("INVITE")
     soft_invite = await soft.wait_for("INVITE")

@@ -155,6 +155,9 @@ class _Model:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     bridges: dict[str, dict[str, Any]] = field(default_factory=dict)
     variables: dict[tuple[str, str], str] = field(default_factory=dict)
+    # PUT /applications/{app}/eventFilter: the allowed event types (empty: all), applied
+    # to send_event() as Asterisk applies it to what it sends the app.
+    allowed_events: set[str] = field(default_factory=set)
 
 
 class FakeAri:
@@ -311,6 +314,9 @@ class FakeAri:
     async def send_event(self, event: Mapping[str, Any] | str | bytes) -> int:
         """Send one frame to every open websocket; return how many got it."""
         if isinstance(event, Mapping):
+            allowed = self.model.allowed_events
+            if allowed and event.get("type") not in allowed:
+                return 0  # filtered out, as Asterisk does
             event = json.dumps(event)
         sockets = list(self._websockets)
         for websocket in sockets:
@@ -420,6 +426,13 @@ class FakeAri:
                 "config": {"name": "fake", "default_language": "en"},
                 "status": {"startup_time": "2025-11-28T12:00:00.000+0000"},
             }
+        if parts[0] == "applications" and len(parts) == 3 and parts[2] == "eventFilter":
+            if parts[1] != self.app:
+                return 404, {"message": "Application not found"}
+            if method == "PUT":
+                allowed = (request.body or {}).get("allowed", [])
+                model.allowed_events = {item["type"] for item in allowed}
+            return 200, {"name": self.app, "events_allowed": sorted(model.allowed_events)}
         if parts[0] == "channels":
             if len(parts) == 1 and method == "GET":
                 return 200, list(model.channels.values())

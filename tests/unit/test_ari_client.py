@@ -757,3 +757,50 @@ async def test_no_secret_in_any_log_line(
     for line in lines:
         assert_no_secret(line)  # ...without the credentials
     assert {r.name for r in ours} >= {"callrouter.ari.client", "callrouter.ari.client.websocket"}
+
+
+async def test_the_event_filter_is_set_on_every_connect_before_on_connected(
+    fake: FakeAri, sleep: FakeSleep, inbox: Inbox
+) -> None:
+    seen_at_connect: list[set[str]] = []
+
+    async def on_connected() -> None:
+        seen_at_connect.append(set(fake.model.allowed_events))
+
+    async with AriClient(
+        fake.base_url,
+        fake.user,
+        PASSWORD,
+        fake.app,
+        on_event=inbox,
+        on_connected=on_connected,
+        events=["StasisStart", "StasisEnd"],
+        sleep=sleep,
+        rand=lambda: 0.5,
+    ) as ari:
+        await ari.wait_connected(WAIT)
+        fake.model.allowed_events = set()  # Asterisk restarted: the app is new
+        await fake.drop_websockets()
+        await fake.wait_websockets(2)
+        await ari.wait_connected(WAIT)
+        assert seen_at_connect == [{"StasisStart", "StasisEnd"}] * 2
+        (put, _) = fake.requests_to("PUT", f"/applications/{fake.app}/eventFilter")
+        assert put.body == {"allowed": [{"type": "StasisStart"}, {"type": "StasisEnd"}],
+                            "disallowed": []}  # fmt: skip
+        # What the filter leaves out never reaches the app.
+        await fake.send_event(state_change("c-1", "Up"))
+        await fake.send_event(stasis_start("c-1", "201"))
+        assert (await get(inbox.queue)).type == "StasisStart"
+        assert drain(inbox.queue) == []
+
+
+async def test_a_refused_event_filter_is_logged_and_events_flow_unfiltered(
+    fake: FakeAri, client: AriClient, inbox: Inbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.set_response("PUT", f"/applications/{fake.app}/eventFilter", 400, {"message": "bad"})
+    client.events = ("StasisStart",)
+    await client.start()
+    await client.wait_connected(WAIT)
+    assert "could not set the event filter" in caplog.text
+    await fake.send_event(state_change("c-2", "Ringing"))
+    assert (await get(inbox.queue)).type == "ChannelStateChange"

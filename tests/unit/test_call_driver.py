@@ -137,7 +137,7 @@ async def test_a_bridge_that_cannot_be_made_is_failed_not_answered(fake, caplog)
         assert not fake.requests_to("POST", "/channels/caller-4/variable")
     messages = [r.getMessage() for r in caplog.records if r.name == "callrouter.calls.driver"]
     assert any("could not connect PJSIP/a" in m for m in messages)
-    assert messages[-1] == "call caller-4: finished, FAILED"
+    assert messages[-1].startswith("call caller-4: finished, FAILED: 201 (")
     assert not any("connected with" in m for m in messages)
 
 
@@ -172,7 +172,12 @@ async def test_deadlines_come_from_the_injected_clock(fake):
         leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
         now[0] += 25.0  # past the leg's 20 s; the event wakes the driver to see it
         await fake.send_event(
-            make_event("ChannelStateChange", channel=make_channel(leg, state="Ringing"))
+            make_event(
+                "Dial",
+                caller=make_channel("caller-6"),
+                peer=make_channel(leg, state="Ringing"),
+                dialstatus="RINGING",
+            )
         )
         await asyncio.wait_for(task, 3)
         assert driver.flow.result.value == "NOANSWER"
