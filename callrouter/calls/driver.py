@@ -392,14 +392,6 @@ class CallDriver:
         self.metrics.call_answered(answered)
         self.log.debug("call %s: connected with %s", self.call_id, command.endpoint)
         await self._execute(self.flow.connected())
-        # For the dialplan after the call (hang-up handlers, CDRs); the call is up
-        # already, so failing to set them must not end it.
-        await asyncio.gather(
-            self._quietly(self.ari.set_variable(self.caller.id, "CALLROUTER_RESULT", "ANSWERED")),
-            self._quietly(
-                self.ari.set_variable(self.caller.id, "CALLROUTER_ANSWERED_BY", command.endpoint)
-            ),
-        )
 
     async def _continue(self, command: ContinueInDialplan) -> None:
         result = command.result.value

@@ -11,10 +11,10 @@ Phases:   RINGING ──leg answers──▶ CONNECTING ──bridged──▶ C
              │                         └──── bridge failed (FAILED) ─────────────▶ FINISHED
              └──── caller hangs up / every leg ended / hand-back ────────────────▶ FINISHED
 
-Results (``CallResult``): the dialplan sees ANSWERED (set on the caller once bridged)
-and NOANSWER, BUSY, UNKNOWN, NOPHONES, DND (in [callrouter-result]) in
-CALLROUTER_RESULT.  Three results are the router's own record only (logs,
-``flow.result``), never set on the channel: HANGUP (the caller hung up first),
+Results (``CallResult``): the dialplan sees NOANSWER, BUSY, UNKNOWN, NOPHONES, DND (in
+[callrouter-result]) in CALLROUTER_RESULT; an ANSWERED call is set nothing (Asterisk's
+BRIDGEPEER names the channel that answered).  Three results are the router's own
+record only (logs, ``flow.result``), never set on the channel: HANGUP (the caller hung up first),
 HANDED_BACK (the router shut down while the call was ringing and gave the caller to
 the dialplan's fallback, which rings the phones itself) and FAILED (a phone answered
 but the caller could not be bridged with it: both were hung up).

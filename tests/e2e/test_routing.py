@@ -8,6 +8,7 @@ phones saw (INVITE, CANCEL, BYE, with times) and what the caller got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from callrouter.ari.errors import AriHttpError
 from callrouter.calls.driver import ARI_EVENTS, BRIDGE_PREFIX, LEG_PREFIX
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
@@ -99,6 +101,15 @@ async def test_direct_phones_ring_together_first_answer_wins(
     assert "rt-caller1" in desk_invite.message.require("From")  # caller ID passes through
     await call.wait_answered(timeout=10)
     await desk.wait_for("CANCEL")
+    # Asterisk's own BRIDGEPEER (no request of ours) names the phone that answered.
+    (caller_id,) = handle.router.intake.calls
+    peer = ""
+    for _ in range(50):  # set once the bridge has both (the loser is cancelled first)
+        with contextlib.suppress(AriHttpError):
+            if peer := await ari.channel_var(caller_id, "BRIDGEPEER"):
+                break
+        await asyncio.sleep(0.1)
+    assert peer.startswith("PJSIP/rt-soft1-"), peer
     await call.hangup()
     await soft.wait_for("BYE")
 

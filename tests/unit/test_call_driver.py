@@ -74,6 +74,8 @@ async def test_legs_are_originated_then_ringing_then_the_answering_leg_is_bridge
         await asyncio.wait_for(task, 3)
         assert fake.requests_to("DELETE", "/channels/caller-1")
         assert not fake.model.bridges
+        # Nothing is set on an answered caller (BRIDGEPEER, Asterisk's, names the leg).
+        assert not fake.requests_to("POST", "/channels/caller-1/variable")
     # Every line about the call carries its id as a field, for JSON logs.
     records = [r for r in caplog.records if r.name == "callrouter.calls.driver"]
     assert records and all(getattr(r, "call_id", None) == "caller-1" for r in records)
