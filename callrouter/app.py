@@ -246,6 +246,16 @@ async def _report_to_systemd(router: Router, notifier: Notifier) -> None:
             last = line
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (libuv: the same asyncio API at a
+    fraction of the CPU per request and event); asyncio's own otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level, settings.log_format)
     for secret in (
@@ -259,6 +269,7 @@ def serve(settings: Settings) -> int:
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
         signals, reload = StopSignals(), asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, signals.received)
@@ -266,7 +277,8 @@ def serve(settings: Settings) -> int:
         return await run_router(settings, signals.stop, reload, force=signals.force)
 
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(main())
     except YamlFileError as exc:
         log.error("cannot start:\n%s", exc)
         return 1

@@ -339,6 +339,7 @@ def test_serve_registers_its_stasis_app_and_stops_on_sigterm(
         log = stderr_path.read_text()
         assert "ImportError" not in log and "ModuleNotFoundError" not in log, output()
         assert "callrouter stopped" in log, output()
+        assert "event loop: uvloop" in log, output()  # the dependency came with the wheel
     finally:
         if server.poll() is None:
             server.kill()
