@@ -134,10 +134,8 @@ class CallDriver:
         try:
             await self._execute(self.flow.start(0.0))
             while not self.flow.finished:
-                deadline = self.flow.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.now())
                 try:
-                    event = await asyncio.wait_for(self.queue.get(), timeout)
+                    event = await self._next_input()
                 except TimeoutError:
                     await self._execute(self.flow.tick(self.now()))
                 else:
@@ -154,6 +152,22 @@ class CallDriver:
                 self.ari.unroute(channel_id)
             if self.bridge_id is not None:
                 self.ari.unroute(self.bridge_id)
+
+    async def _next_input(self) -> AriEvent | _HandBack | _Vanished:
+        """The next queued input, or TimeoutError once the flow's next deadline is due
+        (a due deadline first). An input already queued is taken without a timer;
+        ``asyncio.timeout`` rather than ``wait_for``, which costs a task per input on
+        Python 3.11."""
+        deadline = self.flow.next_deadline()
+        left = None if deadline is None else deadline - self.now()
+        if left is not None and left <= 0:
+            raise TimeoutError
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        if left is None:
+            return await self.queue.get()
+        async with asyncio.timeout(left):
+            return await self.queue.get()
 
     # --- from the router ----------------------------------------------------------
 
