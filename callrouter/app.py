@@ -29,6 +29,7 @@ from callrouter.api.operations import Readiness, assess
 from callrouter.ari.client import AriClient
 from callrouter.calls.build import build as build_calls
 from callrouter.calls.driver import ARI_EVENTS, CallDriver
+from callrouter.calls.overload import OverloadLimits
 from callrouter.config import Settings
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.live import LiveDirectory
@@ -73,7 +74,18 @@ class Router:
             self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout, metrics=metrics
         )
         self.fallback = build_fallback(self.ami, live)
-        self.intake = build_calls(self.ari, live, self.presence.tracker, metrics=metrics)
+        self.intake = build_calls(
+            self.ari,
+            live,
+            self.presence.tracker,
+            metrics=metrics,
+            overload=OverloadLimits(
+                max_pending=settings.overload_max_pending,
+                max_loop_lag=settings.overload_max_loop_lag,
+                max_ari_latency=settings.overload_max_ari_latency,
+                recover=settings.overload_recover,
+            ),
+        )
         # ARI checks that a FastAGI session is a real call on this Asterisk.
         self.login_parts = build_logins(settings, live, self.ari, metrics=metrics)
         self.logins = self.login_parts.service
@@ -118,7 +130,10 @@ class Router:
         return "; ".join((line, *state.warnings))
 
     async def start(self) -> None:
-        self._monitors.spawn(watch_loop_lag(self.metrics), "event-loop-lag")
+        # The lag is an overload signal of the call intake too.
+        self._monitors.spawn(
+            watch_loop_lag(self.metrics, on_lag=self.intake.loop_lag_measured), "event-loop-lag"
+        )
         self.presence.start()
         await self.ami.start(wait=False)
         await self.ari.start()

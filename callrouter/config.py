@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     snapshot_max_age: float = Field(default=60.0, gt=0, le=86400)
     # On SIGTERM: how long ringing calls may go on before they are handed back.
     shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
+    # Overload (calls/overload.py, README "Overload"): a new call goes straight to the
+    # dialplan's AstDB fallback while one of these is reached: calls waiting for their
+    # first leg's request to be answered, the event loop's lag (s), the smoothed ARI
+    # round trip (s).  Routing resumes once all three stayed below half their limit
+    # for overload_recover seconds.  Far above normal operation (README says by how
+    # much): they only act when calls would wait for the router.
+    overload_max_pending: int = Field(default=128, gt=0, le=100_000)
+    overload_max_loop_lag: float = Field(default=0.25, gt=0, le=60)
+    overload_max_ari_latency: float = Field(default=0.5, gt=0, le=60)
+    overload_recover: float = Field(default=1.0, gt=0, le=3600)
 
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

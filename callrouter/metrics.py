@@ -50,9 +50,13 @@ CALL_RESULTS = (
     "handed_back",
     "failed",
 )
-# Why a ringing call went back to the dialplan's fallback instead of being routed on.
+# Why a call went back to the dialplan's fallback instead of being routed (on):
+# "shutdown" (a ringing call), "overload" (a new call, at once; calls/overload.py).
 # (The active/standby issue adds "standby" here.)
-HAND_BACK_REASONS = ("shutdown",)
+HAND_BACK_REASONS = ("shutdown", "overload")
+# Which signal put the router into overload (calls/overload.py's OVERLOAD_REASONS;
+# tests/unit/test_metrics.py holds them together).
+OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
 # "started" counts every leg asked for; the others how each started leg ended.
 LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled")
 # A login attempt, counted once by how it ended (logins.service maps the refusals).
@@ -153,6 +157,32 @@ class Metrics:
             registry=r,
         )
 
+        # Overload: new calls handed back at once (calls/overload.py).
+        self._overloaded = Gauge(
+            "callrouter_overloaded",
+            "1 while the router is overloaded: new calls go straight to the dialplan fallback.",
+            registry=r,
+        )
+        self._overloads = _children(
+            Counter(
+                "callrouter_overloads",
+                "Times the router went into overload, by the signal that put it there.",
+                ["reason"],
+                registry=r,
+            ),
+            OVERLOAD_REASONS,
+        )
+        self._pending = Gauge(
+            "callrouter_calls_pending",
+            "Calls waiting for their first leg's request to be answered (an overload signal).",
+            registry=r,
+        )
+        self._ari_latency = Gauge(
+            "callrouter_ari_latency_seconds",
+            "The call path's ARI round trip, smoothed over time (an overload signal).",
+            registry=r,
+        )
+
         # Connections to Asterisk.
         self._ari_connected = Gauge(
             "callrouter_ari_connected", "1 while the ARI websocket is up.", registry=r
@@ -249,6 +279,9 @@ class Metrics:
     def call_answered(self, seconds: float) -> None:
         self._answer.observe(seconds)
 
+    def overload_entered(self, reason: str) -> None:
+        self._overloads[reason].inc()
+
     # --- the rest -------------------------------------------------------------------
 
     def presence_event(self) -> None:
@@ -288,6 +321,16 @@ class Metrics:
             lambda: max(0, connections() - 1),
         )
 
+    def track_overload(
+        self,
+        overloaded: Callable[[], bool],
+        pending: Callable[[], int],
+        ari_latency: Callable[[], float],
+    ) -> None:
+        self._overloaded.set_function(lambda: float(overloaded()))
+        self._pending.set_function(pending)
+        self._ari_latency.set_function(ari_latency)
+
     def track_directory(self, revision: Callable[[], int]) -> None:
         self._revision.set_function(revision)
 
@@ -295,11 +338,20 @@ class Metrics:
         self._ready.set_function(lambda: float(ready()))
 
 
-async def watch_loop_lag(metrics: Metrics, interval: float = LOOP_LAG_INTERVAL) -> None:
+async def watch_loop_lag(
+    metrics: Metrics,
+    interval: float = LOOP_LAG_INTERVAL,
+    *,
+    on_lag: Callable[[float], None] | None = None,
+) -> None:
     """Sleep ``interval`` again and again; how much later than asked the loop woke us
-    is the lag every other task saw meanwhile (a blocking call, a CPU-heavy step)."""
+    is the lag every other task saw meanwhile (a blocking call, a CPU-heavy step).
+    ``on_lag`` gets each measurement too (the overload signal)."""
     loop = asyncio.get_running_loop()
     while True:
         asleep = loop.time()
         await asyncio.sleep(interval)
-        metrics.loop_lag(max(0.0, loop.time() - asleep - interval))
+        lag = max(0.0, loop.time() - asleep - interval)
+        metrics.loop_lag(lag)
+        if on_lag is not None:
+            on_lag(lag)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from callrouter.ari.client import AriClient
 from callrouter.calls.intake import CallIntake
+from callrouter.calls.overload import OverloadLimits
 from callrouter.directory.live import LiveDirectory
 from callrouter.metrics import Metrics
 from callrouter.routing.resolver import PresenceView
@@ -15,8 +16,11 @@ def build(
     presence: PresenceView | None,
     *,
     metrics: Metrics | None = None,
+    overload: OverloadLimits | None = None,
 ) -> CallIntake:
-    intake = CallIntake(ari, lambda: (live.snapshot, live.rules), presence, metrics=metrics)
+    intake = CallIntake(
+        ari, lambda: (live.snapshot, live.rules), presence, metrics=metrics, overload=overload
+    )
     ari.on_event = intake.on_event
     ari.on_connected = intake.on_connected
     return intake

@@ -101,6 +101,8 @@ class CallDriver:
         ring_timeout_cap: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        on_set_up: Callable[[], None] | None = None,
+        on_round_trip: Callable[[float], None] | None = None,
     ) -> None:
         self.ari = ari
         self.caller = caller
@@ -121,6 +123,10 @@ class CallDriver:
         self._t0 = 0.0
         self._announce = False
         self._detached = False  # see detach()
+        # For the overload signals (calls/overload.py): once, when the call stops
+        # waiting for the router; and each leg request's round trip, in seconds.
+        self._on_set_up = on_set_up
+        self._on_round_trip = on_round_trip
 
     def now(self) -> float:
         return self.clock() - self._t0
@@ -133,6 +139,7 @@ class CallDriver:
         self._announce = True  # logged once the first legs' requests are out
         try:
             await self._execute(self.flow.start(0.0))
+            self._set_up()  # a first step without legs (a rule's delay, nothing to ring)
             while not self.flow.finished:
                 try:
                     event = await self._next_input()
@@ -202,6 +209,12 @@ class CallDriver:
         )
         for warning in self.plan.warnings:
             self.log.warning("call %s: %s", self.call_id, warning)
+
+    def _set_up(self) -> None:
+        """The call no longer waits for the router (``on_set_up``, once)."""
+        if self._on_set_up is not None:
+            on_set_up, self._on_set_up = self._on_set_up, None
+            on_set_up()
 
     def channel_ids(self) -> set[str]:
         """The channels this call owns in Asterisk."""
@@ -333,7 +346,8 @@ class CallDriver:
         # Our own timer stops the leg; the originate timeout is only a safety net.
         timeout = max(1, round(min(run.stop_at - self.now(), self._ring_timeout_cap)) + 1)
         # The call's set-up time ends with its first leg's request.
-        asked = None if self._first_leg_asked else self.clock()
+        sent = self.clock()
+        asked = None if self._first_leg_asked else sent
         self._first_leg_asked = True
         try:
             # With the caller as ``originator`` the leg takes over its caller id as it
@@ -365,8 +379,11 @@ class CallDriver:
         finally:
             # Counted once the request is out: nothing runs before it but the clock.
             self.metrics.leg_started()
+            if self._on_round_trip is not None:
+                self._on_round_trip(self.clock() - sent)
             if asked is not None:
                 self.metrics.call_setup(asked - self.arrived)
+                self._set_up()
         self._announce_start()
         self.log.debug(
             "call %s: ringing %s (leg %s, t=%.3f)",

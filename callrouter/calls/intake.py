@@ -7,19 +7,38 @@ lets ringing calls finish within a grace period before handing the rest back to
 the dialplan.  It counts each call as it ends (metrics: result, hand-back, how its
 legs ended); the driver counts what happens while it runs (legs asked for, set-up and
 answer times).
+
+Overload (``calls/overload.py``): the intake keeps the signals (calls waiting for their
+first leg, the event loop's latest lag, the ARI round trip) and, while the router is
+overloaded, sends a new caller straight to the dialplan's AstDB fallback with one
+request instead of routing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError
 from callrouter.ari.events import AriEvent, Channel
-from callrouter.calls.driver import BRIDGE_PREFIX, LEG_PREFIX, CallDriver
+from callrouter.calls.driver import (
+    BRIDGE_PREFIX,
+    FALLBACK_CONTEXT,
+    FALLBACK_LABEL,
+    LEG_PREFIX,
+    CallDriver,
+)
 from callrouter.calls.flow import CallFlow, CallResult, LegChannel
+from callrouter.calls.overload import (
+    LatencyAverage,
+    LoadSignals,
+    OverloadLimits,
+    OverloadReason,
+    OverloadState,
+)
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.metrics import Metrics
@@ -40,6 +59,8 @@ class CallIntake:
         presence: PresenceView | None = None,
         *,
         metrics: Metrics | None = None,
+        overload: OverloadLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ari = ari
         self.routing_state = routing_state  # the snapshot and rules in force now
@@ -49,6 +70,18 @@ class CallIntake:
         self.metrics.track_calls(lambda: len(self.calls))
         self.tasks = TaskSet("calls")
         self.accepting = True
+        # The overload signals, each O(1) to read: calls not set up yet (by caller
+        # channel id), the event loop's latest lag, the smoothed ARI round trip.
+        self.clock = clock
+        self.overload = OverloadState(overload or OverloadLimits(), clock)
+        self._waiting: set[str] = set()
+        self.loop_lag = 0.0
+        self._ari_latency = LatencyAverage()
+        self.metrics.track_overload(
+            lambda: self.overload.overloaded,
+            lambda: len(self._waiting),
+            lambda: self._ari_latency.value,
+        )
 
     # --- from ARI -----------------------------------------------------------------
 
@@ -65,17 +98,31 @@ class CallIntake:
     def take_call(self, channel: Channel, extension: str) -> None:
         if not self.accepting:
             return
+        reason = self._overloaded()
+        if reason is not None:
+            self._hand_back(channel.id, extension, reason)
+            return
         snapshot, rules = self.routing_state()
         plan = resolve_plan(
             snapshot, rules, extension, caller_endpoint(channel.name), presence=self.presence
         )
-        driver = CallDriver(self.ari, channel, plan, metrics=self.metrics)
-        self.calls[channel.id] = driver
-        task = self.tasks.spawn(driver.run(), f"call {channel.id}")
-        task.add_done_callback(lambda t: self._ended(channel.id, driver, t))
+        call_id = channel.id
+        driver = CallDriver(
+            self.ari,
+            channel,
+            plan,
+            metrics=self.metrics,
+            on_set_up=lambda: self._waiting.discard(call_id),
+            on_round_trip=self._round_trip,
+        )
+        self.calls[call_id] = driver
+        self._waiting.add(call_id)
+        task = self.tasks.spawn(driver.run(), f"call {call_id}")
+        task.add_done_callback(lambda t: self._ended(call_id, driver, t))
 
     def _ended(self, channel_id: str, driver: CallDriver, task: asyncio.Task[None]) -> None:
         self.calls.pop(channel_id, None)
+        self._waiting.discard(channel_id)  # ended before its first leg's request
         if not task.cancelled() and task.exception() is not None:
             self.metrics.call_error()
         # None: the task was cancelled first (a connected call left up at shutdown).
@@ -85,6 +132,57 @@ class CallIntake:
             if result is CallResult.HANDED_BACK:
                 self.metrics.call_handed_back("shutdown")  # the only hand-back there is
         self.metrics.legs_ended(leg_outcomes(driver.flow))
+
+    # --- overload -------------------------------------------------------------------
+
+    def signals(self) -> LoadSignals:
+        return LoadSignals(len(self._waiting), self.loop_lag, self._ari_latency.value)
+
+    def loop_lag_measured(self, seconds: float) -> None:
+        """From the event-loop lag probe (``metrics.watch_loop_lag``), every 0.25 s: the
+        state follows the load between calls too (an overload ends on time)."""
+        self.loop_lag = seconds
+        self._overloaded()
+
+    def _round_trip(self, seconds: float) -> None:
+        self._ari_latency.add(seconds, self.clock())
+
+    def _overloaded(self) -> OverloadReason | None:
+        was = self.overload.reason
+        reason = self.overload.update(self.signals())
+        if reason is not None and was is None:
+            self.metrics.overload_entered(reason)
+        return reason
+
+    def _hand_back(self, channel_id: str, extension: str, reason: OverloadReason) -> None:
+        """Overloaded: the caller goes to the dialplan's AstDB fallback at once (the
+        target of the shutdown hand-back), in one request; no plan, no driver."""
+        self.overload.count_hand_back()
+        self.metrics.call_finished(CallResult.HANDED_BACK.value.lower())
+        self.metrics.call_handed_back("overload")
+        log.info(
+            "call %s: %s handed back to the dialplan fallback (overload: %s)",
+            channel_id,
+            extension,
+            reason,
+            extra={"call_id": channel_id},
+        )
+        self.tasks.spawn(self._send_hand_back(channel_id, extension), f"hand-back {channel_id}")
+
+    async def _send_hand_back(self, channel_id: str, extension: str) -> None:
+        sent = self.clock()
+        try:
+            await self.ari.continue_in_dialplan(
+                channel_id, FALLBACK_CONTEXT, extension, label=FALLBACK_LABEL
+            )
+        except AriError as exc:
+            log.warning(
+                "call %s: hand-back failed: %s", channel_id, exc, extra={"call_id": channel_id}
+            )
+        finally:
+            # Round trips go on while every new call is handed back: the latency
+            # signal follows ARI down again.
+            self._round_trip(self.clock() - sent)
 
     async def on_connected(self) -> None:
         """After every (re)connect: Asterisk's lists are the truth, not our memory."""

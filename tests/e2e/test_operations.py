@@ -23,6 +23,7 @@ from callrouter.metrics import (
     HAND_BACK_REASONS,
     LEG_OUTCOMES,
     LOGIN_OUTCOMES,
+    OVERLOAD_REASONS,
     RELOAD_KINDS,
 )
 from sandbox import router as in_process
@@ -131,6 +132,9 @@ async def test_metrics_count_real_calls_and_logins_and_name_nobody(
 
     changes = moved(before, after)
     assert changes.pop("callrouter_presence_events_total", 0) >= 1  # the desk was in use
+    # An overload signal, a gauge of state: the legs' requests' round trip, smoothed.
+    assert after["callrouter_ari_latency_seconds", ()] > 0
+    changes.pop("callrouter_ari_latency_seconds", None)
     for revision_and_reloads in [k for k in changes if k.startswith("callrouter_directory_")]:
         changes.pop(revision_and_reloads)  # the poll may pick up the sessions' audit
     assert changes == {
@@ -153,7 +157,7 @@ async def test_metrics_count_real_calls_and_logins_and_name_nobody(
     # extension, endpoint, phone or PIN appears in any line's name and labels.
     allowed = {
         "result": set(CALL_RESULTS),
-        "reason": set(HAND_BACK_REASONS),
+        "reason": set(HAND_BACK_REASONS) | set(OVERLOAD_REASONS),
         "outcome": set(LEG_OUTCOMES) | set(LOGIN_OUTCOMES),
         "kind": set(RELOAD_KINDS),
     }

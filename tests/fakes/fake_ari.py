@@ -134,6 +134,7 @@ class _Override:
     delay: float = 0.0  # seconds before the answer
     chunked: bool = False  # body sent with Transfer-Encoding: chunked
     close: bool = False  # "Connection: close", and the connection is closed
+    hold: asyncio.Event | None = None  # no answer before the test sets it
 
 
 @dataclass(eq=False)
@@ -246,6 +247,7 @@ class FakeAri:
         delay: float = 0.0,
         chunked: bool = False,
         close: bool = False,
+        hold: asyncio.Event | None = None,
     ) -> None:
         """Answer ``method path`` with ``status`` and ``body``.
 
@@ -255,8 +257,9 @@ class FakeAri:
         ``set_response("DELETE", "/channels/{id}", 404, {"message": "Channel not found"})``.
         ``events`` are sent on every websocket before the answer. The newest matching
         override wins; after ``times`` uses it is forgotten. ``delay`` holds the answer
-        back that many seconds; ``chunked`` sends the body chunked; ``close`` answers with
-        ``Connection: close`` and closes the connection.
+        back that many seconds, ``hold`` until the test sets that event; ``chunked`` sends
+        the body chunked; ``close`` answers with ``Connection: close`` and closes the
+        connection.
         """
         regex = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path))
         self._overrides.insert(
@@ -271,6 +274,7 @@ class FakeAri:
                 delay,
                 chunked,
                 close,
+                hold,
             ),
         )
 
@@ -377,6 +381,8 @@ class FakeAri:
                     await self.send_event(event)
                 if override is not None and override.delay:
                     await asyncio.sleep(override.delay)
+                if override is not None and override.hold is not None:
+                    await override.hold.wait()
                 close = override is not None and override.close
                 chunked = override is not None and override.chunked
                 writer.write(_response(status, payload, close=close, chunked=chunked))

@@ -59,6 +59,8 @@ def test_every_series_exists_from_the_start_and_states_are_read_when_scraped() -
     for result in CALL_RESULTS:
         assert found["callrouter_calls_total", (("result", result),)] == 0
     assert found["callrouter_calls_handed_back_total", (("reason", "shutdown"),)] == 0
+    assert found["callrouter_calls_handed_back_total", (("reason", "overload"),)] == 0
+    assert found["callrouter_overloads_total", (("reason", "loop_lag"),)] == 0
     assert found["callrouter_logins_total", (("outcome", "wrong_pin"),)] == 0
     assert found["callrouter_directory_reloads_total", (("kind", "logins"),)] == 0
     assert found["callrouter_call_setup_seconds_count", ()] == 0
@@ -151,6 +153,8 @@ async def test_calls_are_counted_as_the_intake_and_the_driver_see_them() -> None
     moved = {key: value for key, value in found.items() if value and "_bucket" not in key[0]}
     setup = found["callrouter_call_setup_seconds_sum", ()]
     assert 0 < setup < 1
+    # A gauge of state (an overload signal): the leg request's round trip, smoothed.
+    assert 0 < moved.pop(("callrouter_ari_latency_seconds", ())) < 1
     assert moved == {
         ("callrouter_calls_total", (("result", "busy"),)): 1,
         ("callrouter_calls_total", (("result", "unknown"),)): 1,
