@@ -7,7 +7,9 @@ CALLROUTER_REQUIRE_E2E=1, where that is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,15 @@ from sandbox.phones import Behaviour, PhoneBank, SimulatedPhone
 E2E_DIR = Path(__file__).resolve().parent
 
 MakePhones = Callable[..., Awaitable[list[SimulatedPhone]]]
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds; fail the test naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,7 +10,7 @@ import re
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,7 +29,7 @@ from callrouter.metrics import (
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed
-from tests.e2e.conftest import MakePhones, started_sandbox
+from tests.e2e.conftest import MakePhones, started_sandbox, until
 from tests.e2e.test_routing import (  # noqa: F401 (fixtures)
     StartRouter,
     _quiet_logs,
@@ -44,14 +44,6 @@ from tests.fakes.fake_systemd import NotifySocket
 ONE_CONNECTION_PER_REQUEST = httpx.Limits(max_keepalive_connections=0)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def parse(text: str) -> Samples:

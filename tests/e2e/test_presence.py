@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from callrouter.domain.presence import DeviceState
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed
 from sandbox.router import RunningRouter
-from tests.e2e.conftest import MakePhones
+from tests.e2e.conftest import MakePhones, until
 from tests.e2e.test_routing import (  # noqa: F401 (fixtures)
     StartRouter,
     _quiet_logs,
@@ -23,14 +22,6 @@ from tests.e2e.test_routing import (  # noqa: F401 (fixtures)
     directory,
     start_router,
 )
-
-
-async def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def published(running: RunningRouter, extension: str) -> tuple[str | None, str | None]:

@@ -19,7 +19,7 @@ from callrouter.logins.store import set_login
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import SimulatedPhone
 from sandbox.router import RunningRouter
-from tests.e2e.conftest import MakePhones
+from tests.e2e.conftest import MakePhones, until
 from tests.e2e.test_routing import (  # noqa: F401 (fixtures)
     StartRouter,
     _quiet_logs,
@@ -41,14 +41,6 @@ workplaces:
 """
 RULES = "defaults: {timeout: 20}\n"
 TONE_MS = 100
-
-
-async def until(condition: object, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def dial_code(
