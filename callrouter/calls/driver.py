@@ -62,12 +62,12 @@ LEG_APP_ARG = "leg"
 # The ringing indication waits for the first leg's request to be answered (its INVITE
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
-_CALLER_GONE = frozenset({"StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"})
-_LEG_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
+_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
 # The only event types the call path reads; the app's event filter asks Asterisk for
 # these alone. A leg's ringing comes as Dial RINGING (its ChannelStateChange to Ringing
-# says the same); the bridge's and the variables' events are not read at all.
-ARI_EVENTS = frozenset({"StasisStart", "Dial", *_CALLER_GONE})
+# says the same), its end as a Dial status or ChannelDestroyed with the cause (what
+# ChannelHangupRequest says too); the bridge's and the variables' events are not read.
+ARI_EVENTS = frozenset({"StasisStart", "Dial", *_GONE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +271,7 @@ class CallDriver:
         if channel is None:
             return []
         if channel.id == self.caller.id:
-            if event.type in _CALLER_GONE:
+            if event.type in _GONE:
                 self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
                 return self.flow.caller_gone()
             return []
@@ -282,10 +282,7 @@ class CallDriver:
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
             return self.flow.leg_answered(leg_id)
-        if event.type == "ChannelHangupRequest":
-            # StasisEnd, which follows, carries no cause: the flow keeps this one.
-            return self.flow.leg_hangup_requested(leg_id, event.cause)
-        elif event.type in _LEG_GONE:
+        if event.type in _GONE:
             return self.flow.leg_gone(leg_id, self.now(), event.cause)
         return []
 
@@ -339,7 +336,7 @@ class CallDriver:
 
         Asterisk sends the INVITE before it answers the request. Until the phone answers
         the leg is not in the app, but the app already gets its events (``Dial``,
-        ``ChannelStateChange``, ``ChannelHangupRequest``, ``ChannelDestroyed``); its
+        ``ChannelStateChange``, ``ChannelDestroyed``); its
         ``StasisStart`` means it answered (and it can only be bridged from then on).
         """
         run = self.flow.legs[command.leg_id]

@@ -169,7 +169,6 @@ class LegRun:
     phase: LegPhase = LegPhase.PENDING
     end: LegEnd | None = None
     channel: LegChannel = LegChannel.NONE
-    cause: int | None = None  # the last hang-up cause Asterisk gave for its channel
 
     @property
     def active(self) -> bool:
@@ -298,22 +297,13 @@ class CallFlow:
         commands.append(Connect(run.leg_id, run.leg.endpoint))
         return commands
 
-    def leg_hangup_requested(self, leg_id: str, cause: int | None) -> list[Command]:
-        """Asterisk is hanging up a leg's channel; the end of it may carry no cause."""
-        run = self.legs.get(leg_id)
-        if run is not None and cause is not None:
-            run.cause = cause
-        return []
-
     def leg_gone(self, leg_id: str, now: float, cause: int | None = None) -> list[Command]:
-        """A leg's channel was destroyed or left the app (or vanished while we were
-        deaf); without a ``cause`` the last one it got counts."""
+        """A leg's channel was destroyed (``cause``: Asterisk's hang-up cause) or left
+        the app (no cause: it had answered), or vanished while we were deaf."""
         run = self.legs.get(leg_id)
         if run is None or run.channel in (LegChannel.NONE, LegChannel.GONE):
             return []
         self._channel_to(run, LegChannel.GONE, "gone")
-        if cause is None:
-            cause = run.cause
         end = LegEnd.BUSY if cause == CAUSE_USER_BUSY else LegEnd.FAILED
         return self.leg_ended(leg_id, end, now)
 

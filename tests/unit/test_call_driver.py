@@ -90,9 +90,6 @@ async def test_busy_everywhere_continues_with_busy(fake):
         task = asyncio.ensure_future(driver.run())
         await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
         leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
-        await fake.send_event(
-            make_event("ChannelHangupRequest", cause=17, channel=make_channel(leg))
-        )
         await fake.send_event(make_event("Dial", dialstatus="BUSY", peer=make_channel(leg)))
         await fake.send_event(make_event("ChannelDestroyed", cause=17, channel=make_channel(leg)))
         await asyncio.wait_for(task, 3)

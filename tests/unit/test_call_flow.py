@@ -218,16 +218,3 @@ def test_events_before_the_answer_to_the_request_win() -> None:
     assert flow.leg_created("leg-1", StartOutcome.CREATED, 0.2) == []
     assert flow.legs["leg-1"].channel is LegChannel.GONE
     assert flow.legs["leg-1"].end is LegEnd.BUSY
-
-
-def test_the_last_hang_up_cause_decides_a_leg_that_goes_without_one() -> None:
-    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10))
-    flow.start(0)
-    for leg_id in ("leg-1", "leg-2"):
-        flow.leg_created(leg_id, StartOutcome.CREATED, 0.1)
-        assert flow.leg_hangup_requested(leg_id, 17) == []
-        flow.leg_hangup_requested(leg_id, None)  # a later request without cause
-    assert flow.leg_gone("leg-1", 1) == []
-    assert flow.leg_gone("leg-2", 1, 16) == [ContinueInDialplan(CallResult.BUSY)]
-    assert flow.legs["leg-1"].end is LegEnd.BUSY
-    assert flow.legs["leg-2"].end is LegEnd.FAILED

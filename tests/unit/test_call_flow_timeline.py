@@ -99,8 +99,7 @@ def test_a_whole_call_rings_in_steps_skips_dead_air_and_is_answered() -> None:
     line.wait_until(0.4)
     line.carry_out(line.flow.leg_ringing(a) + line.flow.leg_ringing(b))
     line.wait_until(2)
-    line.carry_out(line.flow.leg_hangup_requested(b, 17))
-    line.carry_out(line.flow.leg_gone(b, line.now))  # busy, a rings on
+    line.carry_out(line.flow.leg_gone(b, line.now, 17))  # busy, a rings on
     line.wait_until(20)  # a's time is up at 15, c starts as planned
     line.carry_out(line.flow.leg_gone(c, line.now, 34))  # c unreachable at 20
     d = line.leg("PJSIP/d")  # nothing rings: d moves from 40 to 20
