@@ -118,6 +118,7 @@ class Router:
             checked_seconds_ago=None if checked_at is None else time.monotonic() - checked_at,
             max_snapshot_age=self.settings.snapshot_max_age,
             calls_in_progress=len(self.calls),
+            overloaded=self.intake.overload.reason,
         )
 
     def status_line(self) -> str:

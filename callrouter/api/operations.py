@@ -37,6 +37,8 @@ class Readiness:
     # Seconds since the router last confirmed its snapshot against the database.
     snapshot_checked_seconds_ago: float | None
     calls_in_progress: int
+    # Overloaded: new calls go straight to the AstDB fallback; the signal past its limit.
+    overloaded: str | None = None
     # The router's role (active/standby) goes here when that issue lands.
 
 
@@ -51,12 +53,14 @@ def assess(
     checked_seconds_ago: float | None,
     max_snapshot_age: float,
     calls_in_progress: int,
+    overloaded: str | None = None,
 ) -> Readiness:
     """Ready = the snapshot is loaded, ARI is connected, and the database answers or
     the snapshot was confirmed current less than ``max_snapshot_age`` seconds ago.
 
     AMI is not needed to route a call: without it presence and the AstDB fallback are
-    not kept current, which is a warning, not a reason.
+    not kept current, which is a warning, not a reason. Overload is a warning too: every
+    call is still answered for, by the dialplan's fallback.
     """
     reasons: list[str] = []
     warnings: list[str] = []
@@ -80,6 +84,8 @@ def assess(
             )
     if not ami_connected:
         warnings.append("AMI is not connected: presence and the AstDB fallback are not updated")
+    if overloaded is not None:
+        warnings.append(f"overloaded ({overloaded}): new calls go to the AstDB fallback")
     return Readiness(
         ready=not reasons,
         reasons=tuple(reasons),
@@ -91,6 +97,7 @@ def assess(
         database_reachable=database_error is None,
         snapshot_checked_seconds_ago=checked_seconds_ago,
         calls_in_progress=calls_in_progress,
+        overloaded=overloaded,
     )
 
 
@@ -105,6 +112,7 @@ class ReadinessView(BaseModel):
     database_reachable: bool
     snapshot_checked_seconds_ago: float | None
     calls_in_progress: int
+    overloaded: str | None
 
 
 class Alive(BaseModel):

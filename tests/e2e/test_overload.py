@@ -104,6 +104,10 @@ async def test_an_overloaded_router_hands_the_call_to_the_fallback_and_recovers(
     try:
         await eventually(lambda: intake.overload.overloaded, "overloaded by the blocked loop")
         assert intake.overload.reason == "loop_lag"
+        # Health and systemd's STATUS= say so (still ready: the fallback answers).
+        state = router.router.readiness()
+        assert state.ready and state.overloaded == "loop_lag"
+        assert "overloaded (loop_lag)" in router.router.status_line()
         first = await caller.call("341", asterisk.sip_port)
         await asyncio.wait_for(load, 30)  # the load stops once the call was handed back
     finally:
@@ -133,6 +137,7 @@ async def test_an_overloaded_router_hands_the_call_to_the_fallback_and_recovers(
     # The load is gone: after the recover time the router routes again, by itself.
     await eventually(lambda: not intake.overload.overloaded, "routing again")
     assert count(router, "callrouter_overloaded") == 0
+    assert router.router.readiness().overloaded is None
     assert any(
         m.startswith("overload over after") for m in (r.getMessage() for r in caplog.records)
     )

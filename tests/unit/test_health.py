@@ -35,6 +35,10 @@ def test_ready_needs_the_snapshot_ari_and_a_current_database() -> None:
     # AMI down: calls are still routed (presence and fallback go stale): a warning.
     no_ami = assess(**{**_inputs(), "ami_connected": False})
     assert no_ami.ready and "AMI is not connected" in no_ami.warnings[0]
+    # Overloaded: calls go to the dialplan's fallback, still answered for: a warning.
+    overloaded = assess(**{**_inputs(), "overloaded": "ari_latency"})
+    assert overloaded.ready and overloaded.overloaded == "ari_latency"
+    assert overloaded.warnings == ("overloaded (ari_latency): new calls go to the AstDB fallback",)
     # The database gone for a while: still ready on a recently confirmed snapshot …
     recent = assess(**{**_inputs(), "database_error": "OSError: gone", "checked_seconds_ago": 5})
     assert recent.ready and not recent.database_reachable
@@ -97,6 +101,7 @@ async def test_live_ready_and_the_old_health(
         "database_reachable": True,
         "snapshot_checked_seconds_ago": 0.4,
         "calls_in_progress": 2,
+        "overloaded": None,
     }
     state["now"] = replace(READY, ready=False, reasons=("ARI is not connected",))
     reply = await client.get("/api/v1/health/ready")
