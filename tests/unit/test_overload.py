@@ -182,24 +182,20 @@ def test_the_settings_come_from_the_environment_and_must_be_positive(
 
     from callrouter.config import Settings
 
-    defaults = Settings()
-    assert (
-        defaults.overload_max_pending,
-        defaults.overload_max_loop_lag,
-        defaults.overload_max_ari_latency,
-        defaults.overload_recover,
-    ) == (128, 0.25, 0.5, 1.0)
+    def limits(settings: Settings) -> tuple[float, ...]:
+        return (
+            settings.overload_max_pending,
+            settings.overload_max_loop_lag,
+            settings.overload_max_ari_latency,
+            settings.overload_recover,
+        )
+
+    assert limits(Settings()) == (128, 0.25, 0.5, 1.0)
     monkeypatch.setenv("CALLROUTER_OVERLOAD_MAX_PENDING", "8")
     monkeypatch.setenv("CALLROUTER_OVERLOAD_MAX_LOOP_LAG", "0.1")
     monkeypatch.setenv("CALLROUTER_OVERLOAD_MAX_ARI_LATENCY", "0.2")
     monkeypatch.setenv("CALLROUTER_OVERLOAD_RECOVER", "5")
-    settings = Settings()
-    assert (
-        settings.overload_max_pending,
-        settings.overload_max_loop_lag,
-        settings.overload_max_ari_latency,
-        settings.overload_recover,
-    ) == (8, 0.1, 0.2, 5.0)
+    assert limits(Settings()) == (8, 0.1, 0.2, 5.0)
     monkeypatch.setenv("CALLROUTER_OVERLOAD_RECOVER", "0")
     with pytest.raises(ValidationError) as refused:
         Settings()
