@@ -688,7 +688,7 @@ class Bench:
             return None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not Path(py_spy).is_file():
-            raise BenchmarkError("--profile needs py-spy (pip install py-spy)")
+            raise BenchmarkError("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
         out = self.profile_dir / f"{name}.txt"
         cmd = [py_spy, "record", "--pid", str(self.router.pid), "--rate", "250", "--format"]
         cmd += ["raw", "--nonblocking", "--output", str(out)]
