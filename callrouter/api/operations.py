@@ -101,20 +101,6 @@ def assess(
     )
 
 
-class ReadinessView(BaseModel):
-    ready: bool
-    reasons: list[str]
-    warnings: list[str]
-    snapshot_loaded: bool
-    directory_revision: int
-    ari_connected: bool
-    ami_connected: bool
-    database_reachable: bool
-    snapshot_checked_seconds_ago: float | None
-    calls_in_progress: int
-    overloaded: str | None
-
-
 class Alive(BaseModel):
     status: str
 
@@ -133,16 +119,15 @@ def operations_routes(
 
     @router.get(
         "/api/v1/health/ready",
-        response_model=ReadinessView,
-        responses={503: {"model": ReadinessView, "description": "Not ready: see reasons"}},
+        response_model=Readiness,  # the dataclass itself: one list of the fields
+        responses={503: {"model": Readiness, "description": "Not ready: see reasons"}},
     )
     async def ready() -> JSONResponse:
         """Whether the router can route a call now; 503 with the reasons when not."""
         if readiness is None:
             return JSONResponse({"ready": False, "reasons": ["no router"]}, status_code=503)
         state = readiness()
-        body = ReadinessView(**asdict(state)).model_dump(mode="json")
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+        return JSONResponse(asdict(state), status_code=200 if state.ready else 503)
 
     if metrics is not None:
 
