@@ -121,7 +121,6 @@ class CallDriver:
         self._ring_timeout_cap = ring_timeout_cap
         self._first_leg_asked = False
         self._t0 = 0.0
-        self._announce = False
         self._detached = False  # see detach()
         # For the overload signals (calls/overload.py): once, when the call stops
         # waiting for the router; and each leg request's round trip, in seconds.
@@ -136,9 +135,9 @@ class CallDriver:
         for channel_id in ids:
             self.ari.route(channel_id, self.queue)
         self._t0 = self.clock()
-        self._announce = True  # logged once the first legs' requests are out
         try:
             await self._execute(self.flow.start(0.0))
+            self._log_start()  # after the first legs' requests: log lines cost CPU
             self._set_up()  # a first step without legs (a rule's delay, nothing to ring)
             while not self.flow.finished:
                 try:
@@ -194,11 +193,8 @@ class CallDriver:
             self.clock() - self.arrived,
         )
 
-    def _announce_start(self) -> None:
-        """Log the call's start once (at DEBUG); not before the first INVITE is out."""
-        if not self._announce:
-            return
-        self._announce = False
+    def _log_start(self) -> None:
+        """The call's plan (DEBUG) and its warnings."""
         self.log.debug(
             "call %s: %s (%s) -> %d leg(s), status %s",
             self.call_id,
@@ -308,11 +304,10 @@ class CallDriver:
                 self._originates[command.leg_id] = task
                 legs.append((command.leg_id, task))
         ring = any(isinstance(c, IndicateRinging) for c in commands)
-        if legs and (ring or self._announce):
+        if legs and ring:
             await asyncio.wait(
                 [task for _, task in legs], timeout=_RING_WAIT, return_when=asyncio.FIRST_COMPLETED
             )
-        self._announce_start()
         if ring:
             await self._quietly(self.ari.ring(self.caller.id))
         for leg_id, task in legs:
@@ -381,7 +376,6 @@ class CallDriver:
             if asked is not None:
                 self.metrics.call_setup(asked - self.arrived)
                 self._set_up()
-        self._announce_start()
         self.log.debug(
             "call %s: ringing %s (leg %s, t=%.3f)",
             self.call_id,

@@ -130,7 +130,7 @@ class CallIntake:
         if result is not None:
             self.metrics.call_finished(result.value.lower())
             if result is CallResult.HANDED_BACK:
-                self.metrics.call_handed_back("shutdown")  # the only hand-back there is
+                self.metrics.call_handed_back("shutdown")  # an overloaded one never has a driver
         self.metrics.legs_ended(leg_outcomes(driver.flow))
 
     # --- overload -------------------------------------------------------------------
