@@ -178,7 +178,8 @@ class Router:
         """One line for systemd's STATUS= (``systemctl status callrouter``)."""
         state = self.readiness()
         if not state.ready:
-            return f"{state.role}, not ready: " + "; ".join(state.reasons)
+            role = "standby, " if state.role == Role.STANDBY else ""
+            return f"{role}not ready: " + "; ".join(state.reasons)
         if state.role == Role.STANDBY:
             line = f"standby: directory revision {state.directory_revision}"
             return "; ".join((line, *state.warnings))
