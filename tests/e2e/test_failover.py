@@ -8,7 +8,6 @@ under its control and the call is answered and bridged.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import textwrap
 from collections.abc import AsyncIterator
