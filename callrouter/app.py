@@ -277,6 +277,7 @@ async def run_router(
         reporting = TaskSet("systemd status")
         if notifier.enabled:
             reporting.spawn(_report_to_systemd(router, notifier), "systemd-status")
+        refresh_failing = False
         try:
             while not stop.is_set():
                 try:
@@ -294,7 +295,18 @@ async def run_router(
                 try:
                     await live.refresh(force=forced)
                 except Exception:
-                    log.exception("directory refresh failed; the current snapshot stays")
+                    # Once per outage, not every poll; the details at DEBUG.
+                    if not refresh_failing:
+                        log.warning(
+                            "directory refresh failed (%s); routing by the current snapshot",
+                            live.check_error,
+                        )
+                    log.debug("directory refresh failed", exc_info=True)
+                    refresh_failing = True
+                else:
+                    if refresh_failing:
+                        log.info("directory refresh works again")
+                    refresh_failing = False
                 finally:
                     if forced:
                         notifier.reloaded(router.status_line())

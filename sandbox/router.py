@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 from callrouter.app import Router, run_router
 from callrouter.config import Settings
@@ -45,6 +46,17 @@ async def load_directory(url: str, directory_file: Path, *, actor: str) -> None:
     engine = create_engine(url)
     try:
         await import_document(engine, load_document(directory_file), prune=True, actor=actor)
+    finally:
+        await engine.dispose()
+
+
+async def wipe_postgres(url: str) -> None:
+    """Empty the PostgreSQL database at ``url`` (every table, the schema version too)."""
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
     finally:
         await engine.dispose()
 

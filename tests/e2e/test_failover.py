@@ -8,21 +8,26 @@ under its control and the call is answered and bridged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
-from sqlalchemy import text
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
-from callrouter.directory.database import create_engine
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.router import ServeProcess
 from tests.conftest import POSTGRES_ENV, postgres_required
 from tests.e2e.conftest import MakePhones, until
 from tests.e2e.test_routing import directory
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
 @pytest.fixture
@@ -36,11 +41,7 @@ def postgres_url() -> str:
 
 
 async def fresh_directory(url: str, directory_yaml: str, workdir: Path) -> None:
-    wipe = create_engine(url)
-    async with wipe.begin() as conn:
-        await conn.execute(text("DROP SCHEMA public CASCADE"))
-        await conn.execute(text("CREATE SCHEMA public"))
-    await wipe.dispose()
+    await in_process.wipe_postgres(url)
     path = workdir / "directory.yaml"
     path.write_text(textwrap.dedent(directory_yaml))
     await in_process.load_directory(url, path, actor="test")
@@ -53,7 +54,9 @@ async def pair(
     rules = tmp_path / "rules.yaml"
     rules.write_text("defaults: {timeout: 30}\n")
     settings = in_process.sandbox_settings(asterisk, postgres_url, rules, poll_interval=0.2)
-    settings = settings.model_copy(update={"log_level": "DEBUG"})
+    settings = settings.model_copy(
+        update={"log_level": "DEBUG", "api_admin_token": SecretStr(ADMIN_TOKEN)}
+    )
     routers = (ServeProcess(settings, tmp_path, "a"), ServeProcess(settings, tmp_path, "b"))
     yield routers
     for router in routers:
@@ -116,3 +119,175 @@ async def test_kill_9_of_the_active_router_while_a_call_rings_the_standby_takes_
     await second.wait_answered(timeout=10)
     await second.hangup()
     await until(lambda: not caller.active_calls(), "the second call to end")
+
+
+async def test_a_login_through_the_standby_rings_the_workplace_on_the_active_router(
+    asterisk: AsteriskSandbox,
+    postgres_url: str,
+    tmp_path: Path,
+    pair: tuple[ServeProcess, ServeProcess],
+    make_phones: MakePhones,
+) -> None:
+    caller, mobile, hot = await make_phones("sb-caller", "sb-mobile", "sb-hot")
+    mobile.ring()
+    hot.answer(after=0.2)
+    await fresh_directory(
+        postgres_url,
+        directory(
+            """
+        - {extension: "831", name: Sven, phones: [PJSIP/sb-mobile]}
+    """,
+            workplaces="""
+        - {id: hot-2, name: Hot desk 2, code: "852", phones: [PJSIP/sb-hot]}
+    """,
+        ),
+        tmp_path,
+    )
+    active, standby = pair
+    await active.start()
+    await active.wait_role("active")
+    await standby.start()
+    await standby.wait_role("standby")
+    async with httpx.AsyncClient(
+        base_url=standby.api_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as api:
+        reply = await api.post("/api/v1/login", json={"extension": "831", "workplace": "hot-2"})
+        assert reply.status_code == 200, reply.text
+    revision = (await standby.health() or {}).get("directory_revision")
+    assert isinstance(revision, int)
+
+    async def caught_up() -> bool:
+        health = await active.health()
+        return health is not None and health["directory_revision"] >= revision
+
+    async with asyncio.timeout(10):
+        while not await caught_up():
+            await asyncio.sleep(0.05)
+    call = await caller.call("831", asterisk.sip_port)
+    await hot.wait_for("INVITE", timeout=10)  # the workplace, by the active router
+    await call.wait_answered(timeout=10)
+    await call.hangup()
+
+
+class TcpProxy:
+    """A loopback TCP proxy to ``target``, whose link can be cut and restored: what
+    the router sees when the database's host or network goes away."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.cut = False
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._links |= {writer, up_writer}
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._links -= {writer, up_writer}
+
+    def sever(self) -> None:
+        """Every connection dropped, new ones refused."""
+        self.cut = True
+        for link in list(self._links):
+            link.transport.abort()
+        self._links.clear()
+
+    def restore(self) -> None:
+        self.cut = False
+
+    async def close(self) -> None:
+        self.sever()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_the_database_gone_while_routing_calls_go_on_logins_fail_cleanly(
+    asterisk: AsteriskSandbox, postgres_url: str, tmp_path: Path, make_phones: MakePhones
+) -> None:
+    caller, desk, hot = await make_phones("db-caller", "db-desk", "db-hot")
+    desk.answer(after=0.2)
+    hot.ring()
+    await fresh_directory(
+        postgres_url,
+        directory(
+            """
+        - {extension: "821", name: Dora, phones: [PJSIP/db-desk]}
+    """,
+            workplaces="""
+        - {id: hot-1, name: Hot desk, code: "851", phones: [PJSIP/db-hot]}
+    """,
+        ),
+        tmp_path,
+    )
+    target = make_url(postgres_url)
+    proxy = await TcpProxy((target.host or "127.0.0.1", target.port or 5432)).start()
+    through_proxy = target.set(port=proxy.port).render_as_string(hide_password=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("defaults: {timeout: 20}\n")
+    settings = in_process.sandbox_settings(asterisk, through_proxy, rules, poll_interval=0.2)
+    settings = settings.model_copy(
+        update={"api_admin_token": SecretStr("admin-token-0123456789abcdef")}
+    )
+    running = await in_process.start_router(settings, asterisk=asterisk)
+    router = running.router
+    assert router.api_server is not None
+    admin = {"Authorization": "Bearer admin-token-0123456789abcdef"}
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{router.api_server.port}", headers=admin
+        ) as api:
+            proxy.sever()
+            await until(lambda: router.live.check_error is not None, "the poll to fail")
+            await until(
+                lambda: router.election is not None and router.election.unconfirmed is not None,
+                "the lease to be unconfirmed",
+            )
+            assert router.role.value == "active"  # routing on, from the snapshot
+            call = await caller.call("821", asterisk.sip_port)
+            await call.wait_answered(timeout=10)
+            await call.hangup()
+            # A login needs the database: a clear 503, and nothing of it written.
+            refused = await api.post(
+                "/api/v1/login", json={"extension": "821", "workplace": "hot-1"}
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["reason"] == "database"
+            assert "821" not in router.live.snapshot.logins
+
+            proxy.restore()
+            await until(lambda: router.live.check_error is None, "the poll to succeed again")
+            assert "821" not in router.live.snapshot.logins  # read back: nothing half-written
+            await until(
+                lambda: router.election is not None and router.election.unconfirmed is None,
+                "the lease to be confirmed again",
+            )
+            accepted = await api.post(
+                "/api/v1/login", json={"extension": "821", "workplace": "hot-1"}
+            )
+            assert accepted.status_code == 200, accepted.text
+            # The next call rings the workplace too: routing follows the database again.
+            second = await caller.call("821", asterisk.sip_port)
+            await hot.wait_for("INVITE", timeout=10)
+            await second.wait_answered(timeout=10)
+            await second.hangup()
+    finally:
+        await running.shut_down()
+        await proxy.close()
