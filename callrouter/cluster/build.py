@@ -29,7 +29,9 @@ def build_lease(settings: Settings) -> Lease | None:
     per database); in-memory or other backends: None (no lease, always active)."""
     url = make_url(settings.db)
     if url.get_backend_name() == "postgresql":
-        return PostgresLease(settings.db, lease_name(settings))
+        # A holder silent for three confirmations (1.5 s at least) is taken for gone.
+        stale = max(1.5, 3 * settings.lease_check_interval)
+        return PostgresLease(settings.db, lease_name(settings), stale_after=stale)
     path = sqlite_path(url)
     if path is not None:
         return FileLease(path.resolve())

@@ -82,15 +82,16 @@ class Election:
             started = self._clock()
             self._set(Role.ACTIVE)
             self.terms += 1
-            await self._promote()
-            self.takeover_seconds = self._clock() - started
-            log.info(
-                "active: lease %s held; routing after %.3f s (term %d)",
-                self.lease.name,
-                self.takeover_seconds,
-                self.terms,
-            )
-            reason = await self._hold()
+            reason = await self._promote_confirming()
+            if reason is None:
+                self.takeover_seconds = self._clock() - started
+                log.info(
+                    "active: lease %s held; routing after %.3f s (term %d)",
+                    self.lease.name,
+                    self.takeover_seconds,
+                    self.terms,
+                )
+                reason = await self._hold()
             # Stop taking calls before the lease is let go: never two routers at once.
             self._set(Role.STANDBY)
             log.warning("standby: %s", reason)
@@ -98,6 +99,25 @@ class Election:
                 await self._demote(reason)
             finally:
                 await self.lease.release()
+
+    async def _promote_confirming(self) -> str | None:
+        """``promote()``, confirming the lease meanwhile (a standby takes a holder that
+        stays silent for long for gone); why it must stop, if it must."""
+        promoting = asyncio.ensure_future(self._promote())
+        try:
+            while True:
+                done, _ = await asyncio.wait({promoting}, timeout=self.check_interval)
+                if done:
+                    promoting.result()
+                    return None
+                if self._replaced.is_set():
+                    return "another router took the ARI app over (ApplicationReplaced)"
+                if await self.lease.confirm() is False:
+                    return f"lease {self.lease.name} is held by another router"
+        finally:
+            if not promoting.done():
+                promoting.cancel()
+                await asyncio.gather(promoting, return_exceptions=True)
 
     async def _hold(self) -> str:
         """While active: returns why this router must stop."""

@@ -4,9 +4,15 @@ On PostgreSQL the lease is a session-level advisory lock (``pg_advisory_lock``) 
 on one connection of its own. PostgreSQL releases it the moment that session ends, so a
 router killed with SIGKILL, or whose connection breaks, frees it at once, without a
 clock or an expiry to wait for; a standby waits for it inside PostgreSQL (a blocked
-``pg_advisory_lock``), so it hears of the release without polling. A host that vanishes
-without closing its connection is noticed by TCP keepalives set on the session
-(about 4 s).
+``pg_advisory_lock``), so it hears of the release without polling.
+
+A holder that stops without closing its connection (its host gone, the process
+frozen) shows in ``pg_stat_activity``: the active router confirms its lease with a
+query every ``lease_check_interval``, so its session's ``state_change`` moves; a
+standby that finds it idle for longer than ``stale_after`` ends that session
+(``pg_terminate_backend``) and takes the lease. Should the old holder come back, its
+next confirmation fails and Asterisk has given the app to the new one already. TCP
+keepalives on the session catch the rest.
 
 On SQLite there is one router per database: the lease is an exclusive lock on a file
 beside the database, taken at start or refused with a message that says what to do.
@@ -86,7 +92,17 @@ _DB_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
-_LOCK_WAIT = "5s"  # a waiting pg_advisory_lock gives up (and is asked again) after this
+# A waiting pg_advisory_lock gives up after this, so that the standby checks whether
+# the holder still lives, and asks again.
+_LOCK_WAIT = "500ms"
+# The holder's session, if its last query ended longer ago than stale_after seconds.
+_STALE_HOLDER = """
+SELECT pg_terminate_backend(a.pid)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid::text::bigint = $1 AND l.objid::text::bigint = $2
+  AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => $3)
+"""
 
 
 class PostgresLease:
@@ -102,6 +118,7 @@ class PostgresLease:
         connect_timeout: float = 3.0,
         confirm_timeout: float = 2.0,
         backoff_cap: float = 2.0,
+        stale_after: float = 1.5,
     ) -> None:
         self.name = name
         self.key = lease_key(name)
@@ -109,6 +126,7 @@ class PostgresLease:
         self._connect_timeout = connect_timeout
         self._confirm_timeout = confirm_timeout
         self._backoff_cap = backoff_cap
+        self.stale_after = stale_after
         self._conn: asyncpg.Connection | None = None
         self._held = False
 
@@ -137,9 +155,11 @@ class PostgresLease:
             try:
                 conn = self._conn or await self._connect()
                 attempt = 0
-                await conn.execute("SELECT pg_advisory_lock($1)", self.key)
-            except asyncpg.LockNotAvailableError:
-                continue  # still held by another router; ask again (and prove we live)
+                try:
+                    await conn.execute("SELECT pg_advisory_lock($1)", self.key)
+                except asyncpg.LockNotAvailableError:
+                    await self._end_stale_holder(conn)  # then ask again
+                    continue
             except _DB_ERRORS as exc:
                 await self._drop()
                 delay = backoff_delay(attempt, base=0.1, cap=self._backoff_cap, rand=0.5)
@@ -153,6 +173,20 @@ class PostgresLease:
                 raise
             self._held = True
             return
+
+    async def _end_stale_holder(self, conn: asyncpg.Connection) -> None:
+        ended = await conn.fetch(
+            _STALE_HOLDER,
+            (self.key >> 32) & 0xFFFFFFFF,  # a bigint key is shown as two unsigned halves
+            self.key & 0xFFFFFFFF,
+            self.stale_after,
+        )
+        if ended:
+            log.warning(
+                "lease %s: its holder has not confirmed it for over %.1f s; its session was ended",
+                self.name,
+                self.stale_after,
+            )
 
     async def confirm(self) -> bool | None:
         conn = self._conn

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -119,6 +120,46 @@ async def test_kill_9_of_the_active_router_while_a_call_rings_the_standby_takes_
     await second.wait_answered(timeout=10)
     await second.hangup()
     await until(lambda: not caller.active_calls(), "the second call to end")
+
+
+async def test_a_frozen_active_router_is_replaced_and_steps_down_when_it_wakes(
+    asterisk: AsteriskSandbox,
+    postgres_url: str,
+    tmp_path: Path,
+    pair: tuple[ServeProcess, ServeProcess],
+    make_phones: MakePhones,
+) -> None:
+    """SIGSTOP: what a vanished host looks like to the others (its connections stay
+    open, nothing comes from it). The standby takes over; when the old one wakes, it
+    finds the app taken and the lease gone, and becomes a standby: never two active."""
+    caller, desk = await make_phones("fz-caller", "fz-desk")
+    desk.answer(after=0.2)
+    await fresh_directory(
+        postgres_url,
+        directory("""
+        - {extension: "841", name: Frida, phones: [PJSIP/fz-desk]}
+    """),
+        tmp_path,
+    )
+    a, b = pair
+    await a.start()
+    await a.wait_role("active")
+    await b.start()
+    await b.wait_role("standby")
+    assert a.process is not None
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        await b.wait_role("active", timeout=15)
+        call = await caller.call("841", asterisk.sip_port)
+        await call.wait_answered(timeout=10)
+        await call.hangup()
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    await a.wait_role("standby", timeout=15)
+    assert (await b.health() or {}).get("role") == "active"
+    log = a.output()
+    assert "standby: " in log, log[-3000:]
+    assert "its session was ended" in b.output(), b.output()[-3000:]
 
 
 async def test_a_login_through_the_standby_rings_the_workplace_on_the_active_router(

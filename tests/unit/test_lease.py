@@ -112,6 +112,32 @@ async def test_a_holder_whose_session_ends_frees_the_lease_at_once(
     await second.release()
 
 
+async def test_a_holder_that_stops_confirming_is_taken_for_gone(
+    new_lease: LeaseFactory,
+) -> None:
+    """Its host gone or its process frozen: the connection stays open, but the
+    holder's session shows no query for longer than stale_after."""
+    frozen = new_lease()
+    await frozen.acquire()
+    if not isinstance(frozen, PostgresLease):
+        with pytest.raises(LeaseRefused):  # SQLite: the one router's, frozen or not
+            await new_lease().acquire()
+        await frozen.release()
+        return
+    alive = PostgresLease(POSTGRES_URL or "", frozen.name, stale_after=0.5)
+    # While the holder confirms, the standby waits (and ends nobody's session).
+    waiting = asyncio.ensure_future(alive.acquire())
+    for _ in range(8):
+        assert await frozen.confirm() is True
+        await asyncio.sleep(0.2)
+    assert not waiting.done()
+    # Then it goes silent: the standby ends its session and takes the lease.
+    await asyncio.wait_for(waiting, WAIT)
+    assert await alive.confirm() is True
+    assert await frozen.confirm() is False  # back from the dead: it lost the lease
+    await alive.release()
+
+
 async def test_confirm_cannot_tell_while_the_database_is_unreachable(
     new_lease: LeaseFactory,
 ) -> None:
