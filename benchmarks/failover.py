@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,31 +30,9 @@ from benchmarks.common import directory_yaml, percentile
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox, ensure_rootfs
 from sandbox.phones import PhoneBank
-from sandbox.router import ServeProcess
+from sandbox.router import ServeProcess, throwaway_postgres
 
 TAKEOVER_GOAL = 2.0  # seconds from kill -9 to routing, p99
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.asynccontextmanager
-async def postgres(workdir: Path) -> AsyncIterator[str]:
-    url = os.environ.get("CALLROUTER_TEST_POSTGRES")
-    if url:
-        yield url
-        return
-    script = ROOT / "scripts" / "postgres.sh"
-    data = workdir / "postgres"
-    data.mkdir()
-    started = subprocess.run(
-        [str(script), "start", str(data), str(os.getpid())],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    try:
-        yield started.stdout.strip()
-    finally:
-        subprocess.run([str(script), "stop", str(data)], check=False, capture_output=True)
 
 
 async def ready(router: ServeProcess) -> dict[str, Any] | None:
@@ -88,7 +62,7 @@ async def run(kills: int) -> None:
         asterisk = AsteriskSandbox(ensure_rootfs())
         await asterisk.start_async()
         try:
-            async with postgres(workdir) as url, PhoneBank() as phones:
+            async with throwaway_postgres() as url, PhoneBank() as phones:
                 await measure(asterisk, url, phones, workdir, kills)
         finally:
             await asterisk.stop_async()

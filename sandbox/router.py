@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -221,3 +223,32 @@ class ServeProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.asynccontextmanager
+async def throwaway_postgres() -> AsyncIterator[str]:
+    """The SQLAlchemy URL of an empty PostgreSQL database: ``CALLROUTER_TEST_POSTGRES``
+    when set, else a server of its own (scripts/postgres.sh) in the repository's
+    .cache/ (the ``postgres`` user must reach it: temporary directories are root's
+    alone), removed on exit."""
+    url = os.environ.get("CALLROUTER_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "scripts" / "postgres.sh"
+    (repo / ".cache").mkdir(exist_ok=True)
+    data = Path(tempfile.mkdtemp(prefix="postgres.", dir=repo / ".cache"))
+    started = await asyncio.to_thread(
+        subprocess.run,
+        [str(script), "start", str(data), str(os.getpid())],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield started.stdout.strip()
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, [str(script), "stop", str(data)], check=False, capture_output=True
+        )
