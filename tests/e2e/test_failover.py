@@ -210,6 +210,35 @@ async def test_a_login_through_the_standby_rings_the_workplace_on_the_active_rou
     await call.hangup()
 
 
+async def test_on_sqlite_a_second_router_for_the_same_database_refuses_to_start(
+    asterisk: AsteriskSandbox, tmp_path: Path
+) -> None:
+    path = tmp_path / "directory.yaml"
+    path.write_text(directory('- {extension: "861", name: Solo}\n'))
+    url = f"sqlite:///{tmp_path}/callrouter.db"
+    await in_process.load_directory(url, path, actor="test")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("defaults: {timeout: 20}\n")
+    settings = in_process.sandbox_settings(asterisk, url, rules)
+    first, second = (
+        ServeProcess(settings, tmp_path, "first"),
+        ServeProcess(settings, tmp_path, "second"),
+    )
+    try:
+        await first.start()
+        await first.wait_role("active")
+        await second.start()
+        assert second.process is not None
+        code = await asyncio.wait_for(second.process.wait(), 30)
+        assert code == 1, second.output()
+        assert "cannot start: another callrouter serve (pid " in second.output()
+        assert "SQLite takes one router per database" in second.output()
+        assert (await first.health() or {}).get("role") == "active"  # untouched
+    finally:
+        await second.stop()
+        await first.stop()
+
+
 class TcpProxy:
     """A loopback TCP proxy to ``target``, whose link can be cut and restored: what
     the router sees when the database's host or network goes away."""
