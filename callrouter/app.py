@@ -214,6 +214,18 @@ class Router:
             await self.agi_server.close()
         await self.login_parts.auto_logout.close()
         await self._electing.close()  # an active router stays active until the end
+        election = self.election
+        if (
+            election is not None
+            and election.role is Role.ACTIVE
+            and await election.lease.standby_waiting()
+        ):
+            # A standby waits: it takes every call over (ringing ones ring again from
+            # it) in a moment; better than fallback rings, or callers left waiting.
+            log.info("stopping: the standby takes the calls over")
+            self.intake.accepting = False
+            await self._demote("stopping")
+            await election.lease.release()
         await self.intake.stop(grace, force=force)
         await self.fallback.close()
         await self.ari.close()

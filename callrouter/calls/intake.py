@@ -97,6 +97,17 @@ class CallIntake:
 
     def take_call(self, channel: Channel, extension: str) -> None:
         if not self.accepting:
+            # Shutting down: a caller arriving now goes to the fallback at once, rather
+            # than waiting in the app for a router that is leaving.
+            self.metrics.call_finished(CallResult.HANDED_BACK.value.lower())
+            self.metrics.call_handed_back("shutdown")
+            log.info(
+                "call %s: %s handed back to the dialplan fallback (shutting down)",
+                channel.id,
+                extension,
+                extra={"call_id": channel.id},
+            )
+            self.tasks.spawn(self._send_hand_back(channel.id, extension), f"hand-back {channel.id}")
             return
         reason = self._overloaded()
         if reason is not None:
