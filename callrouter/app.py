@@ -124,6 +124,7 @@ class Router:
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)
         metrics.track_directory(lambda: live.snapshot.revision)
         metrics.track_ready(lambda: self.readiness().ready)
+        metrics.track_role(lambda: self.role.value)
         self._monitors = TaskSet("monitors")
         self._electing = TaskSet("election")
         self._started_at = time.time()
@@ -139,6 +140,7 @@ class Router:
 
     async def _promote(self) -> None:
         """The lease is ours: connect the app, resync, take over waiting callers."""
+        self.metrics.activated()
         await self.ari.start()
         try:
             await self.ari.wait_connected(10)
