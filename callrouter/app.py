@@ -99,6 +99,7 @@ class Router:
                 max_ari_latency=settings.overload_max_ari_latency,
                 recover=settings.overload_recover,
             ),
+            timezone=settings.timezone,
         )
         # ARI checks that a FastAGI session is a real call on this Asterisk.
         self.login_parts = build_logins(settings, live, self.ari, metrics=metrics)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError
@@ -43,6 +44,7 @@ from callrouter.calls.overload import (
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.metrics import Metrics
+from callrouter.routing.plan import CallContext
 from callrouter.routing.resolver import PresenceView, resolve_plan
 from callrouter.rules.model import RingRules
 from callrouter.tasks import TaskSet
@@ -62,6 +64,7 @@ class CallIntake:
         metrics: Metrics | None = None,
         overload: OverloadLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        local_time: Callable[[], datetime] | None = None,
     ) -> None:
         self.ari = ari
         self.routing_state = routing_state  # the snapshot and rules in force now
@@ -74,6 +77,10 @@ class CallIntake:
         # The overload signals, each O(1) to read: calls not set up yet (by caller
         # channel id), the event loop's latest lag, the smoothed ARI round trip.
         self.clock = clock
+        # The wall-clock time that schedules (when:/unless:) are read in.
+        self.local_time = local_time or (lambda: datetime.now().astimezone())
+        self._phones_key: tuple[object, ...] | None = None
+        self._phones: frozenset[str] = frozenset()
         self.overload = OverloadState(overload or OverloadLimits(), clock)
         self._waiting: set[str] = set()
         self._adopted: set[str] = set()  # bridges of conversations another router connected
@@ -95,9 +102,39 @@ class CallIntake:
         if channel.id.startswith(LEG_PREFIX) or channel.id in self.calls:
             return
         extension = event.args[0] if event.args else (channel.exten or "")
-        self.take_call(channel, extension)
+        self.take_call(channel, extension, event.args[1] if len(event.args) > 1 else None)
 
-    def take_call(self, channel: Channel, extension: str) -> None:
+    def call_context(
+        self, snapshot: DirectorySnapshot, channel: Channel, kind: str | None
+    ) -> CallContext:
+        """Internal when the dialplan says so (``Stasis(callrouter,EXTEN,internal)``),
+        else when the caller's endpoint is a phone of the directory; and the local time."""
+        if kind in ("internal", "external"):
+            internal = kind == "internal"
+        else:
+            if kind is not None:
+                log.warning(
+                    "call %s: Stasis argument %r is neither internal nor external",
+                    channel.id,
+                    kind[:40],
+                )
+            endpoint = caller_endpoint(channel.name)
+            internal = endpoint is not None and endpoint in self._directory_phones(snapshot)
+        return CallContext(internal=internal, at=self.local_time())
+
+    def _directory_phones(self, snapshot: DirectorySnapshot) -> frozenset[str]:
+        # Rebuilt when users or workplaces change, not on a login (it keeps both maps).
+        key = (snapshot.users, snapshot.workplaces, snapshot.unassigned_phones)
+        if self._phones_key is None or any(
+            a is not b for a, b in zip(key, self._phones_key, strict=True)
+        ):
+            self._phones_key = key
+            self._phones = frozenset(snapshot.phone_owners()) | frozenset(
+                snapshot.unassigned_phones
+            )
+        return self._phones
+
+    def take_call(self, channel: Channel, extension: str, kind: str | None = None) -> None:
         if not self.accepting:
             # Shutting down: a caller arriving now goes to the fallback at once, rather
             # than waiting in the app for a router that is leaving.
@@ -117,7 +154,12 @@ class CallIntake:
             return
         snapshot, rules = self.routing_state()
         plan = resolve_plan(
-            snapshot, rules, extension, caller_endpoint(channel.name), presence=self.presence
+            snapshot,
+            rules,
+            extension,
+            caller_endpoint(channel.name),
+            presence=self.presence,
+            call=self.call_context(snapshot, channel, kind),
         )
         call_id = channel.id
         driver = CallDriver(
@@ -229,7 +271,12 @@ class CallIntake:
             if channel.app_name == "Stasis" and app == self.ari.app:
                 # A caller waiting in our app that no task owns (the router restarted).
                 log.info("resync: taking over waiting call %s", channel.id)
-                self.take_call(channel, args.split(",")[0] if args else channel.exten or "")
+                parts = args.split(",") if args else []
+                self.take_call(
+                    channel,
+                    parts[0] if parts else channel.exten or "",
+                    parts[1] if len(parts) > 1 else None,
+                )
         for bridge in bridges:
             if (
                 bridge.id.startswith(BRIDGE_PREFIX)
