@@ -210,3 +210,26 @@ def test_when_entries_ring_only_in_their_schedule_and_calls_entries_only_for_the
     fits = calls is None or (calls == "internal") is internal
     assert ("PJSIP/desk" in rung) is (holds and fits)
     assert ("PJSIP/soft" in rung) is (not holds)  # unless: exactly outside the schedule
+
+
+def test_internal_by_the_callers_endpoint_unless_the_dialplan_says_otherwise() -> None:
+    from typing import cast
+
+    from callrouter.ari import AriClient
+    from callrouter.ari.events import Channel
+    from callrouter.calls.intake import CallIntake
+
+    at = datetime(2026, 12, 2, 10, 0)
+    intake = CallIntake(cast(AriClient, None), lambda: (SNAPSHOT, RULES), local_time=lambda: at)
+    ours = Channel("c-1", name="PJSIP/desk-00000001")
+    theirs = Channel("c-2", name="PJSIP/trunk-00000002")
+    assert intake.call_context(SNAPSHOT, ours, None) == CallContext(internal=True, at=at)
+    assert intake.call_context(SNAPSHOT, theirs, None) == CallContext(internal=False, at=at)
+    # Stasis(callrouter,EXTEN,external) from a trunk's context, or internal.
+    assert not intake.call_context(SNAPSHOT, ours, "external").internal
+    assert intake.call_context(SNAPSHOT, theirs, "internal").internal
+    # Anything else is ignored (logged): the endpoint decides.
+    assert intake.call_context(SNAPSHOT, theirs, "vip").internal is False
+    # A workplace's phone counts as the directory's too.
+    hot = Channel("c-3", name="PJSIP/hot-00000003")
+    assert intake.call_context(SNAPSHOT, hot, None).internal
