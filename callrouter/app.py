@@ -3,6 +3,7 @@
 This module only composes; each feature builds itself (``<feature>/build.py``):
 
   directory (SQL) ──▶ LiveDirectory (snapshot + rules, reloaded on change) ──▶ calls
+  PostgreSQL NOTIFY ──▶ ChangeFeed ──▶ LiveDirectory, PresenceService (client statuses)
   ARI websocket ──StasisStart──▶ CallIntake ──▶ one CallDriver task per call
   AMI ◀── FallbackService (AstDB dial strings for when the router is down)
   FastAGI (feature codes) ─┐
@@ -31,6 +32,7 @@ from callrouter.calls.build import build as build_calls
 from callrouter.calls.driver import ARI_EVENTS, CallDriver
 from callrouter.calls.overload import OverloadLimits
 from callrouter.config import Settings
+from callrouter.directory.changes import build as build_changes
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.live import LiveDirectory
 from callrouter.fallback.build import build as build_fallback
@@ -70,8 +72,15 @@ class Router:
             settings.ami_secret.get_secret_value(),
             events=AMI_EVENTS,  # presence; everything else is actions
         )
+        # PostgreSQL announces directory and client status changes (None on SQLite).
+        self.changes = build_changes(live, metrics=metrics)
         self.presence = build_presence(
-            self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout, metrics=metrics
+            self.ami,
+            live,
+            heartbeat_timeout=settings.client_heartbeat_timeout,
+            poll_interval=settings.directory_poll_interval,
+            changes=self.changes,
+            metrics=metrics,
         )
         self.fallback = build_fallback(self.ami, live)
         self.intake = build_calls(
@@ -136,6 +145,8 @@ class Router:
             watch_loop_lag(self.metrics, on_lag=self.intake.loop_lag_measured), "event-loop-lag"
         )
         self.presence.start()
+        if self.changes is not None:
+            self.changes.start()
         await self.ami.start(wait=False)
         await self.ari.start()
         if self.agi_server is not None:
@@ -157,6 +168,8 @@ class Router:
         await self.ari.close()
         await self.ami.close()
         await self.presence.close()
+        if self.changes is not None:
+            await self.changes.close()
         await self._monitors.close()
 
 
