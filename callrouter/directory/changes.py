@@ -272,7 +272,9 @@ def listens(engine: AsyncEngine) -> bool:
     )
 
 
-def build(live: LiveDirectory, *, metrics: Metrics | None = None) -> ChangeFeed | None:
+def build(
+    live: LiveDirectory, *, metrics: Metrics | None = None, connect: Connect = asyncpg.connect
+) -> ChangeFeed | None:
     """The change feed of ``live``'s database, refreshing ``live`` on every directory
     change; None on SQLite (and other drivers), where polling is the only way.
 
@@ -282,7 +284,9 @@ def build(live: LiveDirectory, *, metrics: Metrics | None = None) -> ChangeFeed 
     engine = live.engine
     if not listens(engine):
         return None
-    feed = ChangeFeed(asyncpg_connect_args(engine), shown=shown_url(engine.url), metrics=metrics)
+    feed = ChangeFeed(
+        asyncpg_connect_args(engine), shown=shown_url(engine.url), metrics=metrics, connect=connect
+    )
     if metrics is not None:
         metrics.track_change_feed(lambda: feed.connected, lambda: feed.connection_count)
     refresh = feed.coalesce("directory", live.refresh)
