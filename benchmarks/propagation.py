@@ -1,0 +1,299 @@
+"""Benchmark: a change made through one router, applied by another (PostgreSQL NOTIFY).
+
+    .venv/bin/python -m benchmarks.propagation [--changes 200] [--users 1000] [--url URL]
+
+The goal (issue 12, "Every change everywhere at once"): every router applies a
+directory or login change within 100 ms (p99), and client status (DND) set through
+any router is in force on the others at once.
+
+Set-up: a directory of ``--users`` users (one phone each) and a tenth as many
+workplaces on PostgreSQL; two routers' directory parts, each with its own engine:
+router A writes, router B has a ``LiveDirectory``, its change feed
+(directory/changes.py) and presence with the shared client statuses
+(presence/shared.py), and polls once an hour, so only NOTIFY can be in time.  Each
+change is timed from the start of A's write (its transaction and commit included) to
+B's snapshot or presence holding it (B's listener, called after the reload), one
+change at a time: logins (set_login, a workplace changing hands), then client
+statuses (ClientStatusStore.write, dnd and online in turn).  Both routers share this
+process's event loop, as in the unit tests; B's reload is what a router does.
+
+The database: ``--url`` (or ``$CALLROUTER_TEST_POSTGRES``) names an empty, throwaway
+database: its ``public`` schema is dropped first.  Without either, a throwaway server
+is started with scripts/postgres.sh and stopped at the end.  ``measure_propagation``
+is the measuring function, for a combined benchmark to call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import text
+
+from benchmarks.common import percentile
+from callrouter.directory.changes import build as build_changes
+from callrouter.directory.database import create_engine, upgrade
+from callrouter.directory.document import DirectoryDocument
+from callrouter.directory.importer import import_document
+from callrouter.directory.live import LiveDirectory
+from callrouter.domain.directory import DirectorySnapshot
+from callrouter.domain.presence import ClientStatus, UserPresence
+from callrouter.logins.store import set_login
+from callrouter.presence.build import listen_for_client_statuses
+from callrouter.presence.live import PresenceService
+from callrouter.presence.shared import ClientStatusStore
+from callrouter.presence.tracker import PresenceTracker
+
+P99_GOAL_MS = 100.0
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ROOT / "examples" / "rules.yaml"
+WAIT_S = 10.0  # a change not applied by then counts as lost
+NEVER_S = 3600.0  # router B's poll: only NOTIFY can be in time
+PAUSE_S = 0.005  # between changes: each one is timed on its own, not as a burst
+
+
+@dataclass
+class Propagation:
+    """The times (ms) from the start of a write on router A to router B holding it."""
+
+    what: str
+    samples_ms: list[float] = field(default_factory=list)
+    write_ms: list[float] = field(default_factory=list)  # A's write alone, commit included
+    lost: int = 0
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.samples_ms, 99)
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and bool(self.samples_ms) and self.p99 <= P99_GOAL_MS
+
+    def line(self) -> str:
+        if not self.samples_ms:
+            return f"{self.what}: nothing applied, {self.lost} lost MISSED"
+        return (
+            f"{self.what} ({len(self.samples_ms)} changes, {self.lost} lost): "
+            f"p50 {self.p50:.1f} ms, p99 {self.p99:.1f} ms, max {max(self.samples_ms):.1f} ms "
+            f"(goal p99 ≤ {P99_GOAL_MS:g} ms) {'ok' if self.ok else 'MISSED'}; of which A's "
+            f"write p50 {percentile(self.write_ms, 50):.1f} ms"
+        )
+
+
+@dataclass
+class PropagationReport:
+    users: int
+    workplaces: int
+    logins: Propagation
+    client_status: Propagation
+
+    @property
+    def ok(self) -> bool:
+        return self.logins.ok and self.client_status.ok
+
+    def lines(self) -> list[str]:
+        return [
+            f"directory: {self.users:,} users, {self.workplaces:,} workplaces (PostgreSQL)",
+            self.logins.line(),
+            self.client_status.line(),
+        ]
+
+
+def directory(users: int) -> DirectoryDocument:
+    workplaces = max(1, users // 10)
+    return DirectoryDocument.model_validate(
+        {
+            "users": [
+                {"extension": str(10000 + n), "name": f"User {n}", "phones": [f"PJSIP/u{n}"]}
+                for n in range(users)
+            ],
+            "workplaces": [
+                {
+                    "id": f"desk-{n}",
+                    "name": f"Desk {n}",
+                    "code": str(80000 + n),
+                    "phones": [f"PJSIP/desk-{n}"],
+                }
+                for n in range(workplaces)
+            ],
+        }
+    )
+
+
+async def _wipe(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+    finally:
+        await engine.dispose()
+
+
+async def measure_propagation(
+    url: str, *, changes: int = 200, users: int = 1000, wipe: bool = True
+) -> PropagationReport:
+    """Time ``changes`` logins and as many client status changes made through one
+    router until another router holds them (see the module's docstring).
+
+    ``url``: a PostgreSQL database; with ``wipe`` its ``public`` schema is dropped and
+    the benchmark's directory imported, else it must hold that directory already.
+    """
+    if wipe:
+        await _wipe(url)
+        await upgrade(url)
+    doc = directory(users)
+    engine_a, engine_b = create_engine(url), create_engine(url)
+    feed = None
+    presence: PresenceService | None = None
+    try:
+        if wipe:
+            await import_document(engine_a, doc, prune=True, actor="benchmark")
+        live = LiveDirectory(engine_b, RULES)
+        await live.load()
+        feed = build_changes(live)
+        if feed is None:
+            raise SystemExit(f"{url}: not PostgreSQL (asyncpg): nothing announces changes")
+        presence = PresenceService(
+            PresenceTracker(live.snapshot), store=ClientStatusStore(engine_b, heartbeat_timeout=90)
+        )
+        live.subscribe(lambda concerned: presence.set_snapshot(live.snapshot, concerned))
+        listen_for_client_statuses(presence, feed)
+        feed.start()
+        await feed.wait_connected(WAIT_S)
+        await feed.coalesced["directory"].idle()
+        presence.start()
+        await presence.reload_clients()
+        store_a = ClientStatusStore(engine_a, heartbeat_timeout=90)
+        extensions = [u.extension for u in doc.users]
+        desks = [w.id for w in doc.workplaces]
+
+        logins = Propagation("login on router A -> applied by router B")
+        for n in range(changes):
+            extension, desk = extensions[n % len(extensions)], desks[n % len(desks)]
+
+            def login_held(snap: DirectorySnapshot, e: str = extension, d: str = desk) -> bool:
+                return snap.logins.get(e) == d
+
+            applied = _Waiter(lambda: login_held(live.snapshot))
+
+            def on_change(_concerned: frozenset[str] | None, applied: _Waiter = applied) -> None:
+                applied.check()
+
+            unsubscribe = live.subscribe(on_change)
+            started = time.perf_counter()
+            await set_login(engine_a, extension, desk, actor="benchmark", source="benchmark")
+            logins.write_ms.append((time.perf_counter() - started) * 1000)
+            await _record(logins, applied, started)
+            unsubscribe()
+            await asyncio.sleep(PAUSE_S)
+
+        statuses = Propagation("client status on router A -> in force on router B")
+        for n in range(changes):
+            extension = extensions[n % len(extensions)]
+            status = ClientStatus.DND if (n // len(extensions)) % 2 == 0 else ClientStatus.ONLINE
+
+            def status_held(e: str = extension, st: ClientStatus = status) -> bool:
+                state = presence.tracker.user(e) if presence is not None else None
+                return state is not None and state.client is st
+
+            seen = _Waiter(status_held)
+
+            def on_presence(_state: UserPresence, seen: _Waiter = seen) -> None:
+                seen.check()
+
+            unsubscribe = presence.subscribe(on_presence)
+            started = time.perf_counter()
+            await store_a.write(extension, "benchmark-app", status)
+            statuses.write_ms.append((time.perf_counter() - started) * 1000)
+            await _record(statuses, seen, started)
+            unsubscribe()
+            await asyncio.sleep(PAUSE_S)
+        return PropagationReport(len(doc.users), len(doc.workplaces), logins, statuses)
+    finally:
+        if presence is not None:
+            await presence.close()
+        if feed is not None:
+            await feed.close()
+        await engine_a.dispose()
+        await engine_b.dispose()
+
+
+class _Waiter:
+    """Set, with the time, the first time ``holds()`` is true when checked."""
+
+    def __init__(self, holds: Callable[[], bool]) -> None:
+        self.holds = holds
+        self.event = asyncio.Event()
+        self.at = 0.0
+
+    def check(self) -> None:
+        if not self.event.is_set() and self.holds():
+            self.at = time.perf_counter()
+            self.event.set()
+
+
+async def _record(into: Propagation, waiter: _Waiter, started: float) -> None:
+    try:
+        await asyncio.wait_for(waiter.event.wait(), WAIT_S)
+    except TimeoutError:
+        into.lost += 1
+        return
+    into.samples_ms.append((waiter.at - started) * 1000)
+
+
+def _start_postgres() -> tuple[str, Path]:
+    cache = ROOT / ".cache"
+    cache.mkdir(exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="postgres.", dir=cache))
+    started = subprocess.run(
+        [str(ROOT / "scripts" / "postgres.sh"), "start", str(directory), str(os.getpid())],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return started.stdout.strip(), directory
+
+
+def _stop_postgres(directory: Path) -> None:
+    subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "stop", str(directory)], check=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--changes", type=int, default=200, help="changes of each kind")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument(
+        "--url", default=os.environ.get("CALLROUTER_TEST_POSTGRES"), help="a throwaway database"
+    )
+    args = parser.parse_args(argv)
+    server: Path | None = None
+    url = args.url
+    if not url:
+        url, server = _start_postgres()
+    try:
+        report = asyncio.run(measure_propagation(url, changes=args.changes, users=args.users))
+    finally:
+        if server is not None:
+            _stop_postgres(server)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
