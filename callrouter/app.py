@@ -225,14 +225,16 @@ async def run_router(
             reporting.spawn(_report_to_systemd(router, notifier), "systemd-status")
         try:
             while not stop.is_set():
+                # A stop ends the wait too: with PostgreSQL's NOTIFY the poll may be long.
                 try:
-                    await asyncio.wait_for(reload.wait(), settings.directory_poll_interval)
+                    await asyncio.wait_for(_either(reload, stop), settings.directory_poll_interval)
                 except TimeoutError:
                     forced = False
                 else:
-                    reload.clear()
-                    forced = True
-                    log.info("SIGHUP: reloading directory and rules")
+                    forced = reload.is_set()
+                    if forced:
+                        reload.clear()
+                        log.info("SIGHUP: reloading directory and rules")
                 if stop.is_set():
                     break
                 if forced:
@@ -254,6 +256,16 @@ async def run_router(
         notifier.close()
     log.info("callrouter stopped")
     return 0
+
+
+async def _either(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _report_to_systemd(router: Router, notifier: Notifier) -> None:
