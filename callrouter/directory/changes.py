@@ -174,38 +174,36 @@ class ChangeFeed:
     # --- the connection -------------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0
-        lost_since: float | None = None  # monotonic; None: not lost (or never connected)
+        attempt = 0  # failed attempts since the feed last listened
+        lost_since: float | None = None  # monotonic; None: never lost (nor connected)
         while True:
+            listened = False
             try:
                 conn = await self._connect(**self._connect_args, timeout=CONNECT_TIMEOUT)
-            except Exception as exc:  # refused, unreachable, auth, ...: try again later
-                if attempt == 0:  # once per outage, not per attempt
+                try:
+                    await self._listen(conn, lost_since)
+                finally:
+                    listened = self.connected
+                    self._connected.clear()
+                    self.backend_pid = None
+                    conn.terminate()  # no goodbye: the server may be gone
+            except Exception as exc:  # refused, unreachable, terminated, ping unanswered, ...
+                if listened:
                     log.warning(
-                        "change feed %s: cannot connect (%s); polling until it is back",
+                        "change feed %s: connection lost (%s); polling until it is back",
+                        self.shown,
+                        _reason(exc),
+                    )
+                    lost_since, attempt = time.monotonic(), 0
+                elif attempt == 0:  # once per outage, not per attempt
+                    log.warning(
+                        "change feed %s: cannot listen (%s); polling until it is back",
                         self.shown,
                         _reason(exc),
                     )
                     lost_since = lost_since if lost_since is not None else time.monotonic()
-                await asyncio.sleep(self._delay(attempt))
-                attempt += 1
-                continue
-            attempt = 0
-            try:
-                await self._listen(conn, lost_since)
-            except Exception as exc:  # closed, terminated, ping unanswered, ...
-                log.warning(
-                    "change feed %s: connection lost (%s); polling until it is back",
-                    self.shown,
-                    _reason(exc),
-                )
-            finally:
-                self._connected.clear()
-                self.backend_pid = None
-                conn.terminate()  # no goodbye: the server may be gone
-            lost_since = time.monotonic()
-            await asyncio.sleep(self._delay(0))
-            attempt = 1
+            await asyncio.sleep(self._delay(attempt))
+            attempt += 1
 
     async def _listen(self, conn: asyncpg.Connection, lost_since: float | None) -> None:
         closed = asyncio.Event()

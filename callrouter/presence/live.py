@@ -7,6 +7,8 @@ Out: each user's merged state is published as the custom device state
 ``Custom:user-EXT`` and the presence state ``CustomPresence:user-EXT`` (hints in
 ``[callrouter-hints]`` light BLF keys for the person).  Publishing is coalesced per
 user, so a burst of device changes costs one AMI action per user, not one per event.
+Client statuses come from the API and, with a ``ClientStatusStore``, are shared with the
+other routers through the directory database (``shared.py``).
 """
 
 from __future__ import annotations

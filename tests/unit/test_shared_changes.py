@@ -567,3 +567,66 @@ async def test_coalesced_goes_on_after_a_failing_run(caplog: pytest.LogCaptureFi
     await coalesced.idle()
     assert outcomes == []
     await coalesced.close()
+
+
+async def test_a_feed_that_cannot_connect_says_so_once_and_keeps_trying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts = 0
+    tried_enough = asyncio.Event()
+
+    async def refused(**kwargs: Any) -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 5:
+            tried_enough.set()
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    feed = ChangeFeed({}, shown="postgresql://router:***@db/cr", connect=refused)
+    feed.backoff_base = feed.backoff_cap = 0.001
+    feed.start()
+    try:
+        await asyncio.wait_for(tried_enough.wait(), WAIT)
+    finally:
+        await feed.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "change feed postgresql://router:***@db/cr: cannot listen (ConnectionRefusedError: "
+        "[Errno 111] Connection refused); polling until it is back"
+    ]
+    assert not feed.connected
+
+
+async def test_a_client_status_the_database_cannot_store_is_refused_and_in_force_nowhere(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_presence_routing import snapshot as two_users
+
+    # A directory whose folder is gone: every write fails.
+    broken = create_engine(f"sqlite:///{tmp_path / 'gone' / 'directory.db'}")
+    presence = PresenceService(
+        PresenceTracker(two_users()),
+        store=ClientStatusStore(broken, heartbeat_timeout=HEARTBEAT_TIMEOUT),
+    )
+
+    api = create_api(
+        LoginService(broken, two_users),
+        TokenSigner(b"k" * 32),
+        ADMIN_TOKEN,
+        presence=presence,
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api), base_url="http://router"
+        ) as client:
+            reply = await client.put(
+                "/api/v1/presence/client",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                json={"extension": "201", "client_id": "anna-laptop", "status": "dnd"},
+            )
+        assert reply.status_code == 503
+        assert reply.json()["reason"] == "database"
+        assert "client status of 201 not stored" in reply.json()["detail"]
+        assert presence.tracker.client_statuses("201") == {}
+    finally:
+        await broken.dispose()
