@@ -1,7 +1,8 @@
 """Changes announced by PostgreSQL (``LISTEN``/``NOTIFY``), so every router applies them at once.
 
-Triggers (migration 0004) send ``NOTIFY callrouter_directory, '<revision>'`` when the
-directory's revision row moves and ``NOTIFY callrouter_client_status, '<extension>'``
+Triggers (migration 0004) send ``NOTIFY callrouter_directory, '<revision>
+<content_revision>'`` when the directory's revision row moves (the revisions save the
+listener reading them) and ``NOTIFY callrouter_client_status, '<extension>'``
 when a client status changes.  PostgreSQL delivers a notification when the writing
 transaction commits, so a listener never sees an uncommitted change, and no broker of
 our own is needed: the database every router already shares is the bus.
@@ -263,6 +264,14 @@ def asyncpg_connect_args(engine: AsyncEngine) -> dict[str, Any]:
     return {key: value for key, value in kwargs.items() if key in accepted and key != "timeout"}
 
 
+def announced_revisions(payload: str) -> tuple[int, int] | None:
+    """(revision, content_revision) from a directory notification, or None."""
+    words = payload.split()
+    if len(words) != 2 or not all(word.isdigit() for word in words):
+        return None
+    return int(words[0]), int(words[1])
+
+
 def listens(engine: AsyncEngine) -> bool:
     """Whether the directory database can announce changes (PostgreSQL via asyncpg)."""
     return engine.url.get_backend_name() == "postgresql" and engine.url.get_driver_name() in (
@@ -287,18 +296,35 @@ def build(
     )
     if metrics is not None:
         metrics.track_change_feed(lambda: feed.connected, lambda: feed.connection_count)
-    refresh = feed.coalesce("directory", live.refresh)
+    # The newest revisions announced since the last refresh began; or read them from
+    # the database instead (after a (re)connect, or a payload that does not parse).
+    latest: tuple[int, int] | None = None
+    read_database = True
+
+    async def refresh_live() -> None:
+        nonlocal latest, read_database
+        revisions = None if read_database else latest
+        latest, read_database = None, False
+        await live.refresh(announced=revisions)
+
+    refresh = feed.coalesce("directory", refresh_live)
 
     def directory_changed(payload: str) -> None:
-        # A revision this router already has (its own login, or a later change
-        # already read) needs no reload; a bad payload just means: reload.
-        try:
-            if int(payload) <= live.snapshot.revision:
-                return
-        except ValueError:
-            pass
+        nonlocal latest, read_database
+        revisions = announced_revisions(payload)
+        if revisions is None:
+            read_database = True
+        elif revisions[0] <= live.snapshot.revision:
+            return  # this router has it already (its own login, or a later change)
+        elif latest is None or revisions[0] > latest[0]:
+            latest = revisions
+        refresh.request()
+
+    def connected() -> None:
+        nonlocal read_database
+        read_database = True  # what was announced while away is lost
         refresh.request()
 
     feed.on(DIRECTORY_CHANNEL, directory_changed)
-    feed.on_connect(refresh.request)
+    feed.on_connect(connected)
     return feed

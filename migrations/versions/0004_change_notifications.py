@@ -1,7 +1,8 @@
 """client_statuses (shared client status and heartbeats); PostgreSQL announces changes.
 
 On PostgreSQL, triggers send ``NOTIFY`` for every directory change (the revision
-row moves) and every client status change, delivered when the writing transaction
+row moves; the payload is "revision content_revision") and every client status change
+(the payload is the extension), delivered when the writing transaction
 commits, so every router listening applies the change at once (directory/changes.py).
 SQLite has no NOTIFY: routers there poll.
 
@@ -29,7 +30,9 @@ _POSTGRES_UP = (
     CREATE FUNCTION callrouter_notify_directory() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('callrouter_directory', NEW.revision::text);
+        PERFORM pg_notify(
+            'callrouter_directory', NEW.revision::text || ' ' || NEW.content_revision::text
+        );
         RETURN NULL;
     END
     $$

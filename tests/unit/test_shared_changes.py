@@ -430,11 +430,13 @@ class GatedLive(LiveDirectory):
     gate: asyncio.Event
     entered: asyncio.Event
 
-    async def refresh(self, *, force: bool = False) -> bool:
+    async def refresh(
+        self, *, force: bool = False, announced: tuple[int, int] | None = None
+    ) -> bool:
         if hasattr(self, "gate"):
             self.entered.set()
             await self.gate.wait()
-        return await super().refresh(force=force)
+        return await super().refresh(force=force, announced=announced)
 
 
 async def test_a_burst_of_notifications_costs_one_refresh_in_progress_and_one_more(
@@ -500,7 +502,11 @@ async def test_the_triggers_announce_at_commit_only(postgres_url: str) -> None:
             await transaction.rollback()
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE directory_revision SET revision = revision + 1"))
-            revision = await conn.scalar(select(s.directory_revision.c.revision))
+            revisions = (
+                await conn.execute(
+                    select(s.directory_revision.c.revision, s.directory_revision.c.content_revision)
+                )
+            ).one()
             await conn.execute(
                 text(
                     "INSERT INTO client_statuses VALUES ('201', 'x', 'dnd', now() + interval '1 h')"
@@ -509,7 +515,7 @@ async def test_the_triggers_announce_at_commit_only(postgres_url: str) -> None:
         first = await asyncio.wait_for(heard.get(), WAIT)
         second = await asyncio.wait_for(heard.get(), WAIT)
         assert {first, second} == {
-            ("callrouter_directory", str(revision)),
+            ("callrouter_directory", f"{revisions[0]} {revisions[1]}"),
             ("callrouter_client_status", "201"),
         }
         async with engine.begin() as conn:
@@ -630,3 +636,33 @@ async def test_a_client_status_the_database_cannot_store_is_refused_and_in_force
         assert presence.tracker.client_statuses("201") == {}
     finally:
         await broken.dispose()
+
+
+def test_a_directory_notification_carries_both_revisions() -> None:
+    from callrouter.directory.changes import announced_revisions
+
+    assert announced_revisions("17 12") == (17, 12)
+    for unreadable in ("", "17", "17 12 3", "x 1", "-1 2", "1.5 2"):
+        assert announced_revisions(unreadable) is None
+
+
+async def test_an_unreadable_notification_still_refreshes_from_the_database(
+    postgres_url: str, rules: Path
+) -> None:
+    """A NOTIFY without the revisions (by hand, or an older trigger) is a plain "look"."""
+    b = await start_router(postgres_url, rules)
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.begin() as conn:
+            # The change without its trigger (replica mode), then a bare notification.
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(text("UPDATE directory_revision SET revision = revision + 1"))
+            await conn.execute(
+                text("UPDATE users SET name = 'Boris Chen-Li' WHERE extension = '202'")
+            )
+            await conn.execute(text("UPDATE directory_revision SET content_revision = revision"))
+            await conn.execute(text("NOTIFY callrouter_directory, 'look'"))
+        await until(b.live, lambda snap: snap.users["202"].name == "Boris Chen-Li")
+    finally:
+        await engine.dispose()
+        await b.close()
