@@ -19,8 +19,8 @@ beside it, when B's feed heard the NOTIFY and how long A's write itself took.
 
 The database: ``--url`` (or ``$CALLROUTER_TEST_POSTGRES``) names an empty, throwaway
 database: its ``public`` schema is dropped first.  Without either, a throwaway server
-is started with scripts/postgres.sh and stopped at the end.  ``measure_propagation``
-is the measuring function, for a combined benchmark to call.
+is started with scripts/postgres.sh and stopped at the end (``throwaway_postgres``).
+``measure_propagation`` is the measuring function, for a combined benchmark to call.
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +49,7 @@ from callrouter.presence.build import listen_for_client_statuses
 from callrouter.presence.live import PresenceService
 from callrouter.presence.shared import ClientStatusStore
 from callrouter.presence.tracker import PresenceTracker
+from sandbox.router import throwaway_postgres
 
 P99_GOAL_MS = 100.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,22 +342,11 @@ async def _record(
         into.heard_ms.append(max(0.0, at - committed) * 1000)
 
 
-def _start_postgres() -> tuple[str, Path]:
-    cache = ROOT / ".cache"
-    cache.mkdir(exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="postgres.", dir=cache))
-    started = subprocess.run(
-        [str(ROOT / "scripts" / "postgres.sh"), "start", str(directory), str(os.getpid())],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return started.stdout.strip(), directory
-
-
-def _stop_postgres(directory: Path) -> None:
-    subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "stop", str(directory)], check=False)
-    shutil.rmtree(directory, ignore_errors=True)
+async def _run(url: str | None, changes: int, users: int) -> PropagationReport:
+    if url:
+        return await measure_propagation(url, changes=changes, users=users)
+    async with throwaway_postgres() as fresh:
+        return await measure_propagation(fresh, changes=changes, users=users)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,15 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.writer:
         asyncio.run(_serve_writes(args.writer))
         return 0
-    server: Path | None = None
-    url = args.url
-    if not url:
-        url, server = _start_postgres()
-    try:
-        report = asyncio.run(measure_propagation(url, changes=args.changes, users=args.users))
-    finally:
-        if server is not None:
-            _stop_postgres(server)
+    report = asyncio.run(_run(args.url, args.changes, args.users))
     for line in report.lines():
         print(line)
     return 0 if report.ok else 1

@@ -9,6 +9,11 @@ This module only composes; each feature builds itself (``<feature>/build.py``):
   FastAGI (feature codes) ─┐
   HTTP API (client, admin) ┴──▶ LoginService ──▶ directory (SQL) ──▶ LiveDirectory
   AMI DeviceStateChange ──▶ PresenceService (tracker) ──▶ routing, API, Custom:user-EXT
+  lease (PostgreSQL advisory lock | SQLite file lock) ──▶ Election: active ⇄ standby
+      active: ARI websocket + call intake; standby: everything else, warm
+
+Active and standby (cluster/): every part runs on every router but the ARI websocket
+and the call intake, which only the active one (the lease holder) runs.
 
 Operations: one ``Metrics`` (metrics.py) handed to the features, served at ``/metrics``
 with the health routes (api/operations.py); ``Router.readiness()`` says whether a call can
@@ -31,6 +36,10 @@ from callrouter.ari.client import AriClient
 from callrouter.calls.build import build as build_calls
 from callrouter.calls.driver import ARI_EVENTS, CallDriver
 from callrouter.calls.overload import OverloadLimits
+from callrouter.cluster.build import build as build_election
+from callrouter.cluster.build import build_lease
+from callrouter.cluster.election import Election, Role
+from callrouter.cluster.lease import Lease, LeaseRefused
 from callrouter.config import Settings
 from callrouter.directory.changes import build as build_changes
 from callrouter.directory.database import check_schema, create_engine
@@ -52,7 +61,12 @@ class Router:
     """Every running part of one router, built from its settings and the live directory."""
 
     def __init__(
-        self, settings: Settings, live: LiveDirectory, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        live: LiveDirectory,
+        metrics: Metrics | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         self.settings = settings
         self.live = live
@@ -100,14 +114,50 @@ class Router:
         self.logins = self.login_parts.service
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server
+        # No lease (an in-memory directory): this router is the only one, always active.
+        self.election: Election | None = None
+        if lease is not None:
+            self.election = build_election(
+                lease, settings, promote=self._promote, demote=self._demote
+            )
+            self.ari.on_replaced = self.election.replaced
         self.api_server = build_api(
-            settings, self.logins, self.presence, readiness=self.readiness, metrics=metrics
+            settings,
+            self.logins,
+            self.presence,
+            readiness=self.readiness,
+            metrics=metrics,
+            role=lambda: (self.role.value, self.role_since),
         )
         metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)
         metrics.track_directory(lambda: live.snapshot.revision)
         metrics.track_ready(lambda: self.readiness().ready)
         self._monitors = TaskSet("monitors")
+        self._electing = TaskSet("election")
+        self._started_at = time.time()
+
+    @property
+    def role(self) -> Role:
+        return Role.ACTIVE if self.election is None else self.election.role
+
+    @property
+    def role_since(self) -> float:
+        """When the current role began (Unix time)."""
+        return self._started_at if self.election is None else self.election.since
+
+    async def _promote(self) -> None:
+        """The lease is ours: connect the app, resync, take over waiting callers."""
+        await self.ari.start()
+        try:
+            await self.ari.wait_connected(10)
+        except TimeoutError:
+            log.warning("active, but ARI is not connected yet: it keeps trying")
+
+    async def _demote(self, reason: str) -> None:
+        """Another router is active: stop taking calls, leave every channel to it."""
+        await self.ari.stop_listening()
+        await self.intake.abandon()
 
     @property
     def calls(self) -> dict[str, CallDriver]:
@@ -128,13 +178,20 @@ class Router:
             max_snapshot_age=self.settings.snapshot_max_age,
             calls_in_progress=len(self.calls),
             overloaded=self.intake.overload.reason,
+            role=self.role.value,
+            role_since=self.role_since,
+            lease_warning=None if self.election is None else self.election.unconfirmed,
         )
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (``systemctl status callrouter``)."""
         state = self.readiness()
         if not state.ready:
-            return "not ready: " + "; ".join(state.reasons)
+            role = "standby, " if state.role == Role.STANDBY else ""
+            return f"{role}not ready: " + "; ".join(state.reasons)
+        if state.role == Role.STANDBY:
+            line = f"standby: directory revision {state.directory_revision}"
+            return "; ".join((line, *state.warnings))
         line = f"routing: {state.calls_in_progress} call(s) in progress, "
         line += f"directory revision {state.directory_revision}"
         return "; ".join((line, *state.warnings))
@@ -148,7 +205,11 @@ class Router:
         if self.changes is not None:
             self.changes.start()
         await self.ami.start(wait=False)
-        await self.ari.start()
+        self.ari.warm()
+        if self.election is None:
+            await self.ari.start()
+        else:
+            self._electing.spawn(self.election.run(), "election")
         if self.agi_server is not None:
             await self.agi_server.start()
         if self.api_server is not None:
@@ -163,9 +224,12 @@ class Router:
         if self.agi_server is not None:
             await self.agi_server.close()
         await self.login_parts.auto_logout.close()
+        await self._electing.close()  # an active router stays active until the end
         await self.intake.stop(grace, force=force)
         await self.fallback.close()
         await self.ari.close()
+        if self.election is not None:
+            await self.election.lease.release()  # a standby takes over now
         await self.ami.close()
         await self.presence.close()
         if self.changes is not None:
@@ -210,12 +274,15 @@ async def run_router(
         watchdog.spawn(keep_alive(notifier, interval), "systemd-watchdog")
     notifier.status("loading the directory")
     engine = create_engine(settings.db)
+    lease = build_lease(settings)
     try:
+        if lease is not None and not lease.shared:
+            await lease.acquire()  # SQLite: one router per database, or none starts
         await check_schema(engine)
         metrics = Metrics()
         live = LiveDirectory(engine, settings.rules, metrics=metrics)
         await live.load()
-        router = Router(settings, live, metrics)
+        router = Router(settings, live, metrics, lease=lease)
         await router.start()
         log.info("callrouter serving ARI app %r at %s", settings.ari_app, settings.ari_url)
         if on_started is not None:
@@ -223,6 +290,7 @@ async def run_router(
         reporting = TaskSet("systemd status")
         if notifier.enabled:
             reporting.spawn(_report_to_systemd(router, notifier), "systemd-status")
+        refresh_failing = False
         try:
             while not stop.is_set():
                 # A stop ends the wait too: with PostgreSQL's NOTIFY the poll may be long.
@@ -242,7 +310,18 @@ async def run_router(
                 try:
                     await live.refresh(force=forced)
                 except Exception:
-                    log.exception("directory refresh failed; the current snapshot stays")
+                    # Once per outage, not every poll; the details at DEBUG.
+                    if not refresh_failing:
+                        log.warning(
+                            "directory refresh failed (%s); routing by the current snapshot",
+                            live.check_error,
+                        )
+                    log.debug("directory refresh failed", exc_info=True)
+                    refresh_failing = True
+                else:
+                    if refresh_failing:
+                        log.info("directory refresh works again")
+                    refresh_failing = False
                 finally:
                     if forced:
                         notifier.reloaded(router.status_line())
@@ -251,6 +330,8 @@ async def run_router(
             await reporting.close()
             await router.stop(settings.shutdown_grace, force=force)
     finally:
+        if lease is not None:
+            await lease.release()
         await engine.dispose()
         await watchdog.close()
         notifier.close()
@@ -272,7 +353,7 @@ async def _report_to_systemd(router: Router, notifier: Notifier) -> None:
     """READY=1 once ARI and AMI are both connected (the snapshot is loaded and the
     listeners are up before this starts), then STATUS= whenever the line changes."""
     last = ""
-    while not (router.ari.is_connected and router.ami.connected):
+    while not (router.ami.connected and (router.role is Role.STANDBY or router.ari.is_connected)):
         if (line := router.status_line()) != last:
             notifier.status(line)
             last = line
@@ -322,4 +403,7 @@ def serve(settings: Settings) -> int:
             return runner.run(main())
     except YamlFileError as exc:
         log.error("cannot start:\n%s", exc)
+        return 1
+    except LeaseRefused as exc:
+        log.error("cannot start: %s", exc)
         return 1

@@ -122,6 +122,7 @@ class CallDriver:
         self._first_leg_asked = False
         self._t0 = 0.0
         self._detached = False  # see detach()
+        self._abandoned = False  # see abandon()
         # For the overload signals (calls/overload.py): once, when the call stops
         # waiting for the router; and each leg request's round trip, in seconds.
         self._on_set_up = on_set_up
@@ -230,6 +231,12 @@ class CallDriver:
         """Shutdown: a connected call stays up in Asterisk (its bridge and both
         channels are left as they are) when this task is cancelled."""
         self._detached = True
+
+    def abandon(self) -> None:
+        """Another router took the call over (this one became standby): when this task
+        is cancelled, every channel and the bridge are left as they are, for the new
+        active router's resync to take over or clear."""
+        self._abandoned = True
 
     def _on_vanished(self, gone: frozenset[str]) -> list[Command]:
         # The caller first: vanished legs then end as part of its hang-up, not as a
@@ -437,6 +444,9 @@ class CallDriver:
 
     async def _clean_up(self) -> None:
         """Leave nothing behind: every leg hung up, the bridge destroyed."""
+        if self._abandoned:
+            self.log.info("call %s: left to the router that took over", self.call_id)
+            return
         if self._detached and self.flow.phase is CallPhase.CONNECTED:
             self.log.info(
                 "call %s: left connected in Asterisk (bridge %s)", self.call_id, self.bridge_id

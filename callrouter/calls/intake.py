@@ -226,6 +226,19 @@ class CallIntake:
                 log.info("resync: destroying orphaned bridge %s", bridge.id)
                 await self.ari.destroy_bridge(bridge.id)
 
+    # --- standby ------------------------------------------------------------------
+
+    async def abandon(self) -> None:
+        """This router became standby: stop every call's task at once and leave its
+        channels as they are; the active router's resync takes them over (a waiting
+        caller is routed again, our legs are hung up, a connected call stays)."""
+        drivers = list(self.calls.values())
+        for driver in drivers:
+            driver.abandon()
+        if drivers:
+            log.warning("standby: %d call(s) left to the active router", len(drivers))
+        await self.tasks.close()
+
     # --- shutdown -----------------------------------------------------------------
 
     async def stop(self, grace: float, *, force: asyncio.Event | None = None) -> None:

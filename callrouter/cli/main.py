@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -360,6 +361,12 @@ def status(router_url: str, as_json: bool) -> None:
     sys.exit(STATUS_READY if state["ready"] else STATUS_NOT_READY)
 
 
+def _since(when: object) -> str:
+    if not isinstance(when, int | float):
+        return ""
+    return " since " + datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _format_status(router_url: str, state: dict[str, Any]) -> str:
     def connected(flag: object) -> str:
         return "connected" if flag else "NOT connected"
@@ -375,7 +382,7 @@ def _format_status(router_url: str, state: dict[str, Any]) -> str:
         f"  database   {database}",
         f"  directory  revision {state.get('directory_revision')}",
         f"  calls      {state.get('calls_in_progress')} in progress",
-        # The router's role (active/standby) goes here when that issue lands.
+        f"  role       {state.get('role', 'active')}{_since(state.get('role_since'))}",
     ]
     lines += [f"  not ready: {reason}" for reason in state.get("reasons", [])]
     lines += [f"  warning: {warning}" for warning in state.get("warnings", [])]
