@@ -1,9 +1,11 @@
 """Two routers on one PostgreSQL directory, real calls on the real Asterisk.
 
-Router A serves the HTTP API only as far as calls go (its ARI app is one no call
-enters); router B routes the calls (the dialplan's ``callrouter`` app).  Both poll the
+Router B is active (in this process: the test watches its snapshot and presence) and
+routes the calls; router A is its standby, a ``callrouter serve`` process of its own
+with the same settings, and serves the HTTP API like every router.  Both poll the
 directory once a minute, so what B knows within the test's seconds came by PostgreSQL's
-``NOTIFY``: DND and a workplace login set through A's API decide B's next call.
+``NOTIFY``: DND and a workplace login set through the standby's API decide the active
+router's next call.
 
 Needs ``CALLROUTER_TEST_POSTGRES`` (an empty database, wiped here) besides the sandbox:
 without it the test is skipped, except where the e2e tests are required (CI,
@@ -26,7 +28,13 @@ from callrouter.directory.database import create_engine
 from callrouter.domain.presence import ClientStatus
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed
-from sandbox.router import RunningRouter, load_directory, sandbox_settings, start_router
+from sandbox.router import (
+    RunningRouter,
+    ServeProcess,
+    load_directory,
+    sandbox_settings,
+    start_router,
+)
 from tests.conftest import POSTGRES_ENV
 from tests.e2e.conftest import MakePhones, e2e_required, until
 from tests.e2e.test_routing import assert_nothing_left
@@ -47,7 +55,7 @@ workplaces:
 @pytest.fixture
 async def two_routers(
     asterisk: AsteriskSandbox, tmp_path: Path
-) -> AsyncIterator[tuple[RunningRouter, RunningRouter]]:
+) -> AsyncIterator[tuple[ServeProcess, RunningRouter]]:
     if POSTGRES_URL is None:
         if e2e_required():
             pytest.fail(f"two routers need a PostgreSQL directory: set {POSTGRES_ENV}")
@@ -63,26 +71,24 @@ async def two_routers(
     directory_file.write_text(textwrap.dedent(DIRECTORY))
     rules_file.write_text("defaults: {timeout: 20}\n")
     await load_directory(POSTGRES_URL, directory_file, actor="test")
-    base = sandbox_settings(asterisk, POSTGRES_URL, rules_file, poll_interval=POLL)
-    base = base.model_copy(update={"api_admin_token": SecretStr(ADMIN_TOKEN)})
-    # A's own ARI app, which no call enters; no FastAGI (B serves the feature codes).
-    a = await start_router(
-        base.model_copy(update={"ari_app": "callrouter-a", "agi_enabled": False})
-    )
-    b = await start_router(base, asterisk=asterisk)
+    settings = sandbox_settings(asterisk, POSTGRES_URL, rules_file, poll_interval=POLL)
+    settings = settings.model_copy(update={"api_admin_token": SecretStr(ADMIN_TOKEN)})
+    b = await start_router(settings, asterisk=asterisk)  # first: it takes the lease
+    a = ServeProcess(settings, tmp_path, "standby")
     try:
-        for running in (a, b):
-            assert running.router.changes is not None
-            await running.router.changes.wait_connected(10)
+        assert b.router.changes is not None
+        await b.router.changes.wait_connected(10)
+        await a.start()
+        await a.wait_role("standby")
         yield a, b
     finally:
-        await a.shut_down()
+        await a.stop()
         await b.shut_down()
     await assert_nothing_left(asterisk)
 
 
-async def test_dnd_and_a_login_set_through_router_a_decide_router_b_calls(
-    two_routers: tuple[RunningRouter, RunningRouter],
+async def test_dnd_and_a_login_set_through_the_standby_decide_the_active_routers_calls(
+    two_routers: tuple[ServeProcess, RunningRouter],
     make_phones: MakePhones,
     asterisk: AsteriskSandbox,
 ) -> None:
@@ -90,9 +96,8 @@ async def test_dnd_and_a_login_set_through_router_a_decide_router_b_calls(
     caller, own, desk = await make_phones("rt-caller56", "rt-own56", "rt-desk56")
     own.ring()
     desk.answer(after=0.3)
-    assert a.router.api_server is not None
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{a.router.api_server.port}") as api:
+    async with httpx.AsyncClient(base_url=a.api_url) as api:
         reply = await api.put(
             "/api/v1/presence/client",
             headers=admin,
@@ -104,15 +109,16 @@ async def test_dnd_and_a_login_set_through_router_a_decide_router_b_calls(
             lambda: (
                 tracker.user("561") is not None and tracker.user("561").client is ClientStatus.DND
             ),  # type: ignore[union-attr]
-            "router B to know Ines's DND",
+            "the active router to know Ines's DND",
         )
         call = await caller.call("561", asterisk.sip_port)
         with pytest.raises(CallFailed) as failed:
             await call.wait_answered(timeout=10)
-        assert failed.value.status == 486  # DND, decided by router B
+        assert failed.value.status == 486  # DND, decided by the active router
         assert own.matching("INVITE") == []
 
-        # DND lifted and a workplace login, both through A: B's next call rings the desk.
+        # DND lifted and a workplace login, both through the standby: the next call rings
+        # the desk.
         reply = await api.put(
             "/api/v1/presence/client",
             headers=admin,
@@ -129,7 +135,7 @@ async def test_dnd_and_a_login_set_through_router_a_decide_router_b_calls(
                 and tracker.user("561") is not None
                 and tracker.user("561").client is ClientStatus.OFFLINE
             ),  # type: ignore[union-attr]
-            "router B to know the login and the lifted DND",
+            "the active router to know the login and the lifted DND",
         )
         call = await caller.call("561", asterisk.sip_port)
         await desk.wait_for("INVITE")
