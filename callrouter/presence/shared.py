@@ -66,9 +66,8 @@ class ClientStatusStore:
     def needs_write(self, status: ClientStatus, known: tuple[ClientStatus, float] | None) -> bool:
         """Whether a report of ``status`` must be stored, given what is stored now
         (``known``: status and expiry as the tracker holds them; None: no row)."""
-        if known is None:
-            return status is not ClientStatus.OFFLINE
-        if status is not known[0]:
+        # Offline always deletes: another router's row may not have reached this one yet.
+        if known is None or status is ClientStatus.OFFLINE or status is not known[0]:
             return True
         moved = self.clock() + self.heartbeat_timeout - known[1]
         return moved > self.slack * self.heartbeat_timeout

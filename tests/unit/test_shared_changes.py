@@ -343,9 +343,10 @@ def test_a_heartbeat_writes_only_when_the_expiry_moves_enough() -> None:
     # A change of status always writes; so does a client nobody has stored yet.
     assert store.needs_write(ClientStatus.DND, (online, 1000.0 + 90.0 + 100))
     assert store.needs_write(online, None)
-    # Going offline writes (a delete) only when there is something to delete.
+    # Going offline always writes (a delete): another router may hold a row this one
+    # has not heard of yet.
     assert store.needs_write(ClientStatus.OFFLINE, stored)
-    assert not store.needs_write(ClientStatus.OFFLINE, None)
+    assert store.needs_write(ClientStatus.OFFLINE, None)
 
 
 def test_the_tracker_takes_shared_statuses_per_user_or_for_everyone() -> None:
