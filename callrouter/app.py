@@ -133,6 +133,7 @@ class Router:
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)
         metrics.track_directory(lambda: live.snapshot.revision)
         metrics.track_ready(lambda: self.readiness().ready)
+        metrics.track_role(lambda: self.role.value)
         self._monitors = TaskSet("monitors")
         self._electing = TaskSet("election")
         self._started_at = time.time()
@@ -148,6 +149,7 @@ class Router:
 
     async def _promote(self) -> None:
         """The lease is ours: connect the app, resync, take over waiting callers."""
+        self.metrics.activated()
         await self.ari.start()
         try:
             await self.ari.wait_connected(10)
@@ -225,6 +227,18 @@ class Router:
             await self.agi_server.close()
         await self.login_parts.auto_logout.close()
         await self._electing.close()  # an active router stays active until the end
+        election = self.election
+        if (
+            election is not None
+            and election.role is Role.ACTIVE
+            and await election.lease.standby_waiting()
+        ):
+            # A standby waits: it takes every call over (ringing ones ring again from
+            # it) in a moment; better than fallback rings, or callers left waiting.
+            log.info("stopping: the standby takes the calls over")
+            self.intake.accepting = False
+            await self._demote("stopping")
+            await election.lease.release()
         await self.intake.stop(grace, force=force)
         await self.fallback.close()
         await self.ari.close()

@@ -54,6 +54,7 @@ CALL_RESULTS = (
 # "shutdown" (a ringing call), "overload" (a new call, at once; calls/overload.py).
 # (The active/standby issue adds "standby" here.)
 HAND_BACK_REASONS = ("shutdown", "overload")
+ROLES = ("active", "standby")
 # Which signal put the router into overload (calls/overload.py's OVERLOAD_REASONS;
 # tests/unit/test_metrics.py holds them together).
 OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
@@ -262,8 +263,19 @@ class Metrics:
         self._ready = Gauge(
             "callrouter_ready", "1 while the router can route a call (health/ready).", registry=r
         )
-        # The router's role (active/standby, another issue) goes here, as
-        # callrouter_role{role} = 1 for the role it has now.
+        # One series per role, 1 for the role it has now: alert unless exactly one
+        # router of each Asterisk has callrouter_role{role="active"} == 1.
+        self._role = Gauge(
+            "callrouter_role",
+            "1 for the router's role now: active (runs the Stasis app) or standby.",
+            ["role"],
+            registry=r,
+        )
+        self._terms = Counter(
+            "callrouter_activations",
+            "How often this router became active (took the lease).",
+            registry=r,
+        )
 
     # --- exposition -----------------------------------------------------------------
 
@@ -365,6 +377,16 @@ class Metrics:
 
     def track_ready(self, ready: Callable[[], bool]) -> None:
         self._ready.set_function(lambda: float(ready()))
+
+    def track_role(self, role: Callable[[], str]) -> None:
+        def has(name: str) -> Callable[[], float]:
+            return lambda: float(role() == name)
+
+        for name in ROLES:
+            self._role.labels(name).set_function(has(name))
+
+    def activated(self) -> None:
+        self._terms.inc()
 
 
 async def watch_loop_lag(

@@ -62,12 +62,12 @@ LEG_APP_ARG = "leg"
 # The ringing indication waits for the first leg's request to be answered (its INVITE
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
-_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
+GONE_EVENTS = frozenset({"StasisEnd", "ChannelDestroyed"})
 # The only event types the call path reads; the app's event filter asks Asterisk for
 # these alone. A leg's ringing comes as Dial RINGING (its ChannelStateChange to Ringing
 # says the same), its end as a Dial status or ChannelDestroyed with the cause (what
 # ChannelHangupRequest says too); the bridge's and the variables' events are not read.
-ARI_EVENTS = frozenset({"StasisStart", "Dial", *_GONE})
+ARI_EVENTS = frozenset({"StasisStart", "Dial", *GONE_EVENTS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +274,7 @@ class CallDriver:
         if channel is None:
             return []
         if channel.id == self.caller.id:
-            if event.type in _GONE:
+            if event.type in GONE_EVENTS:
                 self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
                 return self.flow.caller_gone()
             return []
@@ -285,7 +285,7 @@ class CallDriver:
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
             return self.flow.leg_answered(leg_id)
-        if event.type in _GONE:
+        if event.type in GONE_EVENTS:
             return self.flow.leg_gone(leg_id, self.now(), event.cause)
         return []
 

@@ -28,6 +28,7 @@ from callrouter.calls.driver import (
     BRIDGE_PREFIX,
     FALLBACK_CONTEXT,
     FALLBACK_LABEL,
+    GONE_EVENTS,
     LEG_PREFIX,
     CallDriver,
 )
@@ -75,6 +76,7 @@ class CallIntake:
         self.clock = clock
         self.overload = OverloadState(overload or OverloadLimits(), clock)
         self._waiting: set[str] = set()
+        self._adopted: set[str] = set()  # bridges of conversations another router connected
         self.loop_lag = 0.0
         self._ari_latency = LatencyAverage()
         self.metrics.track_overload(
@@ -97,6 +99,17 @@ class CallIntake:
 
     def take_call(self, channel: Channel, extension: str) -> None:
         if not self.accepting:
+            # Shutting down: a caller arriving now goes to the fallback at once, rather
+            # than waiting in the app for a router that is leaving.
+            self.metrics.call_finished(CallResult.HANDED_BACK.value.lower())
+            self.metrics.call_handed_back("shutdown")
+            log.info(
+                "call %s: %s handed back to the dialplan fallback (shutting down)",
+                channel.id,
+                extension,
+                extra={"call_id": channel.id},
+            )
+            self.tasks.spawn(self._send_hand_back(channel.id, extension), f"hand-back {channel.id}")
             return
         reason = self._overloaded()
         if reason is not None:
@@ -192,14 +205,15 @@ class CallIntake:
             log.warning("resync after ARI connect failed: %s", exc)
             return
         alive = {c.id for c in channels}
-        # A conversation left connected by an earlier router (at its shutdown) goes
-        # on in its bridge: neither the bridge nor its channels are ours to end.
-        talking = {
-            channel_id
-            for bridge in bridges
-            if bridge.id.startswith(BRIDGE_PREFIX) and len(bridge.channels) >= 2
-            for channel_id in bridge.channels
-        }
+        # A conversation left connected by an earlier router (at its shutdown, or when
+        # it died) goes on in its bridge; this router ends it when one side hangs up.
+        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
+        talking: set[str] = set()
+        for bridge in bridges:
+            if bridge.id.startswith(BRIDGE_PREFIX) and len(bridge.channels) >= 2:
+                talking |= set(bridge.channels)
+                if bridge.id not in owned_bridges and bridge.id not in self._adopted:
+                    self._adopt(bridge.id, frozenset(bridge.channels))
         owned: set[str] = set(talking)
         for driver in list(self.calls.values()):
             driver.resync(alive)
@@ -216,7 +230,6 @@ class CallIntake:
                 # A caller waiting in our app that no task owns (the router restarted).
                 log.info("resync: taking over waiting call %s", channel.id)
                 self.take_call(channel, args.split(",")[0] if args else channel.exten or "")
-        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
         for bridge in bridges:
             if (
                 bridge.id.startswith(BRIDGE_PREFIX)
@@ -225,6 +238,36 @@ class CallIntake:
             ):
                 log.info("resync: destroying orphaned bridge %s", bridge.id)
                 await self.ari.destroy_bridge(bridge.id)
+
+    def _adopt(self, bridge_id: str, channel_ids: frozenset[str]) -> None:
+        """Watch a conversation another router connected: when one side leaves, hang
+        up the other and destroy the bridge (as the call's own driver would have)."""
+        queue: asyncio.Queue[AriEvent] = asyncio.Queue()
+        for channel_id in channel_ids:
+            if not self.ari.is_routed(channel_id):
+                self.ari.route(channel_id, queue)
+        self._adopted.add(bridge_id)
+        log.info("resync: watching conversation %s (%s)", bridge_id, ", ".join(sorted(channel_ids)))
+        self.tasks.spawn(self._watch(bridge_id, channel_ids, queue), f"conversation {bridge_id}")
+
+    async def _watch(
+        self, bridge_id: str, channel_ids: frozenset[str], queue: asyncio.Queue[AriEvent]
+    ) -> None:
+        try:
+            while True:
+                event = await queue.get()
+                if event.type in GONE_EVENTS and event.channel is not None:
+                    break
+            log.info("conversation %s: %s left; ending it", bridge_id, event.channel.id)
+            for other in channel_ids - {event.channel.id}:
+                await self.ari.hangup(other)
+            await self.ari.destroy_bridge(bridge_id)
+        except AriError as exc:
+            log.warning("conversation %s: could not end it: %s", bridge_id, exc)
+        finally:
+            self._adopted.discard(bridge_id)
+            for channel_id in channel_ids:
+                self.ari.unroute(channel_id)
 
     # --- standby ------------------------------------------------------------------
 

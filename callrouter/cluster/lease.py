@@ -63,6 +63,9 @@ class Lease(Protocol):
     async def release(self) -> None:
         """Give the lease up (idempotent)."""
 
+    async def standby_waiting(self) -> bool:
+        """Does another router wait for the lease (would take over at once)?"""
+
 
 def lease_key(name: str) -> int:
     """The advisory lock's 64-bit key for a lease name: the same in every router."""
@@ -211,6 +214,22 @@ class PostgresLease:
         await self._drop()
         return False
 
+    async def standby_waiting(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND objsubid = 1 AND classid::text::bigint = $1 AND objid::text::bigint = $2",
+                (self.key >> 32) & 0xFFFFFFFF,
+                self.key & 0xFFFFFFFF,
+                timeout=self._confirm_timeout,
+            )
+        except _DB_ERRORS:
+            return False
+        return bool(waiting)
+
     async def release(self) -> None:
         conn, self._conn, self._held = self._conn, None, False
         if conn is not None:
@@ -251,6 +270,9 @@ class FileLease:
 
     async def confirm(self) -> bool | None:
         return True
+
+    async def standby_waiting(self) -> bool:
+        return False  # one router per database
 
     async def release(self) -> None:
         fd, self._fd = self._fd, None

@@ -122,6 +122,88 @@ async def test_kill_9_of_the_active_router_while_a_call_rings_the_standby_takes_
     await until(lambda: not caller.active_calls(), "the second call to end")
 
 
+async def test_a_conversation_connected_by_a_killed_router_ends_when_one_side_hangs_up(
+    asterisk: AsteriskSandbox,
+    postgres_url: str,
+    tmp_path: Path,
+    pair: tuple[ServeProcess, ServeProcess],
+    make_phones: MakePhones,
+) -> None:
+    """The call goes on in Asterisk without its router; the new active one watches it,
+    so that the phone is not left in a silent bridge when the caller hangs up."""
+    caller, desk = await make_phones("cv-caller", "cv-desk")
+    desk.answer(after=0.1)
+    await fresh_directory(
+        postgres_url,
+        directory("""
+        - {extension: "881", name: Carla, phones: [PJSIP/cv-desk]}
+    """),
+        tmp_path,
+    )
+    a, b = pair
+    await a.start()
+    await a.wait_role("active")
+    await b.start()
+    await b.wait_role("standby")
+    call = await caller.call("881", asterisk.sip_port)
+    await call.wait_answered(timeout=10)
+    # The caller hears 200 OK when A answers it, a moment before A bridges the two.
+    async with httpx.AsyncClient(auth=(asterisk.ari_user, asterisk.ari_password)) as ari:
+
+        async def bridged() -> bool:
+            bridges = (await ari.get(f"{asterisk.ari_url}/bridges")).json()
+            return any(len(bridge["channels"]) == 2 for bridge in bridges)
+
+        async with asyncio.timeout(10):
+            while not await bridged():
+                await asyncio.sleep(0.05)
+    a.kill()
+    await b.wait_role("active", timeout=10)
+    await until(lambda: "resync: watching conversation" in b.output(), "the adoption")
+    assert desk.matching("BYE") == []  # the conversation went on
+    await call.hangup()
+    await desk.wait_for("BYE", timeout=10)  # ended by the new active router
+
+
+async def test_sigterm_of_the_active_router_hands_its_calls_to_the_standby_at_once(
+    asterisk: AsteriskSandbox,
+    postgres_url: str,
+    tmp_path: Path,
+    pair: tuple[ServeProcess, ServeProcess],
+    make_phones: MakePhones,
+) -> None:
+    """A standby waits: the stopping router does not make the ringing caller wait out
+    its shutdown grace (20 s here), nor send it to the fallback: the standby takes over."""
+    caller, desk = await make_phones("st-caller", "st-desk")
+    desk.ring()
+    await fresh_directory(
+        postgres_url,
+        directory("""
+        - {extension: "871", name: Stella, phones: [PJSIP/st-desk]}
+    """),
+        tmp_path,
+    )
+    a, b = pair
+    for router in pair:
+        router.settings = router.settings.model_copy(update={"shutdown_grace": 20.0})
+    await a.start()
+    await a.wait_role("active")
+    await b.start()
+    await b.wait_role("standby")
+    call = await caller.call("871", asterisk.sip_port)
+    await desk.wait_for("INVITE", timeout=10)
+    assert a.process is not None
+    a.process.terminate()
+    await b.wait_role("active", timeout=10)
+    await desk.wait_for("INVITE", n=2, timeout=10)  # the standby rings it again
+    assert await asyncio.wait_for(a.process.wait(), 15) == 0, a.output()
+    assert "stopping: the standby takes the calls over" in a.output()
+    desk.answer_now()
+    await call.wait_answered(timeout=10)
+    await call.hangup()
+    await desk.wait_for("BYE", timeout=10)
+
+
 async def test_a_frozen_active_router_is_replaced_and_steps_down_when_it_wakes(
     asterisk: AsteriskSandbox,
     postgres_url: str,

@@ -46,6 +46,9 @@ class ScriptedLease:
     async def release(self) -> None:
         self.log.append("released")
 
+    async def standby_waiting(self) -> bool:
+        return False
+
 
 class Harness:
     def __init__(self) -> None:
