@@ -3,6 +3,7 @@
 This module only composes; each feature builds itself (``<feature>/build.py``):
 
   directory (SQL) ──▶ LiveDirectory (snapshot + rules, reloaded on change) ──▶ calls
+  PostgreSQL NOTIFY ──▶ ChangeFeed ──▶ LiveDirectory, PresenceService (client statuses)
   ARI websocket ──StasisStart──▶ CallIntake ──▶ one CallDriver task per call
   AMI ◀── FallbackService (AstDB dial strings for when the router is down)
   FastAGI (feature codes) ─┐
@@ -40,6 +41,7 @@ from callrouter.cluster.build import build_lease
 from callrouter.cluster.election import Election, Role
 from callrouter.cluster.lease import Lease, LeaseRefused
 from callrouter.config import Settings
+from callrouter.directory.changes import build as build_changes
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.live import LiveDirectory
 from callrouter.fallback.build import build as build_fallback
@@ -84,8 +86,15 @@ class Router:
             settings.ami_secret.get_secret_value(),
             events=AMI_EVENTS,  # presence; everything else is actions
         )
+        # PostgreSQL announces directory and client status changes (None on SQLite).
+        self.changes = build_changes(live, metrics=metrics)
         self.presence = build_presence(
-            self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout, metrics=metrics
+            self.ami,
+            live,
+            heartbeat_timeout=settings.client_heartbeat_timeout,
+            poll_interval=settings.directory_poll_interval,
+            changes=self.changes,
+            metrics=metrics,
         )
         self.fallback = build_fallback(self.ami, live)
         self.intake = build_calls(
@@ -196,6 +205,8 @@ class Router:
             watch_loop_lag(self.metrics, on_lag=self.intake.loop_lag_measured), "event-loop-lag"
         )
         self.presence.start()
+        if self.changes is not None:
+            self.changes.start()
         await self.ami.start(wait=False)
         self.ari.warm()
         if self.election is None:
@@ -236,6 +247,8 @@ class Router:
             await self.election.lease.release()  # a standby takes over now
         await self.ami.close()
         await self.presence.close()
+        if self.changes is not None:
+            await self.changes.close()
         await self._monitors.close()
 
 
@@ -295,14 +308,16 @@ async def run_router(
         refresh_failing = False
         try:
             while not stop.is_set():
+                # A stop ends the wait too: with PostgreSQL's NOTIFY the poll may be long.
                 try:
-                    await asyncio.wait_for(reload.wait(), settings.directory_poll_interval)
+                    await asyncio.wait_for(_either(reload, stop), settings.directory_poll_interval)
                 except TimeoutError:
                     forced = False
                 else:
-                    reload.clear()
-                    forced = True
-                    log.info("SIGHUP: reloading directory and rules")
+                    forced = reload.is_set()
+                    if forced:
+                        reload.clear()
+                        log.info("SIGHUP: reloading directory and rules")
                 if stop.is_set():
                     break
                 if forced:
@@ -337,6 +352,16 @@ async def run_router(
         notifier.close()
     log.info("callrouter stopped")
     return 0
+
+
+async def _either(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _report_to_systemd(router: Router, notifier: Notifier) -> None:

@@ -74,6 +74,8 @@ LOGIN_OUTCOMES = (
 )
 # What a directory refresh read again: everything, only the logins, the rules file.
 RELOAD_KINDS = ("full", "logins", "rules")
+# What a PostgreSQL notification announced (directory/changes.py's CHANNEL_KINDS).
+CHANGE_KINDS = ("directory", "client_status")
 
 # --- buckets (seconds) ----------------------------------------------------------------
 
@@ -244,6 +246,20 @@ class Metrics:
             "The revision of the directory snapshot calls are routed by.",
             registry=r,
         )
+        self._changes = _children(
+            Counter(
+                "callrouter_change_notifications",
+                "Changes announced by PostgreSQL (LISTEN/NOTIFY), by what changed.",
+                ["kind"],
+                registry=r,
+            ),
+            CHANGE_KINDS,
+        )
+        self._change_feed_connected = Gauge(
+            "callrouter_change_feed_connected",
+            "1 while the PostgreSQL LISTEN connection is up (0: changes arrive by polling).",
+            registry=r,
+        )
         self._ready = Gauge(
             "callrouter_ready", "1 while the router can route a call (health/ready).", registry=r
         )
@@ -309,6 +325,9 @@ class Metrics:
     def directory_refresh_failed(self) -> None:
         self._refresh_failures.inc()
 
+    def change_notified(self, kind: str) -> None:
+        self._changes[kind].inc()
+
     def loop_lag(self, seconds: float) -> None:
         self._loop_lag.observe(seconds)
 
@@ -345,6 +364,16 @@ class Metrics:
 
     def track_directory(self, revision: Callable[[], int]) -> None:
         self._revision.set_function(revision)
+
+    def track_change_feed(
+        self, connected: Callable[[], bool], connections: Callable[[], int]
+    ) -> None:
+        self._change_feed_connected.set_function(lambda: float(connected()))
+        self._sampled.add(
+            "callrouter_change_feed_reconnects",
+            "PostgreSQL LISTEN connections made after the first.",
+            lambda: max(0, connections() - 1),
+        )
 
     def track_ready(self, ready: Callable[[], bool]) -> None:
         self._ready.set_function(lambda: float(ready()))

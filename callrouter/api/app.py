@@ -451,7 +451,8 @@ def create_api(
         live = need_presence()
         if live.tracker.user(extension) is None:
             raise HTTPException(404, f"no user with extension {extension}")
-        state = live.set_client(extension, body.client_id, body.status)
+        # Shared with every router through the directory database (presence/shared.py).
+        state = await live.report_client(extension, body.client_id, body.status)
         assert state is not None
         return view(state)
 
