@@ -11,7 +11,11 @@ done) is one sample; a call is then placed and must be routed by the new active
 router (its readiness counts it in progress while the phone rings); the killed router
 is started again and becomes the standby of the next round.
 
-Prints p50 and p99 beside the goal (2 s). Exit status 0 regardless (it is a report).
+Then change propagation on the same PostgreSQL (``benchmarks/propagation``): logins
+and client statuses made through one router, until another holds them.
+
+Prints p50 and p99 of each beside its goal (2 s; 100 ms). Exit status 0 regardless
+(it is a report).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import directory_yaml, percentile
+from benchmarks.propagation import measure_propagation
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox, ensure_rootfs
 from sandbox.phones import PhoneBank
@@ -56,14 +61,19 @@ async def routing(router: ServeProcess, timeout: float = 30) -> float:
     raise TimeoutError(f"{router.name} did not take over within {timeout:g} s")
 
 
-async def run(kills: int) -> None:
+async def run(kills: int, changes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="callrouter-failover-") as tmp:
         workdir = Path(tmp)
         asterisk = AsteriskSandbox(ensure_rootfs())
         await asterisk.start_async()
         try:
-            async with throwaway_postgres() as url, PhoneBank() as phones:
-                await measure(asterisk, url, phones, workdir, kills)
+            async with throwaway_postgres() as url:
+                async with PhoneBank() as phones:
+                    await measure(asterisk, url, phones, workdir, kills)
+                report = await measure_propagation(url, changes=changes)
+                print("\nchange propagation between two routers (LISTEN/NOTIFY):")
+                for line in report.lines():
+                    print(f"  {line}")
         finally:
             await asterisk.stop_async()
 
@@ -122,8 +132,9 @@ async def measure(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--changes", type=int, default=200, help="propagated changes of each kind")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.kills))
+    asyncio.run(run(args.kills, args.changes))
     return 0
 
 
