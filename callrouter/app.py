@@ -92,7 +92,12 @@ class Router:
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server
         self.api_server = build_api(
-            settings, self.logins, self.presence, readiness=self.readiness, metrics=metrics
+            settings,
+            self.logins,
+            self.presence,
+            readiness=self.readiness,
+            metrics=metrics,
+            directory_changes=live.subscribe,  # the web client's live desk view
         )
         metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)
