@@ -71,6 +71,22 @@ def phone_state(state: DeviceState) -> PhoneState:
     return "reachable"
 
 
+def _refuse_cross_site(request: Request) -> None:
+    refusal = cross_site_refusal(request.method, request.headers)
+    if refusal is not None:
+        raise HTTPException(403, refusal)
+
+
+def _user_of(who: Auth) -> str:
+    if who.extension is None:
+        raise HTTPException(400, "the admin token belongs to no user")
+    return who.extension
+
+
+# Module level, so that FastAPI can resolve the annotation (postponed evaluation).
+User = Annotated[str, Depends(_user_of)]
+
+
 def add_web_client(
     api: FastAPI,
     web: WebClient,
@@ -94,17 +110,12 @@ def _desk_routes(
     routes = APIRouter()
     sessions = web.sessions
 
-    def refuse_cross_site(request: Request) -> None:
-        refusal = cross_site_refusal(request.method, request.headers)
-        if refusal is not None:
-            raise HTTPException(403, refusal)
-
-    CrossSiteChecked = Annotated[None, Depends(refuse_cross_site)]
-
-    @routes.post("/api/v1/web/session", responses=_answers(400, 401, 403, 422, 429))
-    async def sign_in(
-        body: SessionRequest, request: Request, _checked: CrossSiteChecked
-    ) -> JSONResponse:
+    @routes.post(
+        "/api/v1/web/session",
+        responses=_answers(400, 401, 403, 422, 429),
+        dependencies=[Depends(_refuse_cross_site)],
+    )
+    async def sign_in(body: SessionRequest, request: Request) -> JSONResponse:
         """The web client's sign-in: extension and PIN for a session cookie (HttpOnly,
         SameSite=Strict; the same lockout and answers as ``POST /api/v1/session``).
         Needs the header ``X-Callrouter-Client: web``, so that no other site can sign
@@ -131,8 +142,13 @@ def _desk_routes(
         )
         return reply
 
-    @routes.delete("/api/v1/web/session", status_code=204, responses=_answers(403))
-    async def sign_out(request: Request, _checked: CrossSiteChecked) -> Response:
+    @routes.delete(
+        "/api/v1/web/session",
+        status_code=204,
+        responses=_answers(403),
+        dependencies=[Depends(_refuse_cross_site)],
+    )
+    async def sign_out(request: Request) -> Response:
         """Sign out: the session ends on the server (a copy of the cookie is worthless)."""
         cookie = request.cookies.get(COOKIE)
         if cookie is not None:
@@ -168,13 +184,6 @@ def _desk_routes(
             occupied_workplace=service.policy,
             workplaces=workplace_views(snapshot, extension),
         )
-
-    def user_of(who: Auth) -> str:
-        if who.extension is None:
-            raise HTTPException(400, "the admin token belongs to no user")
-        return who.extension
-
-    User = Annotated[str, Depends(user_of)]
 
     @routes.get("/api/v1/me/desk", responses=_answers(401, bad_request="The admin's is no desk"))
     async def desk(extension: User) -> DeskView:
