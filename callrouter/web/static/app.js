@@ -216,14 +216,17 @@
     }
   }
 
+  // A list item of parts, separated by commas so that it reads as a sentence (a
+  // screen reader reads the text, not the layout).
   function item(parts) {
     const li = document.createElement("li");
-    for (const [cls, text] of parts) {
+    parts = parts.filter(([, text]) => text);
+    parts.forEach(([cls, text], index) => {
       const span = document.createElement("span");
       span.className = cls;
-      span.textContent = text;
-      li.append(span);
-    }
+      span.textContent = index < parts.length - 1 ? text + "," : text;
+      li.append(span, " ");
+    });
     return li;
   }
 
