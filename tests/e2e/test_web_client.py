@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from tests.e2e.test_routing import (  # noqa: F401 (fixtures)
     _sip_port,
     assert_nothing_left,
 )
+from tests.e2e.test_workplace_login import dial_code
 
 DIRECTORY = """
 roles:
@@ -82,6 +83,7 @@ class Desks:
     rules: Path
     phones: dict[str, SimulatedPhone]
     outside: list[str] = field(default_factory=list)  # requests for anywhere else
+    elsewhere: set[str] = field(default_factory=set)  # origins a test serves itself
     contexts: list[BrowserContext] = field(default_factory=list)
 
     async def page(self, locale: str = "en-US", **options: object) -> Page:
@@ -89,15 +91,18 @@ class Desks:
         self.contexts.append(context)
         base = self.base
 
+        def ours(url: str) -> bool:
+            return any(url.startswith(origin + "/") for origin in (base, *self.elsewhere))
+
         def record(request: Request) -> None:
-            if not request.url.startswith(base + "/"):
+            if not ours(request.url):
                 self.outside.append(request.url)
 
         async def refuse(route: Route) -> None:
             await route.abort()
 
         context.on("request", record)
-        await context.route(lambda url: not url.startswith(base + "/"), refuse)
+        await context.route(lambda url: not ours(url), refuse)
         page = await context.new_page()
         await page.goto(base + "/")
         return page
@@ -406,5 +411,102 @@ async def test_the_page_in_german(desks: Desks) -> None:
     await expect(page.get_by_role("button", name="Abmelden", exact=True)).to_be_visible()
 
 
-# Used by benchmarks/web_client_bench.py too.
-Step = Callable[[], Awaitable[None]]
+async def test_a_login_by_phone_shows_at_once(desks: Desks, asterisk: AsteriskSandbox) -> None:
+    page = await desks.page()
+    await sign_in(page, "401", "4711")
+    desk_a = workplace(page, "Desk A")
+    await expect(desk_a.get_by_role("button", name="Sit here", exact=True)).to_be_visible(
+        timeout=WAIT_MS
+    )
+    phone = desks.phones["rt-web-desk-a"]
+    outcome = await dial_code(asterisk, desks.running, phone, "*44401", pin="4711")
+    assert (outcome.ok, outcome.workplace) == (True, "desk-a")
+    await expect(desk_a.get_by_role("button", name="Leave", exact=True)).to_be_visible(
+        timeout=WAIT_MS
+    )
+    mine = page.get_by_role("list", name="My phones", exact=True).get_by_role("listitem")
+    await expect(mine.filter(has_text="rt-web-desk-a")).to_contain_text("reachable")
+    outcome = await dial_code(asterisk, desks.running, phone, "*44")
+    assert (outcome.ok, outcome.action) == (True, "logout")
+    await expect(desk_a.get_by_role("button", name="Sit here", exact=True)).to_be_visible(
+        timeout=WAIT_MS
+    )
+    await expect(mine.filter(has_text="rt-web-desk-a")).to_have_count(0)
+
+
+async def test_a_page_of_another_site_cannot_use_the_session(desks: Desks) -> None:
+    """The signed-in browser opens another origin's page, which posts a form to the
+    router and sends it requests by script: none of them changes anything.
+
+    The attacker is the hardest case: another port on the same host, so the same
+    *site* to the browser, which sends even a SameSite=Strict cookie along.  (A page
+    of another host is stopped earlier: no cookie, and Chromium's local-network
+    checks refuse its scripts' requests to loopback before they are sent.)  What
+    stops it here is the router: the form and the no-cors request lack the page's
+    header (403), and requests that set it need a CORS preflight never granted."""
+    page = await desks.page()
+    await sign_in(page, "401", "4711")
+    await workplace(page, "Desk A").get_by_role("button", name="Sit here", exact=True).click()
+    await expect(page.locator("#workplace-now")).to_have_text("You sit at Desk A.", timeout=WAIT_MS)
+    base = desks.base
+    attack = f"""<!doctype html><title>attack</title>
+<form id="form" method="post" action="{base}/api/v1/logout" enctype="text/plain">
+<input name='{{"extension":"401","x":"' value='"}}'></form>
+<script>
+const to = (path, options) => fetch("{base}" + path, {{credentials: "include", ...options}})
+  .then((r) => r.status, () => "blocked");
+Promise.all([
+  to("/api/v1/login", {{method: "POST", mode: "no-cors", body: '{{"workplace":"desk-b"}}',
+                        headers: {{"Content-Type": "text/plain"}}}}),
+  to("/api/v1/login", {{method: "POST", body: '{{"workplace":"desk-b"}}',
+                        headers: {{"Content-Type": "application/json",
+                                   "X-Callrouter-Client": "web"}}}}),
+  to("/api/v1/presence/client", {{method: "PUT",
+      body: '{{"client_id":"evil","status":"dnd"}}',
+      headers: {{"Content-Type": "application/json", "X-Callrouter-Client": "web"}}}}),
+  to("/api/v1/me/desk", {{}}),
+]).then((results) => {{
+  console.log("results " + JSON.stringify(results));
+  document.getElementById("form").submit();
+}});
+</script>"""
+
+    async def serve_attack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = attack.encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_attack, "127.0.0.1", 0)
+    attacker = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    desks.elsewhere.add(attacker)
+    context = page.context
+    evil = await context.new_page()
+    said: list[str] = []
+    evil.on(
+        "console",
+        lambda message: said.append(message.text) if message.text.startswith("results") else None,
+    )
+    async with evil.expect_navigation(url=f"{base}/api/v1/logout", timeout=WAIT_MS):
+        await evil.goto(f"{attacker}/attack")
+    server.close()
+    # The form reached the router with the cookie, and was refused for the header.
+    assert "X-Callrouter-Client" in await evil.content()
+    # What the script got: an opaque answer (no-cors, the cookie withheld), and no
+    # answer at all where it set the page's header or wanted to read (no CORS here).
+    assert said == ['results [0,"blocked","blocked","blocked"]'], said
+    snapshot = desks.running.router.live.snapshot
+    assert snapshot.logins.get("401") == "desk-a"
+    tracker = desks.running.router.presence.tracker
+    assert "evil" not in tracker.client_statuses("401")
+    # Dora's own page still works.
+    await expect(page.locator("#workplace-now")).to_have_text("You sit at Desk A.")
+    await workplace(page, "Desk A").get_by_role("button", name="Leave", exact=True).click()
+    await expect(page.locator("#workplace-now")).to_have_text(
+        "You sit at no workplace.", timeout=WAIT_MS
+    )
