@@ -124,6 +124,9 @@ def _desk_routes(
             body.extension, body.pin, source=request.app.state.source_of(request)
         )
         assert user.pin_hash is not None  # check_pin only accepts users with a PIN
+        previous = request.cookies.get(COOKIE)
+        if previous is not None:
+            sessions.close(previous)  # signing in again replaces the session, never adds
         session_id, expires = sessions.open(user.extension, user.pin_hash)
         answer = WebSession(
             extension=user.extension,

@@ -110,8 +110,13 @@ class Desks:
 
 @pytest.fixture
 async def desks(
-    asterisk: AsteriskSandbox, tmp_path: Path, make_phones: MakePhones
+    asterisk: AsteriskSandbox,
+    tmp_path: Path,
+    make_phones: MakePhones,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Desks]:
+    """A router (settings changed by the test's indirect parameter, if any) and a
+    browser."""
     phones = await make_phones(
         "rt-web-dora", "rt-web-emil", "rt-web-caller", "rt-web-desk-a", "rt-web-desk-b"
     )
@@ -123,7 +128,8 @@ async def desks(
     url = f"sqlite:///{tmp_path}/callrouter.db"
     await in_process.load_directory(url, directory_file, actor="test")
     settings = in_process.sandbox_settings(asterisk, url, rules_file, poll_interval=0.2)
-    settings = settings.model_copy(update={"client_heartbeat_timeout": HEARTBEAT_TIMEOUT})
+    changes = {"client_heartbeat_timeout": HEARTBEAT_TIMEOUT, **getattr(request, "param", {})}
+    settings = settings.model_copy(update=changes)
     running = await in_process.start_router(settings, asterisk=asterisk)
     assert running.router.api_server is not None
     base = f"http://127.0.0.1:{running.router.api_server.port}"
@@ -270,6 +276,23 @@ async def test_sit_here_leave_plan_and_live_moves(desks: Desks) -> None:
     )
     await expect(desk_b).to_contain_text("Emil Roth (402) sits here")
     await expect(colleague(dora, "402")).to_contain_text("at Desk B", timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize("desks", [{"occupied_workplace": "refuse"}], indirect=True)
+async def test_an_occupied_workplace_is_refused_with_the_reason(desks: Desks) -> None:
+    await desks.running.router.logins.login("401", "desk-b", actor="admin", source="test")
+    emil = await desks.page()
+    await sign_in(emil, "402", "0815")
+    desk_b = workplace(emil, "Desk B")
+    await expect(desk_b).to_contain_text("Dora Lang (401) sits here", timeout=WAIT_MS)
+    await expect(emil.locator("#workplace-policy")).to_have_text(
+        "An occupied workplace cannot be taken."
+    )
+    await desk_b.get_by_role("button", name="Sit here", exact=True).click()
+    await expect(emil.locator("#workplace-message")).to_have_text(
+        "Desk B is occupied; the router does not move people out.", timeout=WAIT_MS
+    )
+    assert desks.running.router.live.snapshot.logins == {"401": "desk-b"}
 
 
 async def test_do_not_disturb_then_a_call_gets_dnd(

@@ -160,6 +160,18 @@ async def test_sign_out_ends_the_session_on_the_server(client: httpx.AsyncClient
     assert (await client.get("/api/v1/me/desk")).status_code == 401
 
 
+async def test_signing_in_again_replaces_the_session(client: httpx.AsyncClient) -> None:
+    first = await sign_in(client)
+    second = await sign_in(client)  # the browser sends the first cookie along
+    assert first != second
+    client.cookies.clear()
+    client.cookies.set(COOKIE, first)
+    assert (await client.get("/api/v1/me/desk")).status_code == 401
+    client.cookies.clear()
+    client.cookies.set(COOKIE, second)
+    assert (await client.get("/api/v1/me/desk")).status_code == 200
+
+
 async def test_a_pin_change_ends_the_session(client: httpx.AsyncClient, live: Live) -> None:
     anna = await sign_in(client)
     other = await sign_in(client, "202", "0815")
