@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import textwrap
 from collections.abc import AsyncIterator
@@ -60,7 +61,7 @@ workplaces:
   - {id: desk-b, name: Desk B, code: "842", phones: [PJSIP/rt-web-desk-b]}
 """
 RULES = "defaults: {timeout: 20}\n"
-HEARTBEAT_TIMEOUT = 3.0  # seconds; the page beats every third of it
+HEARTBEAT_TIMEOUT = 4.0  # seconds; the page beats every third of it
 WAIT_MS = 10_000  # generous: the page follows within a second (see the benchmark)
 
 
@@ -223,7 +224,9 @@ async def test_sign_in_wrong_pin_lockout_and_sign_out(desks: Desks) -> None:
         await expect(alert).to_have_text("Wrong extension or PIN.", timeout=WAIT_MS)
         await page.evaluate("document.getElementById('sign-in-error').textContent = ''")
     await sign_in(page, "401", "4711")
-    await expect(alert).to_have_text("Too many wrong PINs; try again in 15 min.", timeout=WAIT_MS)
+    # 15 minutes from the first wrong PIN, a little less by now.
+    locked = re.compile(r"Too many wrong PINs; try again in 1[0-5] min\.")
+    await expect(alert).to_have_text(locked, timeout=WAIT_MS)
 
 
 async def test_sit_here_leave_plan_and_live_moves(desks: Desks) -> None:
