@@ -262,7 +262,7 @@ def _desk_routes(
         response_class=StreamingResponse,
         responses={
             200: {"description": "The event stream", "content": {"text/event-stream": {}}},
-            **_answers(401),
+            **_answers(401, bad_request="The admin's is no desk"),
         },
     )
     async def desk_events(extension: User, request: Request) -> StreamingResponse:

@@ -318,3 +318,23 @@ async def test_only_the_pages_files_are_served(client: httpx.AsyncClient, path: 
 async def test_the_docs_page_that_needs_a_cdn_is_gone(client: httpx.AsyncClient) -> None:
     assert (await client.get("/docs")).status_code == 404
     assert (await client.get("/openapi.json")).status_code == 200
+
+
+def _string_keys(language: str, text: str) -> set[str]:
+    block = re.search(rf"\n  {language}: \{{\n(.*?)\n  \}},", text, re.DOTALL)
+    assert block is not None, language
+    return set(re.findall(r"^    (\w+): ", block.group(1), re.MULTILINE))
+
+
+def test_every_string_is_in_both_languages_and_every_key_used_exists() -> None:
+    files = {name: content.decode() for name, (content, _) in load_files().items()}
+    english = _string_keys("en", files["strings.js"])
+    german = _string_keys("de", files["strings.js"])
+    assert english == german, english ^ german
+    used = set(re.findall(r'data-(?:text|label)="(\w+)"', files["index.html"]))
+    used |= set(re.findall(r'\bt\("(\w+[^_])"', files["app.js"]))  # not prefixes
+    # Keys made up of a prefix and a value: every value the API can send.
+    used |= {f"state_{s}" for s in ("free", "ringing", "on_call", "dnd", "away", "offline")}
+    used |= {"reachable", "ringing", "on_call", "unreachable"}  # PhoneView.state
+    used |= {"online", "away", "dnd", "offline"}  # ClientStatus
+    assert used <= english, used - english
