@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -203,6 +204,24 @@ def _principal(
 # Module level, so that FastAPI can resolve the annotation (postponed evaluation).
 Auth = Annotated[Principal, Depends(_principal)]
 
+# An event stream checks its request's credentials again at least this often (s), so
+# that a session signed out, or a PIN changed, ends the streams opened with it too.
+RECHECK_SECONDS = 5.0
+
+
+def still_authorized(request: Request) -> bool:
+    """Whether the request's token or session cookie would still be accepted."""
+    header = request.headers.get("authorization") or ""
+    scheme, _, value = header.partition(" ")
+    credentials = None
+    if scheme.lower() == "bearer" and value.strip():
+        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=value.strip())
+    try:
+        _principal(request, credentials)
+    except HTTPException:
+        return False
+    return True
+
 
 # The answers the routes give besides 200, for the OpenAPI document (``responses=``).
 _ANSWERS: dict[int, dict[str, Any]] = {
@@ -271,14 +290,22 @@ async def _event_stream(
     try:
         everyone = [view(s).model_dump(mode="json") for s in live.tracker.users().values()]
         yield f"event: snapshot\ndata: {json.dumps(everyone)}\n\n"
+        checked = sent = time.monotonic()
         while not await request.is_disconnected():
             if cut_off and queue.empty():
                 return  # the client reconnects and starts from a new snapshot
+            if time.monotonic() - checked >= RECHECK_SECONDS:
+                if not still_authorized(request):
+                    return  # signed out, or the PIN changed: the reconnect gets a 401
+                checked = time.monotonic()
             try:
-                state = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                state = await asyncio.wait_for(queue.get(), min(KEEPALIVE_SECONDS, RECHECK_SECONDS))
             except TimeoutError:
-                yield ": keepalive\n\n"
+                if time.monotonic() - sent >= KEEPALIVE_SECONDS:
+                    sent = time.monotonic()
+                    yield ": keepalive\n\n"
                 continue
+            sent = time.monotonic()
             yield f"event: presence\ndata: {view(state).model_dump_json()}\n\n"
     finally:
         unsubscribe()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -20,14 +21,16 @@ from pydantic import BaseModel
 from callrouter.ami.protocol import AmiMessage
 from callrouter.api.app import (
     KEEPALIVE_SECONDS,
+    RECHECK_SECONDS,
     Auth,
     SessionRequest,
     WorkplaceView,
     _answers,
+    still_authorized,
     workplace_views,
 )
 from callrouter.domain.directory import DirectorySnapshot
-from callrouter.domain.presence import ClientStatus, DeviceState, UserPresence
+from callrouter.domain.presence import ClientStatus, DeviceState
 from callrouter.logins.service import LoginService
 from callrouter.presence.live import PresenceService
 from callrouter.web.build import WebClient
@@ -69,6 +72,43 @@ def phone_state(state: DeviceState) -> PhoneState:
     if state.ringing:
         return "ringing"
     return "reachable"
+
+
+class _Wakers:
+    """Streams waiting for changes by key (an extension, an endpoint)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+
+    def watch(self, keys: Iterable[str], event: asyncio.Event) -> None:
+        for key in keys:
+            self._waiting.setdefault(key, set()).add(event)
+
+    def unwatch(self, keys: Iterable[str], event: asyncio.Event) -> None:
+        for key in keys:
+            events = self._waiting.get(key)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiting[key]
+
+    def wake(self, key: str) -> None:
+        for event in self._waiting.get(key, ()):
+            event.set()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+
+def _on_device(event: AmiMessage, by_phone: _Wakers) -> None:
+    if event.event == "DeviceStateChange":
+        device = event.get("Device") or ""
+    elif event.event == "ContactStatus":
+        device = f"PJSIP/{event.get('EndpointName') or ''}"
+    else:
+        return
+    # Presence's own subscriber may run after this one: look once it has.
+    asyncio.get_running_loop().call_soon(by_phone.wake, device)
 
 
 def _refuse_cross_site(request: Request) -> None:
@@ -205,39 +245,38 @@ def _desk_routes(
             if workplace in snapshot.workplaces
         }
 
+    # One subscriber each for all the streams, which wait by extension and by phone:
+    # a device event costs a lookup, not a call per open page.
+    by_user = _Wakers()
+    by_phone = _Wakers()
+    everyone = _Wakers()  # directory changes: rare, and may concern anyone's seat
+    presence.subscribe(lambda state: by_user.wake(state.extension))
+    if presence.ami is not None:
+        presence.ami.subscribe(lambda event: _on_device(event, by_phone))
+    if directory_changes is not None:
+        directory_changes(lambda _concerned: everyone.wake(""))
+
     async def stream(extension: str, request: Request) -> AsyncIterator[str]:
         wake = asyncio.Event()
         wake.set()  # the first round sends everything
-        loop = asyncio.get_running_loop()
-        my_phones: set[str] = set()
-
-        def on_presence(state: UserPresence) -> None:
-            if state.extension == extension:
-                wake.set()
-
-        def on_device(event: AmiMessage) -> None:
-            if event.event == "DeviceStateChange":
-                device = event.get("Device") or ""
-            elif event.event == "ContactStatus":
-                device = f"PJSIP/{event.get('EndpointName') or ''}"
-            else:
-                return
-            if device in my_phones:
-                # Presence's own subscriber may run after this one: look after it has.
-                loop.call_soon(wake.set)
-
-        unsubscribe = [presence.subscribe(on_presence)]
-        if presence.ami is not None:
-            unsubscribe.append(presence.ami.subscribe(on_device))
-        if directory_changes is not None:
-            unsubscribe.append(directory_changes(lambda _concerned: wake.set()))
+        phones: frozenset[str] = frozenset()
+        by_user.watch((extension,), wake)
+        everyone.watch(("",), wake)
         sent: dict[str, str] = {}
+        checked = keptalive = time.monotonic()
         try:
             while not await request.is_disconnected():
+                if time.monotonic() - checked >= RECHECK_SECONDS:
+                    if not still_authorized(request):
+                        yield "event: ended\ndata: {}\n\n"
+                        return
+                    checked = time.monotonic()
                 try:
-                    await asyncio.wait_for(wake.wait(), KEEPALIVE_SECONDS)
+                    await asyncio.wait_for(wake.wait(), min(KEEPALIVE_SECONDS, RECHECK_SECONDS))
                 except TimeoutError:
-                    yield ": keepalive\n\n"
+                    if time.monotonic() - keptalive >= KEEPALIVE_SECONDS:
+                        keptalive = time.monotonic()
+                        yield ": keepalive\n\n"
                     continue
                 wake.clear()
                 snapshot = service.snapshot
@@ -245,17 +284,23 @@ def _desk_routes(
                 if view is None:
                     yield "event: ended\ndata: {}\n\n"
                     return
-                my_phones = {p.endpoint for p in view.phones}
+                now_phones = frozenset(p.endpoint for p in view.phones)
+                if now_phones != phones:
+                    by_phone.unwatch(phones, wake)
+                    by_phone.watch(now_phones, wake)
+                    phones = now_phones
                 for name, data in (
                     ("desk", view.model_dump_json()),
                     ("seats", json.dumps(seats(snapshot))),
                 ):
                     if sent.get(name) != data:
                         sent[name] = data
+                        keptalive = time.monotonic()
                         yield f"event: {name}\ndata: {data}\n\n"
         finally:
-            for stop in unsubscribe:
-                stop()
+            by_user.unwatch((extension,), wake)
+            everyone.unwatch(("",), wake)
+            by_phone.unwatch(phones, wake)
 
     @routes.get(
         "/api/v1/me/events",

@@ -4,6 +4,7 @@ security headers; in process (httpx's ASGI transport) on a real directory databa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 
 from callrouter.api import TokenSigner, create_api
 from callrouter.api.desk import add_web_client
+from callrouter.api.server import ApiServer
 from callrouter.directory.importer import import_document
 from callrouter.directory.revisions import read_revision
 from callrouter.logins.service import LoginService
@@ -170,6 +172,42 @@ async def test_signing_in_again_replaces_the_session(client: httpx.AsyncClient) 
     client.cookies.clear()
     client.cookies.set(COOKIE, second)
     assert (await client.get("/api/v1/me/desk")).status_code == 200
+
+
+@pytest.mark.parametrize("ending", ["sign-out", "pin-change"])
+async def test_the_end_of_a_session_ends_its_open_streams(
+    api: FastAPI, live: Live, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    for module in ("callrouter.api.app", "callrouter.api.desk"):
+        monkeypatch.setattr(f"{module}.RECHECK_SECONDS", 0.05)
+    server = ApiServer(api, "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with (
+            asyncio.timeout(20),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as http,
+        ):
+            await sign_in(http)
+            async with (
+                http.stream("GET", "/api/v1/me/events") as desk,
+                http.stream("GET", "/api/v1/presence/events") as everyone,
+            ):
+                desk_lines, everyone_lines = desk.aiter_lines(), everyone.aiter_lines()
+                assert await anext(desk_lines) == "event: desk"
+                assert await anext(everyone_lines) == "event: snapshot"
+                if ending == "sign-out":
+                    reply = await http.delete("/api/v1/web/session", headers=FROM_PAGE)
+                    assert reply.status_code == 204
+                else:
+                    users = [{"extension": "201", "name": "Anna Berger", "pin": "9999"}]
+                    changed = document(users=users, logins={})
+                    await import_document(live.engine, changed, prune=False, actor="test")
+                    await live.refresh()
+                # Both streams end by themselves: no more of anyone's presence.
+                assert "event: ended" in [line async for line in desk_lines]
+                assert [line async for line in everyone_lines if line.startswith("event")] == []
+    finally:
+        await server.close()
 
 
 async def test_a_pin_change_ends_the_session(client: httpx.AsyncClient, live: Live) -> None:
