@@ -96,8 +96,8 @@ class _Wakers:
         for event in self._waiting.get(key, ()):
             event.set()
 
-    def __len__(self) -> int:
-        return len(self._waiting)
+    def __contains__(self, key: str) -> bool:
+        return key in self._waiting
 
 
 def _on_device(event: AmiMessage, by_phone: _Wakers) -> None:
@@ -107,8 +107,9 @@ def _on_device(event: AmiMessage, by_phone: _Wakers) -> None:
         device = f"PJSIP/{event.get('EndpointName') or ''}"
     else:
         return
-    # Presence's own subscriber may run after this one: look once it has.
-    asyncio.get_running_loop().call_soon(by_phone.wake, device)
+    if device in by_phone:
+        # Presence's own subscriber may run after this one: look once it has.
+        asyncio.get_running_loop().call_soon(by_phone.wake, device)
 
 
 def _refuse_cross_site(request: Request) -> None:
