@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     overload_max_ari_latency: float = Field(default=0.5, gt=0, le=60)
     overload_recover: float = Field(default=1.0, gt=0, le=3600)
 
+    # Active and standby routers of one Asterisk (README "Active and standby"): the
+    # routers sharing this name (default: ari_app@host:port of ari_url) elect one that
+    # runs the Stasis app, through the PostgreSQL directory; how often the active one
+    # confirms its lease (seconds).
+    lease_name: str | None = Field(default=None, min_length=1, max_length=200)
+    lease_check_interval: float = Field(default=0.5, gt=0, le=60)
+
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -317,6 +317,7 @@ def create_api(
     admin_token: str | None = None,
     presence: PresenceService | None = None,
     trusted_proxies: Sequence[Network] = (),
+    role: Callable[[], tuple[str, float]] | None = None,
 ) -> FastAPI:
     api = FastAPI(
         title="callrouter",
@@ -382,7 +383,15 @@ def create_api(
 
     @api.get("/api/v1/health")
     async def health() -> dict[str, object]:
-        return {"status": "ok", "directory_revision": service.snapshot.revision}
+        """The directory revision in force, and this router's role (active: it runs
+        the Stasis app; standby: it waits for the lease) with since when (UTC)."""
+        name, since = role() if role is not None else ("active", None)
+        return {
+            "status": "ok",
+            "directory_revision": service.snapshot.revision,
+            "role": name,
+            "since": None if since is None else datetime.fromtimestamp(since, UTC).isoformat(),
+        }
 
     @api.post("/api/v1/session", responses=_answers(400, 401, 422, 429))
     async def open_session(body: SessionRequest, request: Request) -> SessionResponse:
@@ -495,7 +504,8 @@ def create_api(
         live = need_presence()
         if live.tracker.user(extension) is None:
             raise HTTPException(404, f"no user with extension {extension}")
-        state = live.set_client(extension, body.client_id, body.status)
+        # Shared with every router through the directory database (presence/shared.py).
+        state = await live.report_client(extension, body.client_id, body.status)
         assert state is not None
         return view(state)
 

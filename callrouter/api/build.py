@@ -26,6 +26,7 @@ def build(
     readiness: Callable[[], Readiness] | None = None,
     metrics: Metrics | None = None,
     directory_changes: DirectoryChanges | None = None,
+    role: Callable[[], tuple[str, float]] | None = None,
 ) -> ApiServer | None:
     if not settings.api_enabled:
         return None
@@ -41,6 +42,7 @@ def build(
         None if admin is None else admin.get_secret_value(),
         presence=presence,
         trusted_proxies=settings.api_trusted_proxies,
+        role=role,
     )
     api.include_router(operations_routes(readiness, metrics))
     add_web_client(

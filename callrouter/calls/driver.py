@@ -62,12 +62,12 @@ LEG_APP_ARG = "leg"
 # The ringing indication waits for the first leg's request to be answered (its INVITE
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
-_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
+GONE_EVENTS = frozenset({"StasisEnd", "ChannelDestroyed"})
 # The only event types the call path reads; the app's event filter asks Asterisk for
 # these alone. A leg's ringing comes as Dial RINGING (its ChannelStateChange to Ringing
 # says the same), its end as a Dial status or ChannelDestroyed with the cause (what
 # ChannelHangupRequest says too); the bridge's and the variables' events are not read.
-ARI_EVENTS = frozenset({"StasisStart", "Dial", *_GONE})
+ARI_EVENTS = frozenset({"StasisStart", "Dial", *GONE_EVENTS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,7 @@ class CallDriver:
         self._first_leg_asked = False
         self._t0 = 0.0
         self._detached = False  # see detach()
+        self._abandoned = False  # see abandon()
         # For the overload signals (calls/overload.py): once, when the call stops
         # waiting for the router; and each leg request's round trip, in seconds.
         self._on_set_up = on_set_up
@@ -231,6 +232,12 @@ class CallDriver:
         channels are left as they are) when this task is cancelled."""
         self._detached = True
 
+    def abandon(self) -> None:
+        """Another router took the call over (this one became standby): when this task
+        is cancelled, every channel and the bridge are left as they are, for the new
+        active router's resync to take over or clear."""
+        self._abandoned = True
+
     def _on_vanished(self, gone: frozenset[str]) -> list[Command]:
         # The caller first: vanished legs then end as part of its hang-up, not as a
         # last leg ending (which would send the caller to the dialplan).
@@ -267,7 +274,7 @@ class CallDriver:
         if channel is None:
             return []
         if channel.id == self.caller.id:
-            if event.type in _GONE:
+            if event.type in GONE_EVENTS:
                 self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
                 return self.flow.caller_gone()
             return []
@@ -278,7 +285,7 @@ class CallDriver:
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
             return self.flow.leg_answered(leg_id)
-        if event.type in _GONE:
+        if event.type in GONE_EVENTS:
             return self.flow.leg_gone(leg_id, self.now(), event.cause)
         return []
 
@@ -437,6 +444,9 @@ class CallDriver:
 
     async def _clean_up(self) -> None:
         """Leave nothing behind: every leg hung up, the bridge destroyed."""
+        if self._abandoned:
+            self.log.info("call %s: left to the router that took over", self.call_id)
+            return
         if self._detached and self.flow.phase is CallPhase.CONNECTED:
             self.log.info(
                 "call %s: left connected in Asterisk (bridge %s)", self.call_id, self.bridge_id
