@@ -129,6 +129,7 @@ class Router:
             readiness=self.readiness,
             metrics=metrics,
             role=lambda: (self.role.value, self.role_since),
+            directory_changes=live.subscribe,  # the web client's live desk view
         )
         metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)

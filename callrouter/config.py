@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     # these are X-Forwarded-For/Forwarded believed.  Empty: the TCP peer is the client.
     # In the environment comma-separated: CALLROUTER_API_TRUSTED_PROXIES=10.0.0.5,::1
     api_trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+    # The web client's session cookie only over HTTPS (set it behind a TLS proxy).
+    api_cookie_secure: bool = False
 
     # How often the shared directory is checked for changes made elsewhere (seconds).
     directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
