@@ -99,8 +99,8 @@ async def _serve(events: int) -> None:
 
     async def rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = BODY.encode()
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        answer = head.encode() + body
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        answer = head.encode() + b"\r\n\r\n" + body
         while True:
             try:
                 request = await reader.readuntil(b"\r\n\r\n")
@@ -196,7 +196,7 @@ async def _client(ws_port: int, http_port: int, events: int, requests: int, runs
 
 
 def _range(values: list[float]) -> str:
-    return "–".join(f"{v * 1e6:.0f}" for v in (min(values), max(values)))
+    return "-".join(f"{v * 1e6:.0f}" for v in (min(values), max(values)))
 
 
 def main(argv: list[str] | None = None) -> int:
