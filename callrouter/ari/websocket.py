@@ -389,7 +389,7 @@ class EventSocket(asyncio.Protocol):
         self.close_code, self.close_reason = code, reason
         if not self._closing:
             self._closing = True
-            self._send(OP_CLOSE, _close_payload(code))
+            self._send(OP_CLOSE, _close_payload(code, reason))
         if self._transport is not None:
             self._transport.close()
 
