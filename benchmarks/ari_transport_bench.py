@@ -9,8 +9,10 @@ every 0.4 ms (each arrives in its own TCP segment, as on a real call), and answe
 REST requests with a channel's JSON. The client runs under uvloop, as ``callrouter
 serve`` does, and counts its own process CPU (``time.process_time``):
 
-* events: the ``websockets`` library's client against :mod:`callrouter.ari.websocket`,
-  each message parsed with :func:`~callrouter.ari.events.parse_event`;
+* events: what the router read them with before, the ``websockets`` library's client
+  and the standard library's ``json``, against what it reads them with now,
+  :mod:`callrouter.ari.websocket` and :func:`~callrouter.ari.events.parse_event`
+  (orjson); both build the same :class:`~callrouter.ari.events.AriEvent`;
 * requests: :class:`~callrouter.ari.http.HttpPool`, one request at a time.
 
 Prints µs of CPU per event and per request, per run; exit status 0 (it is a report).
@@ -31,7 +33,7 @@ import uvloop
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from callrouter.ari.events import parse_event
+from callrouter.ari.events import _event, parse_event
 from callrouter.ari.http import HttpPool
 from callrouter.ari.websocket import connect_events
 
@@ -129,7 +131,7 @@ async def _library_events(url: str) -> int:
     count = 0
     async with connect(url, compression=None, max_size=16 * 2**20, proxy=None) as websocket:
         async for message in websocket:
-            parse_event(message)
+            _event(json.loads(message))
             count += 1
     return count
 
@@ -190,8 +192,8 @@ async def _client(ws_port: int, http_port: int, events: int, requests: int, runs
         lean.append(await _cpu_per_item(lambda: _lean_events(url)))
         rest.append(await _cpu_per_item(lambda: _requests(http_port, requests)))
     print(f"{events} events and {requests} REST requests per run, {runs} runs, uvloop")
-    print(f"event, websockets library + parse_event: {_range(library)} µs CPU")
-    print(f"event, callrouter.ari.websocket + parse_event: {_range(lean)} µs CPU")
+    print(f"event, websockets library + json: {_range(library)} µs CPU")
+    print(f"event, callrouter.ari.websocket + orjson: {_range(lean)} µs CPU")
     print(f"REST request, HttpPool: {_range(rest)} µs CPU")
 
 
