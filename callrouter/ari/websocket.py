@@ -203,7 +203,8 @@ def accept_key(key: str) -> str:
 
 class EventSocket(asyncio.Protocol):
     """One client websocket connection: iterate it for messages (``bytes``, the
-    payload of text and binary frames alike).
+    payload of text and binary frames alike; the UTF-8 of a text message is checked by
+    the JSON decoder that reads it, :func:`~callrouter.ari.events.parse_event`).
 
     Iteration ends after a normal close (1000, 1001) and raises
     :class:`WebSocketClosed` after any other end (1006: the connection dropped without
