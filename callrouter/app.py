@@ -3,11 +3,17 @@
 This module only composes; each feature builds itself (``<feature>/build.py``):
 
   directory (SQL) ──▶ LiveDirectory (snapshot + rules, reloaded on change) ──▶ calls
+  PostgreSQL NOTIFY ──▶ ChangeFeed ──▶ LiveDirectory, PresenceService (client statuses)
   ARI websocket ──StasisStart──▶ CallIntake ──▶ one CallDriver task per call
   AMI ◀── FallbackService (AstDB dial strings for when the router is down)
   FastAGI (feature codes) ─┐
   HTTP API (client, admin) ┴──▶ LoginService ──▶ directory (SQL) ──▶ LiveDirectory
   AMI DeviceStateChange ──▶ PresenceService (tracker) ──▶ routing, API, Custom:user-EXT
+  lease (PostgreSQL advisory lock | SQLite file lock) ──▶ Election: active ⇄ standby
+      active: ARI websocket + call intake; standby: everything else, warm
+
+Active and standby (cluster/): every part runs on every router but the ARI websocket
+and the call intake, which only the active one (the lease holder) runs.
 
 Operations: one ``Metrics`` (metrics.py) handed to the features, served at ``/metrics``
 with the health routes (api/operations.py); ``Router.readiness()`` says whether a call can
@@ -30,7 +36,12 @@ from callrouter.ari.client import AriClient
 from callrouter.calls.build import build as build_calls
 from callrouter.calls.driver import ARI_EVENTS, CallDriver
 from callrouter.calls.overload import OverloadLimits
+from callrouter.cluster.build import build as build_election
+from callrouter.cluster.build import build_lease
+from callrouter.cluster.election import Election, Role
+from callrouter.cluster.lease import Lease, LeaseRefused
 from callrouter.config import Settings
+from callrouter.directory.changes import build as build_changes
 from callrouter.directory.database import check_schema, create_engine
 from callrouter.directory.live import LiveDirectory
 from callrouter.fallback.build import build as build_fallback
@@ -50,7 +61,12 @@ class Router:
     """Every running part of one router, built from its settings and the live directory."""
 
     def __init__(
-        self, settings: Settings, live: LiveDirectory, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        live: LiveDirectory,
+        metrics: Metrics | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         self.settings = settings
         self.live = live
@@ -70,8 +86,15 @@ class Router:
             settings.ami_secret.get_secret_value(),
             events=AMI_EVENTS,  # presence; everything else is actions
         )
+        # PostgreSQL announces directory and client status changes (None on SQLite).
+        self.changes = build_changes(live, metrics=metrics)
         self.presence = build_presence(
-            self.ami, live, heartbeat_timeout=settings.client_heartbeat_timeout, metrics=metrics
+            self.ami,
+            live,
+            heartbeat_timeout=settings.client_heartbeat_timeout,
+            poll_interval=settings.directory_poll_interval,
+            changes=self.changes,
+            metrics=metrics,
         )
         self.fallback = build_fallback(self.ami, live)
         self.intake = build_calls(
@@ -85,20 +108,60 @@ class Router:
                 max_ari_latency=settings.overload_max_ari_latency,
                 recover=settings.overload_recover,
             ),
+            timezone=settings.timezone,
         )
         # ARI checks that a FastAGI session is a real call on this Asterisk.
         self.login_parts = build_logins(settings, live, self.ari, metrics=metrics)
         self.logins = self.login_parts.service
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server
+        # No lease (an in-memory directory): this router is the only one, always active.
+        self.election: Election | None = None
+        if lease is not None:
+            self.election = build_election(
+                lease, settings, promote=self._promote, demote=self._demote
+            )
+            self.ari.on_replaced = self.election.replaced
         self.api_server = build_api(
-            settings, self.logins, self.presence, readiness=self.readiness, metrics=metrics
+            settings,
+            self.logins,
+            self.presence,
+            readiness=self.readiness,
+            metrics=metrics,
+            role=lambda: (self.role.value, self.role_since),
+            directory_changes=live.subscribe,  # the web client's live desk view
         )
         metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)
         metrics.track_directory(lambda: live.snapshot.revision)
         metrics.track_ready(lambda: self.readiness().ready)
+        metrics.track_role(lambda: self.role.value)
         self._monitors = TaskSet("monitors")
+        self._electing = TaskSet("election")
+        self._started_at = time.time()
+
+    @property
+    def role(self) -> Role:
+        return Role.ACTIVE if self.election is None else self.election.role
+
+    @property
+    def role_since(self) -> float:
+        """When the current role began (Unix time)."""
+        return self._started_at if self.election is None else self.election.since
+
+    async def _promote(self) -> None:
+        """The lease is ours: connect the app, resync, take over waiting callers."""
+        self.metrics.activated()
+        await self.ari.start()
+        try:
+            await self.ari.wait_connected(10)
+        except TimeoutError:
+            log.warning("active, but ARI is not connected yet: it keeps trying")
+
+    async def _demote(self, reason: str) -> None:
+        """Another router is active: stop taking calls, leave every channel to it."""
+        await self.ari.stop_listening()
+        await self.intake.abandon()
 
     @property
     def calls(self) -> dict[str, CallDriver]:
@@ -119,13 +182,20 @@ class Router:
             max_snapshot_age=self.settings.snapshot_max_age,
             calls_in_progress=len(self.calls),
             overloaded=self.intake.overload.reason,
+            role=self.role.value,
+            role_since=self.role_since,
+            lease_warning=None if self.election is None else self.election.unconfirmed,
         )
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (``systemctl status callrouter``)."""
         state = self.readiness()
         if not state.ready:
-            return "not ready: " + "; ".join(state.reasons)
+            role = "standby, " if state.role == Role.STANDBY else ""
+            return f"{role}not ready: " + "; ".join(state.reasons)
+        if state.role == Role.STANDBY:
+            line = f"standby: directory revision {state.directory_revision}"
+            return "; ".join((line, *state.warnings))
         line = f"routing: {state.calls_in_progress} call(s) in progress, "
         line += f"directory revision {state.directory_revision}"
         return "; ".join((line, *state.warnings))
@@ -136,8 +206,14 @@ class Router:
             watch_loop_lag(self.metrics, on_lag=self.intake.loop_lag_measured), "event-loop-lag"
         )
         self.presence.start()
+        if self.changes is not None:
+            self.changes.start()
         await self.ami.start(wait=False)
-        await self.ari.start()
+        self.ari.warm()
+        if self.election is None:
+            await self.ari.start()
+        else:
+            self._electing.spawn(self.election.run(), "election")
         if self.agi_server is not None:
             await self.agi_server.start()
         if self.api_server is not None:
@@ -152,11 +228,28 @@ class Router:
         if self.agi_server is not None:
             await self.agi_server.close()
         await self.login_parts.auto_logout.close()
+        await self._electing.close()  # an active router stays active until the end
+        election = self.election
+        if (
+            election is not None
+            and election.role is Role.ACTIVE
+            and await election.lease.standby_waiting()
+        ):
+            # A standby waits: it takes every call over (ringing ones ring again from
+            # it) in a moment; better than fallback rings, or callers left waiting.
+            log.info("stopping: the standby takes the calls over")
+            self.intake.accepting = False
+            await self._demote("stopping")
+            await election.lease.release()
         await self.intake.stop(grace, force=force)
         await self.fallback.close()
         await self.ari.close()
+        if self.election is not None:
+            await self.election.lease.release()  # a standby takes over now
         await self.ami.close()
         await self.presence.close()
+        if self.changes is not None:
+            await self.changes.close()
         await self._monitors.close()
 
 
@@ -197,12 +290,15 @@ async def run_router(
         watchdog.spawn(keep_alive(notifier, interval), "systemd-watchdog")
     notifier.status("loading the directory")
     engine = create_engine(settings.db)
+    lease = build_lease(settings)
     try:
+        if lease is not None and not lease.shared:
+            await lease.acquire()  # SQLite: one router per database, or none starts
         await check_schema(engine)
         metrics = Metrics()
         live = LiveDirectory(engine, settings.rules, metrics=metrics)
         await live.load()
-        router = Router(settings, live, metrics)
+        router = Router(settings, live, metrics, lease=lease)
         await router.start()
         log.info("callrouter serving ARI app %r at %s", settings.ari_app, settings.ari_url)
         if on_started is not None:
@@ -210,16 +306,19 @@ async def run_router(
         reporting = TaskSet("systemd status")
         if notifier.enabled:
             reporting.spawn(_report_to_systemd(router, notifier), "systemd-status")
+        refresh_failing = False
         try:
             while not stop.is_set():
+                # A stop ends the wait too: with PostgreSQL's NOTIFY the poll may be long.
                 try:
-                    await asyncio.wait_for(reload.wait(), settings.directory_poll_interval)
+                    await asyncio.wait_for(_either(reload, stop), settings.directory_poll_interval)
                 except TimeoutError:
                     forced = False
                 else:
-                    reload.clear()
-                    forced = True
-                    log.info("SIGHUP: reloading directory and rules")
+                    forced = reload.is_set()
+                    if forced:
+                        reload.clear()
+                        log.info("SIGHUP: reloading directory and rules")
                 if stop.is_set():
                     break
                 if forced:
@@ -227,7 +326,18 @@ async def run_router(
                 try:
                     await live.refresh(force=forced)
                 except Exception:
-                    log.exception("directory refresh failed; the current snapshot stays")
+                    # Once per outage, not every poll; the details at DEBUG.
+                    if not refresh_failing:
+                        log.warning(
+                            "directory refresh failed (%s); routing by the current snapshot",
+                            live.check_error,
+                        )
+                    log.debug("directory refresh failed", exc_info=True)
+                    refresh_failing = True
+                else:
+                    if refresh_failing:
+                        log.info("directory refresh works again")
+                    refresh_failing = False
                 finally:
                     if forced:
                         notifier.reloaded(router.status_line())
@@ -236,6 +346,8 @@ async def run_router(
             await reporting.close()
             await router.stop(settings.shutdown_grace, force=force)
     finally:
+        if lease is not None:
+            await lease.release()
         await engine.dispose()
         await watchdog.close()
         notifier.close()
@@ -243,11 +355,21 @@ async def run_router(
     return 0
 
 
+async def _either(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def _report_to_systemd(router: Router, notifier: Notifier) -> None:
     """READY=1 once ARI and AMI are both connected (the snapshot is loaded and the
     listeners are up before this starts), then STATUS= whenever the line changes."""
     last = ""
-    while not (router.ari.is_connected and router.ami.connected):
+    while not (router.ami.connected and (router.role is Role.STANDBY or router.ari.is_connected)):
         if (line := router.status_line()) != last:
             notifier.status(line)
             last = line
@@ -297,4 +419,7 @@ def serve(settings: Settings) -> int:
             return runner.run(main())
     except YamlFileError as exc:
         log.error("cannot start:\n%s", exc)
+        return 1
+    except LeaseRefused as exc:
+        log.error("cannot start: %s", exc)
         return 1

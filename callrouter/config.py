@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     # these are X-Forwarded-For/Forwarded believed.  Empty: the TCP peer is the client.
     # In the environment comma-separated: CALLROUTER_API_TRUSTED_PROXIES=10.0.0.5,::1
     api_trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+    # The web client's session cookie only over HTTPS (set it behind a TLS proxy).
+    api_cookie_secure: bool = False
 
     # How often the shared directory is checked for changes made elsewhere (seconds).
     directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
@@ -112,6 +114,13 @@ class Settings(BaseSettings):
     overload_max_loop_lag: float = Field(default=0.25, gt=0, le=60)
     overload_max_ari_latency: float = Field(default=0.5, gt=0, le=60)
     overload_recover: float = Field(default=1.0, gt=0, le=3600)
+
+    # Active and standby routers of one Asterisk (README "Active and standby"): the
+    # routers sharing this name (default: ari_app@host:port of ari_url) elect one that
+    # runs the Stasis app, through the PostgreSQL directory; how often the active one
+    # confirms its lease (seconds).
+    lease_name: str | None = Field(default=None, min_length=1, max_length=200)
+    lease_check_interval: float = Field(default=0.5, gt=0, le=60)
 
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -54,6 +54,7 @@ CALL_RESULTS = (
 # "shutdown" (a ringing call), "overload" (a new call, at once; calls/overload.py).
 # (The active/standby issue adds "standby" here.)
 HAND_BACK_REASONS = ("shutdown", "overload")
+ROLES = ("active", "standby")
 # Which signal put the router into overload (calls/overload.py's OVERLOAD_REASONS;
 # tests/unit/test_metrics.py holds them together).
 OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
@@ -73,6 +74,8 @@ LOGIN_OUTCOMES = (
 )
 # What a directory refresh read again: everything, only the logins, the rules file.
 RELOAD_KINDS = ("full", "logins", "rules")
+# What a PostgreSQL notification announced (directory/changes.py's CHANNEL_KINDS).
+CHANGE_KINDS = ("directory", "client_status")
 
 # --- buckets (seconds) ----------------------------------------------------------------
 
@@ -243,11 +246,36 @@ class Metrics:
             "The revision of the directory snapshot calls are routed by.",
             registry=r,
         )
+        self._changes = _children(
+            Counter(
+                "callrouter_change_notifications",
+                "Changes announced by PostgreSQL (LISTEN/NOTIFY), by what changed.",
+                ["kind"],
+                registry=r,
+            ),
+            CHANGE_KINDS,
+        )
+        self._change_feed_connected = Gauge(
+            "callrouter_change_feed_connected",
+            "1 while the PostgreSQL LISTEN connection is up (0: changes arrive by polling).",
+            registry=r,
+        )
         self._ready = Gauge(
             "callrouter_ready", "1 while the router can route a call (health/ready).", registry=r
         )
-        # The router's role (active/standby, another issue) goes here, as
-        # callrouter_role{role} = 1 for the role it has now.
+        # One series per role, 1 for the role it has now: alert unless exactly one
+        # router of each Asterisk has callrouter_role{role="active"} == 1.
+        self._role = Gauge(
+            "callrouter_role",
+            "1 for the router's role now: active (runs the Stasis app) or standby.",
+            ["role"],
+            registry=r,
+        )
+        self._terms = Counter(
+            "callrouter_activations",
+            "How often this router became active (took the lease).",
+            registry=r,
+        )
 
     # --- exposition -----------------------------------------------------------------
 
@@ -297,6 +325,9 @@ class Metrics:
     def directory_refresh_failed(self) -> None:
         self._refresh_failures.inc()
 
+    def change_notified(self, kind: str) -> None:
+        self._changes[kind].inc()
+
     def loop_lag(self, seconds: float) -> None:
         self._loop_lag.observe(seconds)
 
@@ -334,8 +365,28 @@ class Metrics:
     def track_directory(self, revision: Callable[[], int]) -> None:
         self._revision.set_function(revision)
 
+    def track_change_feed(
+        self, connected: Callable[[], bool], connections: Callable[[], int]
+    ) -> None:
+        self._change_feed_connected.set_function(lambda: float(connected()))
+        self._sampled.add(
+            "callrouter_change_feed_reconnects",
+            "PostgreSQL LISTEN connections made after the first.",
+            lambda: max(0, connections() - 1),
+        )
+
     def track_ready(self, ready: Callable[[], bool]) -> None:
         self._ready.set_function(lambda: float(ready()))
+
+    def track_role(self, role: Callable[[], str]) -> None:
+        def has(name: str) -> Callable[[], float]:
+            return lambda: float(role() == name)
+
+        for name in ROLES:
+            self._role.labels(name).set_function(has(name))
+
+    def activated(self) -> None:
+        self._terms.inc()
 
 
 async def watch_loop_lag(

@@ -21,6 +21,7 @@ fi
 stamp=.venv/.callrouter-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    # Playwright (a test dependency) drives Debian's chromium: no browser download.
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"
 fi

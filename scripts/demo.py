@@ -3,7 +3,9 @@
 Boots the sandbox Asterisk, makes a simulated SIP phone for every PJSIP/ endpoint in
 examples/directory.yaml (plus the caller, ``demo-caller``), loads the example directory
 into a temporary SQLite database, starts the router in-process with examples/rules.yaml
-and places a few scripted calls, printing for each which phone got what when.
+and places a few scripted calls, printing for each which phone got what when. Last,
+two ``callrouter serve`` on a throwaway PostgreSQL: the active one is killed while a
+call rings, and the standby takes the call over.
 
 Run from the repository root (as root: the sandbox needs a chroot):
 
@@ -48,9 +50,12 @@ from sandbox.phones import (  # noqa: E402
 )
 from sandbox.router import (  # noqa: E402
     RunningRouter,
+    ServeProcess,
     load_directory,
     sandbox_settings,
     start_router,
+    throwaway_postgres,
+    wipe_postgres,
 )
 
 DIRECTORY = REPO / "examples" / "directory.yaml"
@@ -336,7 +341,72 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path, scale
                 await running.shut_down()
             logging.getLogger().removeHandler(collect)
             print("router stopped")
+        print("=" * 78)
+        await failover(asterisk, rules_path, workdir, caller, bank, scale)
     print("phones closed")
+
+
+async def failover(
+    asterisk: AsteriskSandbox,
+    rules_path: Path,
+    workdir: Path,
+    caller: SimulatedPhone,
+    bank: PhoneBank,
+    scale: float,
+) -> None:
+    """(h) Two routers on a PostgreSQL directory; the active one is killed (SIGKILL)
+    while a call rings, and the standby takes the call over."""
+    print(
+        "(h) active and standby: two `callrouter serve` on a PostgreSQL directory; "
+        "the active one is killed (kill -9) while Reception's phones ring"
+    )
+    async with throwaway_postgres() as url:
+        await wipe_postgres(url)
+        await load_directory(url, DIRECTORY, actor="demo")
+        settings = sandbox_settings(asterisk, url, rules_path)
+        a, b = (
+            ServeProcess(settings, workdir, "router-a"),
+            ServeProcess(settings, workdir, "router-b"),
+        )
+        try:
+            await a.start()
+            await a.wait_role("active")
+            await b.start()
+            await b.wait_role("standby")
+            print("  router-a: active; router-b: standby")
+            for phone in bank:
+                if phone is not caller:
+                    phone.behaviour = Ring()
+                phone.clear_events()
+            dect = next(p for p in bank if p.name == "reception-dect")
+            t0 = time.monotonic()
+            call = await caller.call("210", asterisk.sip_port)
+            await dect.wait_for("INVITE", timeout=10)
+            await asyncio.sleep(1.0 * min(1.0, scale * 4))
+            dect.behaviour = Answer(after=1.0)  # it answers the standby's ring
+            killed = time.monotonic()
+            a.kill()
+            await b.wait_role("active", timeout=10)
+            taken = time.monotonic()
+            await call.wait_answered(timeout=20)
+            await asyncio.sleep(1.0)
+            await call.hangup()
+            await asyncio.sleep(0.7)
+            print("  timeline (seconds from the caller's INVITE):")
+            rows = timeline(t0, caller, bank, [])
+            rows.append(f"  {killed - t0:7.3f} s  router-a killed (SIGKILL)")
+            rows.append(f"  {taken - t0:7.3f} s  router-b says it is active")
+            print("\n".join(sorted(rows, key=lambda row: float(row.split()[0]))))
+            took = [line for line in b.output().splitlines() if "routing after" in line]
+            print(f"  router-b: {took[-1].split(': ', 1)[-1] if took else '?'}")
+            print(
+                f"  outcome: router-b routed the call {taken - killed:.2f} s after the kill; "
+                "reception-dect answered its ring"
+            )
+        finally:
+            for router in (a, b):
+                await router.stop()
+        print("routers stopped")
 
 
 async def main_async(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,12 +27,14 @@ from callrouter.api.problems import Problem, ValidationProblem, field_problems
 from callrouter.api.sources import Network, client_address
 from callrouter.api.tokens import TokenSigner
 from callrouter.directory.database import DatabaseError
+from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.identifiers import CLIENT_ID_PATTERN, Extension, WorkplaceId
 from callrouter.domain.presence import ClientStatus, UserPresence
 from callrouter.logins.policy import Refusal
 from callrouter.logins.service import LoginDenied, LoginService
 from callrouter.logins.store import LoginChange
 from callrouter.presence.live import PresenceService
+from callrouter.web.sessions import COOKIE, WebSessions, cross_site_refusal
 
 ADMIN = "admin"
 
@@ -122,6 +125,32 @@ class ClientStatusRequest(_Body):
     extension: Extension | None = None  # the admin names the user; users omit it
 
 
+def workplace_views(snapshot: DirectorySnapshot, extension: str | None) -> list[WorkplaceView]:
+    """The workplaces ``extension``'s role allows (None, the admin: all), by id."""
+    occupants = {wp: ext for ext, wp in snapshot.logins.items()}
+    user = None if extension is None else snapshot.users.get(extension)
+    role = None if user is None or user.role is None else snapshot.roles.get(user.role)
+    views = []
+    for workplace in sorted(snapshot.workplaces.values(), key=lambda w: w.id):
+        allowed = role is None or role.allows(workplace.id)
+        if extension is not None and not allowed:
+            continue
+        occupant_ext = occupants.get(workplace.id)
+        occupant_user = None if occupant_ext is None else snapshot.users.get(occupant_ext)
+        views.append(
+            WorkplaceView(
+                id=workplace.id,
+                name=workplace.name,
+                code=workplace.code,
+                allowed=allowed,
+                occupant=None
+                if occupant_user is None
+                else Occupant(extension=occupant_user.extension, name=occupant_user.name),
+            )
+        )
+    return views
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     extension: str | None  # None: the admin
@@ -138,7 +167,25 @@ def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    service: LoginService = request.app.state.logins
+
+    def pin_hash_of(extension: str) -> str | None:
+        user = service.snapshot.users.get(extension)
+        return None if user is None else user.pin_hash
+
     if credentials is None:
+        # The web client's session cookie (callrouter.web): never the admin's, and
+        # for anything but a read only with the proof that this site sent it.
+        sessions: WebSessions | None = request.app.state.web_sessions
+        cookie = request.cookies.get(COOKIE)
+        if sessions is not None and cookie is not None:
+            refusal = cross_site_refusal(request.method, request.headers)
+            if refusal is not None:
+                raise HTTPException(403, refusal)
+            user = sessions.user(cookie, pin_hash_of)
+            if user is None:
+                raise HTTPException(401, "the session has ended; sign in again")
+            return Principal(user)
         raise HTTPException(
             401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -146,12 +193,7 @@ def _principal(
     admin_token: str | None = request.app.state.admin_token
     if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
         return Principal(None)
-    service: LoginService = request.app.state.logins
     signer: TokenSigner = request.app.state.signer
-
-    def pin_hash_of(extension: str) -> str | None:
-        user = service.snapshot.users.get(extension)
-        return None if user is None else user.pin_hash
 
     extension = signer.verify(token, pin_hash_of)
     if extension is None:
@@ -161,6 +203,24 @@ def _principal(
 
 # Module level, so that FastAPI can resolve the annotation (postponed evaluation).
 Auth = Annotated[Principal, Depends(_principal)]
+
+# An event stream checks its request's credentials again at least this often (s), so
+# that a session signed out, or a PIN changed, ends the streams opened with it too.
+RECHECK_SECONDS = 5.0
+
+
+def still_authorized(request: Request) -> bool:
+    """Whether the request's token or session cookie would still be accepted."""
+    header = request.headers.get("authorization") or ""
+    scheme, _, value = header.partition(" ")
+    credentials = None
+    if scheme.lower() == "bearer" and value.strip():
+        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=value.strip())
+    try:
+        _principal(request, credentials)
+    except HTTPException:
+        return False
+    return True
 
 
 # The answers the routes give besides 200, for the OpenAPI document (``responses=``).
@@ -230,14 +290,22 @@ async def _event_stream(
     try:
         everyone = [view(s).model_dump(mode="json") for s in live.tracker.users().values()]
         yield f"event: snapshot\ndata: {json.dumps(everyone)}\n\n"
+        checked = sent = time.monotonic()
         while not await request.is_disconnected():
             if cut_off and queue.empty():
                 return  # the client reconnects and starts from a new snapshot
+            if time.monotonic() - checked >= RECHECK_SECONDS:
+                if not still_authorized(request):
+                    return  # signed out, or the PIN changed: the reconnect gets a 401
+                checked = time.monotonic()
             try:
-                state = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                state = await asyncio.wait_for(queue.get(), min(KEEPALIVE_SECONDS, RECHECK_SECONDS))
             except TimeoutError:
-                yield ": keepalive\n\n"
+                if time.monotonic() - sent >= KEEPALIVE_SECONDS:
+                    sent = time.monotonic()
+                    yield ": keepalive\n\n"
                 continue
+            sent = time.monotonic()
             yield f"event: presence\ndata: {view(state).model_dump_json()}\n\n"
     finally:
         unsubscribe()
@@ -249,11 +317,16 @@ def create_api(
     admin_token: str | None = None,
     presence: PresenceService | None = None,
     trusted_proxies: Sequence[Network] = (),
+    role: Callable[[], tuple[str, float]] | None = None,
 ) -> FastAPI:
     api = FastAPI(
         title="callrouter",
         summary="Workplace logins (hot desking) for client apps and admins.",
         version="1",
+        # Swagger UI and ReDoc load their scripts from a CDN: no such pages here (the
+        # router works without internet access); /openapi.json describes the API.
+        docs_url=None,
+        redoc_url=None,
         # Every request passes the body limit, and the listener's connection cap.
         responses=_answers(408, 413, 503),
     )
@@ -261,6 +334,7 @@ def create_api(
     api.state.logins = service
     api.state.signer = signer
     api.state.admin_token = admin_token
+    api.state.web_sessions = None  # callrouter.api.desk.add_web_client sets it
 
     def source_of(request: Request) -> str:
         """The TCP peer, or behind a trusted proxy the client it names (sources.py)."""
@@ -271,6 +345,8 @@ def create_api(
             trusted_proxies,
         )
         return f"api {address}"
+
+    api.state.source_of = source_of  # for the web client's sign-in (api/desk.py)
 
     def subject(who: Principal, extension: str | None) -> str:
         """Whom a request acts on: users themselves; the admin whoever they name."""
@@ -307,7 +383,15 @@ def create_api(
 
     @api.get("/api/v1/health")
     async def health() -> dict[str, object]:
-        return {"status": "ok", "directory_revision": service.snapshot.revision}
+        """The directory revision in force, and this router's role (active: it runs
+        the Stasis app; standby: it waits for the lease) with since when (UTC)."""
+        name, since = role() if role is not None else ("active", None)
+        return {
+            "status": "ok",
+            "directory_revision": service.snapshot.revision,
+            "role": name,
+            "since": None if since is None else datetime.fromtimestamp(since, UTC).isoformat(),
+        }
 
     @api.post("/api/v1/session", responses=_answers(400, 401, 422, 429))
     async def open_session(body: SessionRequest, request: Request) -> SessionResponse:
@@ -337,29 +421,7 @@ def create_api(
     @api.get("/api/v1/workplaces", responses=_answers(401))
     async def workplaces(who: Auth) -> list[WorkplaceView]:
         """The workplaces the user may log in to (the admin: all), with who is where."""
-        snapshot = service.snapshot
-        occupants = {wp: ext for ext, wp in snapshot.logins.items()}
-        user = None if who.extension is None else snapshot.users.get(who.extension)
-        role = None if user is None or user.role is None else snapshot.roles.get(user.role)
-        views = []
-        for workplace in sorted(snapshot.workplaces.values(), key=lambda w: w.id):
-            allowed = role is None or role.allows(workplace.id)
-            if who.extension is not None and not allowed:
-                continue
-            occupant_ext = occupants.get(workplace.id)
-            occupant_user = None if occupant_ext is None else snapshot.users.get(occupant_ext)
-            views.append(
-                WorkplaceView(
-                    id=workplace.id,
-                    name=workplace.name,
-                    code=workplace.code,
-                    allowed=allowed,
-                    occupant=None
-                    if occupant_user is None
-                    else Occupant(extension=occupant_user.extension, name=occupant_user.name),
-                )
-            )
-        return views
+        return workplace_views(service.snapshot, who.extension)
 
     def state(change: LoginChange) -> LoginState:
         return LoginState(
@@ -442,7 +504,8 @@ def create_api(
         live = need_presence()
         if live.tracker.user(extension) is None:
             raise HTTPException(404, f"no user with extension {extension}")
-        state = live.set_client(extension, body.client_id, body.status)
+        # Shared with every router through the directory database (presence/shared.py).
+        state = await live.report_client(extension, body.client_id, body.status)
         assert state is not None
         return view(state)
 

@@ -1,11 +1,13 @@
-"""Wires the HTTP API: user tokens, the admin token, logins and presence; and the
-operators' routes (health, readiness, /metrics: api/operations.py) beside them."""
+"""Wires the HTTP API: user tokens, the admin token, logins and presence; the
+operators' routes (health, readiness, /metrics: api/operations.py) beside them; and
+the web client for the desks at ``/`` (callrouter.web, api/desk.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from callrouter.api.app import create_api
+from callrouter.api.desk import DirectoryChanges, add_web_client
 from callrouter.api.operations import Readiness, operations_routes
 from callrouter.api.server import ApiServer
 from callrouter.api.tokens import TokenSigner
@@ -13,6 +15,7 @@ from callrouter.config import Settings
 from callrouter.logins.service import LoginService
 from callrouter.metrics import Metrics
 from callrouter.presence.live import PresenceService
+from callrouter.web.build import build as build_web
 
 
 def build(
@@ -22,6 +25,8 @@ def build(
     *,
     readiness: Callable[[], Readiness] | None = None,
     metrics: Metrics | None = None,
+    directory_changes: DirectoryChanges | None = None,
+    role: Callable[[], tuple[str, float]] | None = None,
 ) -> ApiServer | None:
     if not settings.api_enabled:
         return None
@@ -37,6 +42,14 @@ def build(
         None if admin is None else admin.get_secret_value(),
         presence=presence,
         trusted_proxies=settings.api_trusted_proxies,
+        role=role,
     )
     api.include_router(operations_routes(readiness, metrics))
+    add_web_client(
+        api,
+        build_web(settings),
+        service=logins,
+        presence=presence,
+        directory_changes=directory_changes,
+    )
     return ApiServer(api, settings.api_host, settings.api_port)

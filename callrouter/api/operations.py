@@ -39,7 +39,10 @@ class Readiness:
     calls_in_progress: int
     # Overloaded: new calls go straight to the AstDB fallback; the signal past its limit.
     overloaded: str | None = None
-    # The router's role (active/standby) goes here when that issue lands.
+    # Active (runs the Stasis app) or standby (waits for the lease), and since when
+    # (Unix time); README "Active and standby".
+    role: str = "active"
+    role_since: float | None = None
 
 
 def assess(
@@ -54,6 +57,9 @@ def assess(
     max_snapshot_age: float,
     calls_in_progress: int,
     overloaded: str | None = None,
+    role: str = "active",
+    role_since: float | None = None,
+    lease_warning: str | None = None,
 ) -> Readiness:
     """Ready = the snapshot is loaded, ARI is connected, and the database answers or
     the snapshot was confirmed current less than ``max_snapshot_age`` seconds ago.
@@ -61,6 +67,9 @@ def assess(
     AMI is not needed to route a call: without it presence and the AstDB fallback are
     not kept current, which is a warning, not a reason. Overload is a warning too: every
     call is still answered for, by the dialplan's fallback.
+
+    A standby router is ready when it could take over: its snapshot is loaded and
+    current; it has no ARI websocket (only the active router has one).
     """
     reasons: list[str] = []
     warnings: list[str] = []
@@ -68,7 +77,7 @@ def assess(
         reasons.append("the router is shutting down: it takes no new calls")
     if not snapshot_loaded:
         reasons.append("the directory snapshot is not loaded")
-    if not ari_connected:
+    if not ari_connected and role == "active":
         reasons.append("ARI is not connected: calls cannot reach the router")
     if database_error is not None:
         age = "never" if checked_seconds_ago is None else f"{checked_seconds_ago:.0f} s ago"
@@ -86,6 +95,8 @@ def assess(
         warnings.append("AMI is not connected: presence and the AstDB fallback are not updated")
     if overloaded is not None:
         warnings.append(f"overloaded ({overloaded}): new calls go to the AstDB fallback")
+    if lease_warning is not None:
+        warnings.append(lease_warning)
     return Readiness(
         ready=not reasons,
         reasons=tuple(reasons),
@@ -98,6 +109,8 @@ def assess(
         snapshot_checked_seconds_ago=checked_seconds_ago,
         calls_in_progress=calls_in_progress,
         overloaded=overloaded,
+        role=role,
+        role_since=role_since,
     )
 
 

@@ -16,6 +16,9 @@ Events come over one websocket (``/ari/events``), read by one reader task that:
   call) before it reads the next frame. A handler that calls :meth:`AriClient.route`
   therefore catches the very next event of that channel. Keep ``on_event`` quick: create
   the call's queue, route its channel, start the call's task, return;
+* stops, and does not reconnect, when Asterisk gives the app to another connection
+  (``ApplicationReplaced``: another router became active, ``cluster/``), and tells
+  ``on_replaced``; :meth:`AriClient.stop_listening` stops it too, :meth:`start` again;
 * reconnects forever (exponential back-off with jitter) until :meth:`AriClient.close`,
   and after every (re)connect sets the app's event filter (``events``: Asterisk then
   sends only the event types the router reads, which saves both sides the JSON of the
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import random
 import uuid
@@ -129,6 +133,7 @@ class AriClient(AriRest):
         *,
         on_event: EventHandler | None = None,
         on_connected: ConnectedHandler | None = None,
+        on_replaced: Callable[[], None] | None = None,
         events: Iterable[str] | None = None,
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
@@ -152,7 +157,11 @@ class AriClient(AriRest):
             path = path[: -len("/ari")]
         self.on_event = on_event
         self.on_connected = on_connected
-        self.events = tuple(events) if events is not None else None  # None: every event
+        self.on_replaced = on_replaced
+        # None: every event. ApplicationReplaced always: it ends this connection's turn.
+        self.events = (
+            tuple(sorted({*events, "ApplicationReplaced"})) if events is not None else None
+        )
         self.rest_url = urlunsplit((parts.scheme, parts.netloc, f"{path}/ari", "", ""))
         ws_scheme = "wss" if parts.scheme == "https" else "ws"
         query = urlencode({"app": app, "subscribeAll": "false"})
@@ -190,7 +199,9 @@ class AriClient(AriRest):
         self._tasks = TaskSet(f"ARI {app}")  # the websocket reader, the HTTP pool's warmer
         self._connected = asyncio.Event()
         self._websocket: EventSocket | None = None
-        self._started = False
+        self._reader: asyncio.Task[None] | None = None
+        self._warming = False
+        self._replaced = False
         self._reconnect_requested = False
         self.connection_count = 0  # websocket connections made so far
 
@@ -209,15 +220,35 @@ class AriClient(AriRest):
         """Start the websocket reader (it connects, and reconnects, in the background)."""
         if self._closed:
             raise AriClosedError("the ARI client is closed")
-        if self._started:
-            return
-        self._started = True
-        self._tasks.spawn(self._run_events(), f"ari-events-{self.app}")
-        if self._warm_connections > 0:
+        self.warm()
+        if self._reader is None:
+            self._replaced = False
+            self._reader = self._tasks.spawn(self._run_events(), f"ari-events-{self.app}")
+
+    def warm(self) -> None:
+        """Keep REST connections open ahead of need (idempotent); REST works without
+        the websocket, e.g. on a standby router (FastAGI's channel checks)."""
+        if not self._warming and self._warm_connections > 0:
+            self._warming = True
             self._tasks.spawn(
                 self._http.keep_warm(self._warm_connections, _WARM_INTERVAL),
                 f"ari-http-{self.app}",
             )
+
+    async def stop_listening(self) -> None:
+        """Stop the websocket reader and close the websocket (REST stays); Asterisk
+        then no longer counts the app as connected. :meth:`start` listens again."""
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._connected.clear()
+
+    @property
+    def replaced(self) -> bool:
+        """The last connection ended with ``ApplicationReplaced``."""
+        return self._replaced
 
     async def close(self) -> None:
         """Stop the reader, close the websocket and the HTTP client. Idempotent."""
@@ -274,7 +305,7 @@ class AriClient(AriRest):
 
     async def _run_events(self) -> None:
         attempt = 0
-        while not self._closed:
+        while not self._closed and not self._replaced:
             try:
                 websocket = await connect_events(
                     self.events_url,
@@ -291,6 +322,8 @@ class AriClient(AriRest):
                     await self._serve(websocket)
                 finally:
                     await websocket.close()
+                if self._replaced:
+                    break
                 if self._reconnect_requested:
                     log.info("ARI websocket %s closed to reconnect", self.events_url)
                 elif not self._closed:
@@ -340,12 +373,23 @@ class AriClient(AriRest):
         self._connected.set()
         async for message in websocket:
             await self._dispatch(message)
+            if self._replaced:
+                return
 
     async def _dispatch(self, message: str | bytes) -> None:
         try:
             event = parse_event(message)
         except AriProtocolError as exc:
             log.warning("ARI websocket: ignored an unreadable frame: %s", exc)
+            return
+        if event.type == "ApplicationReplaced":
+            log.warning(
+                "ARI app %r: Asterisk gave it to another connection; not reconnecting", self.app
+            )
+            self._replaced = True
+            self._connected.clear()
+            if self.on_replaced is not None:
+                self.on_replaced()
             return
         ids = routing_ids(event)
         delivered: list[EventSink] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 from callrouter.ari.client import AriClient
 from callrouter.calls.intake import CallIntake
 from callrouter.calls.overload import OverloadLimits
@@ -17,9 +20,18 @@ def build(
     *,
     metrics: Metrics | None = None,
     overload: OverloadLimits | None = None,
+    timezone: str | None = None,
 ) -> CallIntake:
+    """``timezone``: the IANA zone that schedules (when:/unless:) are read in; None: the
+    machine's."""
+    zone = ZoneInfo(timezone) if timezone is not None else None
     intake = CallIntake(
-        ari, lambda: (live.snapshot, live.rules), presence, metrics=metrics, overload=overload
+        ari,
+        lambda: (live.snapshot, live.rules),
+        presence,
+        metrics=metrics,
+        overload=overload,
+        local_time=lambda: datetime.now(zone).astimezone(zone),
     )
     ari.on_event = intake.on_event
     ari.on_connected = intake.on_connected

@@ -62,7 +62,7 @@ LEG_APP_ARG = "leg"
 # The ringing indication waits for the first leg's request to be answered (its INVITE
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
-_GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
+GONE_EVENTS = frozenset({"StasisEnd", "ChannelDestroyed"})
 # The only event types the call path needs; the app's event filter asks Asterisk for
 # these alone. A leg's end comes as ChannelDestroyed with its cause (17: busy), which
 # says what its Dial status (BUSY, CANCEL, ...) or ChannelHangupRequest would say too;
@@ -70,7 +70,7 @@ _GONE = frozenset({"StasisEnd", "ChannelDestroyed"})
 # two-phone call's events (two as each leg starts, two RINGING, one ANSWER, one
 # CANCEL), each costing both sides CPU, and told the flow only that a leg rang. The
 # driver still reads a Dial when one comes (an Asterisk that refused the filter).
-ARI_EVENTS = frozenset({"StasisStart", *_GONE})
+ARI_EVENTS = frozenset({"StasisStart", *GONE_EVENTS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +125,7 @@ class CallDriver:
         self._first_leg_asked = False
         self._t0 = 0.0
         self._detached = False  # see detach()
+        self._abandoned = False  # see abandon()
         # For the overload signals (calls/overload.py): once, when the call stops
         # waiting for the router; and each leg request's round trip, in seconds.
         self._on_set_up = on_set_up
@@ -234,6 +235,12 @@ class CallDriver:
         channels are left as they are) when this task is cancelled."""
         self._detached = True
 
+    def abandon(self) -> None:
+        """Another router took the call over (this one became standby): when this task
+        is cancelled, every channel and the bridge are left as they are, for the new
+        active router's resync to take over or clear."""
+        self._abandoned = True
+
     def _on_vanished(self, gone: frozenset[str]) -> list[Command]:
         # The caller first: vanished legs then end as part of its hang-up, not as a
         # last leg ending (which would send the caller to the dialplan).
@@ -270,7 +277,7 @@ class CallDriver:
         if channel is None:
             return []
         if channel.id == self.caller.id:
-            if event.type in _GONE:
+            if event.type in GONE_EVENTS:
                 self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
                 return self.flow.caller_gone()
             return []
@@ -281,7 +288,7 @@ class CallDriver:
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
             return self.flow.leg_answered(leg_id)
-        if event.type in _GONE:
+        if event.type in GONE_EVENTS:
             return self.flow.leg_gone(leg_id, self.now(), event.cause)
         return []
 
@@ -440,6 +447,9 @@ class CallDriver:
 
     async def _clean_up(self) -> None:
         """Leave nothing behind: every leg hung up, the bridge destroyed."""
+        if self._abandoned:
+            self.log.info("call %s: left to the router that took over", self.call_id)
+            return
         if self._detached and self.flow.phase is CallPhase.CONNECTED:
             self.log.info(
                 "call %s: left connected in Asterisk (bridge %s)", self.call_id, self.bridge_id

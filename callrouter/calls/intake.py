@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError
@@ -28,6 +29,7 @@ from callrouter.calls.driver import (
     BRIDGE_PREFIX,
     FALLBACK_CONTEXT,
     FALLBACK_LABEL,
+    GONE_EVENTS,
     LEG_PREFIX,
     CallDriver,
 )
@@ -42,6 +44,7 @@ from callrouter.calls.overload import (
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.metrics import Metrics
+from callrouter.routing.plan import CallContext
 from callrouter.routing.resolver import PresenceView, resolve_plan
 from callrouter.rules.model import RingRules
 from callrouter.tasks import TaskSet
@@ -61,6 +64,7 @@ class CallIntake:
         metrics: Metrics | None = None,
         overload: OverloadLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        local_time: Callable[[], datetime] | None = None,
     ) -> None:
         self.ari = ari
         self.routing_state = routing_state  # the snapshot and rules in force now
@@ -73,8 +77,13 @@ class CallIntake:
         # The overload signals, each O(1) to read: calls not set up yet (by caller
         # channel id), the event loop's latest lag, the smoothed ARI round trip.
         self.clock = clock
+        # The wall-clock time that schedules (when:/unless:) are read in.
+        self.local_time = local_time or (lambda: datetime.now().astimezone())
+        self._phones_key: tuple[object, ...] | None = None
+        self._phones: frozenset[str] = frozenset()
         self.overload = OverloadState(overload or OverloadLimits(), clock)
         self._waiting: set[str] = set()
+        self._adopted: set[str] = set()  # bridges of conversations another router connected
         self.loop_lag = 0.0
         self._ari_latency = LatencyAverage()
         self.metrics.track_overload(
@@ -93,10 +102,51 @@ class CallIntake:
         if channel.id.startswith(LEG_PREFIX) or channel.id in self.calls:
             return
         extension = event.args[0] if event.args else (channel.exten or "")
-        self.take_call(channel, extension)
+        self.take_call(channel, extension, event.args[1] if len(event.args) > 1 else None)
 
-    def take_call(self, channel: Channel, extension: str) -> None:
+    def call_context(
+        self, snapshot: DirectorySnapshot, channel: Channel, kind: str | None
+    ) -> CallContext:
+        """Internal when the dialplan says so (``Stasis(callrouter,EXTEN,internal)``),
+        else when the caller's endpoint is a phone of the directory; and the local time."""
+        if kind in ("internal", "external"):
+            internal = kind == "internal"
+        else:
+            if kind is not None:
+                log.warning(
+                    "call %s: Stasis argument %r is neither internal nor external",
+                    channel.id,
+                    kind[:40],
+                )
+            endpoint = caller_endpoint(channel.name)
+            internal = endpoint is not None and endpoint in self._directory_phones(snapshot)
+        return CallContext(internal=internal, at=self.local_time())
+
+    def _directory_phones(self, snapshot: DirectorySnapshot) -> frozenset[str]:
+        # Rebuilt when users or workplaces change, not on a login (it keeps both maps).
+        key = (snapshot.users, snapshot.workplaces, snapshot.unassigned_phones)
+        if self._phones_key is None or any(
+            a is not b for a, b in zip(key, self._phones_key, strict=True)
+        ):
+            self._phones_key = key
+            self._phones = frozenset(snapshot.phone_owners()) | frozenset(
+                snapshot.unassigned_phones
+            )
+        return self._phones
+
+    def take_call(self, channel: Channel, extension: str, kind: str | None = None) -> None:
         if not self.accepting:
+            # Shutting down: a caller arriving now goes to the fallback at once, rather
+            # than waiting in the app for a router that is leaving.
+            self.metrics.call_finished(CallResult.HANDED_BACK.value.lower())
+            self.metrics.call_handed_back("shutdown")
+            log.info(
+                "call %s: %s handed back to the dialplan fallback (shutting down)",
+                channel.id,
+                extension,
+                extra={"call_id": channel.id},
+            )
+            self.tasks.spawn(self._send_hand_back(channel.id, extension), f"hand-back {channel.id}")
             return
         reason = self._overloaded()
         if reason is not None:
@@ -104,7 +154,12 @@ class CallIntake:
             return
         snapshot, rules = self.routing_state()
         plan = resolve_plan(
-            snapshot, rules, extension, caller_endpoint(channel.name), presence=self.presence
+            snapshot,
+            rules,
+            extension,
+            caller_endpoint(channel.name),
+            presence=self.presence,
+            call=self.call_context(snapshot, channel, kind),
         )
         call_id = channel.id
         driver = CallDriver(
@@ -192,14 +247,15 @@ class CallIntake:
             log.warning("resync after ARI connect failed: %s", exc)
             return
         alive = {c.id for c in channels}
-        # A conversation left connected by an earlier router (at its shutdown) goes
-        # on in its bridge: neither the bridge nor its channels are ours to end.
-        talking = {
-            channel_id
-            for bridge in bridges
-            if bridge.id.startswith(BRIDGE_PREFIX) and len(bridge.channels) >= 2
-            for channel_id in bridge.channels
-        }
+        # A conversation left connected by an earlier router (at its shutdown, or when
+        # it died) goes on in its bridge; this router ends it when one side hangs up.
+        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
+        talking: set[str] = set()
+        for bridge in bridges:
+            if bridge.id.startswith(BRIDGE_PREFIX) and len(bridge.channels) >= 2:
+                talking |= set(bridge.channels)
+                if bridge.id not in owned_bridges and bridge.id not in self._adopted:
+                    self._adopt(bridge.id, frozenset(bridge.channels))
         owned: set[str] = set(talking)
         for driver in list(self.calls.values()):
             driver.resync(alive)
@@ -215,8 +271,12 @@ class CallIntake:
             if channel.app_name == "Stasis" and app == self.ari.app:
                 # A caller waiting in our app that no task owns (the router restarted).
                 log.info("resync: taking over waiting call %s", channel.id)
-                self.take_call(channel, args.split(",")[0] if args else channel.exten or "")
-        owned_bridges = {d.bridge_id for d in self.calls.values() if d.bridge_id}
+                parts = args.split(",") if args else []
+                self.take_call(
+                    channel,
+                    parts[0] if parts else channel.exten or "",
+                    parts[1] if len(parts) > 1 else None,
+                )
         for bridge in bridges:
             if (
                 bridge.id.startswith(BRIDGE_PREFIX)
@@ -225,6 +285,49 @@ class CallIntake:
             ):
                 log.info("resync: destroying orphaned bridge %s", bridge.id)
                 await self.ari.destroy_bridge(bridge.id)
+
+    def _adopt(self, bridge_id: str, channel_ids: frozenset[str]) -> None:
+        """Watch a conversation another router connected: when one side leaves, hang
+        up the other and destroy the bridge (as the call's own driver would have)."""
+        queue: asyncio.Queue[AriEvent] = asyncio.Queue()
+        for channel_id in channel_ids:
+            if not self.ari.is_routed(channel_id):
+                self.ari.route(channel_id, queue)
+        self._adopted.add(bridge_id)
+        log.info("resync: watching conversation %s (%s)", bridge_id, ", ".join(sorted(channel_ids)))
+        self.tasks.spawn(self._watch(bridge_id, channel_ids, queue), f"conversation {bridge_id}")
+
+    async def _watch(
+        self, bridge_id: str, channel_ids: frozenset[str], queue: asyncio.Queue[AriEvent]
+    ) -> None:
+        try:
+            while True:
+                event = await queue.get()
+                if event.type in GONE_EVENTS and event.channel is not None:
+                    break
+            log.info("conversation %s: %s left; ending it", bridge_id, event.channel.id)
+            for other in channel_ids - {event.channel.id}:
+                await self.ari.hangup(other)
+            await self.ari.destroy_bridge(bridge_id)
+        except AriError as exc:
+            log.warning("conversation %s: could not end it: %s", bridge_id, exc)
+        finally:
+            self._adopted.discard(bridge_id)
+            for channel_id in channel_ids:
+                self.ari.unroute(channel_id)
+
+    # --- standby ------------------------------------------------------------------
+
+    async def abandon(self) -> None:
+        """This router became standby: stop every call's task at once and leave its
+        channels as they are; the active router's resync takes them over (a waiting
+        caller is routed again, our legs are hung up, a connected call stays)."""
+        drivers = list(self.calls.values())
+        for driver in drivers:
+            driver.abandon()
+        if drivers:
+            log.warning("standby: %d call(s) left to the active router", len(drivers))
+        await self.tasks.close()
 
     # --- shutdown -----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -242,6 +243,18 @@ def _router_option(help_text: str) -> Callable[[Callable[P, T]], Callable[P, T]]
     is_flag=True,
     help="Show the rule alone, as if every phone were free and reachable.",
 )
+@click.option(
+    "--external",
+    is_flag=True,
+    help="As for an external call (default: internal when --caller is a directory phone).",
+)
+@click.option(
+    "--at",
+    "at_text",
+    metavar='"YYYY-MM-DD HH:MM"',
+    help="As at this local time, for schedules (when:/unless:); default: now, in "
+    "CALLROUTER_TIMEZONE or the machine's zone.",
+)
 @_router_option(
     "The running router's HTTP API, for live presence "
     "(admin token from CALLROUTER_API_ADMIN_TOKEN)."
@@ -254,6 +267,8 @@ def plan(
     caller: str | None,
     as_json: bool,
     ignore_presence: bool,
+    external: bool,
+    at_text: str | None,
     router_url: str,
 ) -> None:
     """Show which phone would ring when if EXTENSION were called now.
@@ -262,6 +277,7 @@ def plan(
     router; without one, or with --ignore-presence, the rule alone is shown.
     """
     from callrouter.domain.endpoint import endpoint_problem
+    from callrouter.routing.plan import CallContext
     from callrouter.routing.resolver import resolve_plan
     from callrouter.routing.timeline import format_plan
     from callrouter.rules.loader import load_rules
@@ -281,13 +297,39 @@ def plan(
         presence, why_not = _live_presence(snapshot, extension, router_url)
         if presence is None:
             click.echo(f"note: presence not applied ({why_not}); showing the rule alone", err=True)
-    result = resolve_plan(snapshot, ring_rules, extension, caller, presence=presence)
+    internal = not external and (caller is None or caller in snapshot.phone_owners())
+    context = CallContext(internal=internal, at=_local_time(at_text))
+    result = resolve_plan(snapshot, ring_rules, extension, caller, presence=presence, call=context)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
         click.echo(format_plan(result), nl=False)
     for warning in result.warnings if as_json else ():
         click.echo(f"warning: {warning}", err=True)
+
+
+def _local_time(text: str | None) -> datetime:
+    """``--at`` (or now) in the router's zone: CALLROUTER_TIMEZONE or the machine's."""
+    import os
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = os.environ.get("CALLROUTER_TIMEZONE")
+    try:
+        zone = ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(
+            f"unknown time zone {name!r}", param_hint="CALLROUTER_TIMEZONE"
+        ) from None
+    if text is None:
+        return datetime.now(zone).astimezone(zone)
+    try:
+        at = datetime.strptime(text.strip(), "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise click.BadParameter(
+            f'{text[:40]!r} is not a local time: "YYYY-MM-DD HH:MM", e.g. "2026-12-02 19:00"',
+            param_hint="--at",
+        ) from None
+    return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
 
 
 def _live_presence(snapshot: Any, extension: str, router_url: str) -> tuple[Any, str]:
@@ -360,6 +402,12 @@ def status(router_url: str, as_json: bool) -> None:
     sys.exit(STATUS_READY if state["ready"] else STATUS_NOT_READY)
 
 
+def _since(when: object) -> str:
+    if not isinstance(when, int | float):
+        return ""
+    return " since " + datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _format_status(router_url: str, state: dict[str, Any]) -> str:
     def connected(flag: object) -> str:
         return "connected" if flag else "NOT connected"
@@ -375,7 +423,7 @@ def _format_status(router_url: str, state: dict[str, Any]) -> str:
         f"  database   {database}",
         f"  directory  revision {state.get('directory_revision')}",
         f"  calls      {state.get('calls_in_progress')} in progress",
-        # The router's role (active/standby) goes here when that issue lands.
+        f"  role       {state.get('role', 'active')}{_since(state.get('role_since'))}",
     ]
     lines += [f"  not ready: {reason}" for reason in state.get("reasons", [])]
     lines += [f"  warning: {warning}" for warning in state.get("warnings", [])]

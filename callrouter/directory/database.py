@@ -210,7 +210,7 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     reads the state it changes.  Commits on normal exit, rolls back on error.
     """
     if not _is_sqlite(engine.url):
-        async with engine.connect() as conn:
+        async with _reachable(engine.url), engine.connect() as conn:
             await conn.execution_options(callrouter_write=True)
             async with conn.begin():
                 await conn.execute(
@@ -242,13 +242,40 @@ async def begin_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
     SQLite gives that to any transaction; PostgreSQL needs REPEATABLE READ.
     """
-    async with engine.connect() as conn:
+    async with _reachable(engine.url), engine.connect() as conn:
         if not _is_sqlite(engine.url):
             await conn.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
         async with conn.begin():
             yield conn
+
+
+@asynccontextmanager
+async def _reachable(url: URL) -> AsyncIterator[None]:
+    """A database server that cannot be reached (refused, reset, timed out, its
+    connection lost mid-transaction) raises :class:`DatabaseUnavailable`, which says
+    so; the transaction was not committed, so nothing of it was written. (SQLite is a
+    file: its errors say what they are.)"""
+    if _is_sqlite(url):
+        yield
+        return
+    try:
+        yield
+    except (OSError, TimeoutError, exc.OperationalError, exc.InterfaceError) as error:
+        raise _unreachable(url, error) from None
+    except exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        raise _unreachable(url, error) from None
+
+
+def _unreachable(url: URL, error: BaseException) -> DatabaseUnavailable:
+    reason = getattr(error, "orig", None) or error
+    return DatabaseUnavailable(
+        f"the directory database {shown_url(url)} cannot be reached "
+        f"({type(reason).__name__}: {reason}); nothing was changed, try again"
+    )
 
 
 def migrations_directory() -> Path:

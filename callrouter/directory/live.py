@@ -75,11 +75,17 @@ class LiveDirectory:
             self.rules_path,
         )
 
-    async def refresh(self, *, force: bool = False) -> bool:
-        """Reload what changed; True if anything did."""
+    async def refresh(
+        self, *, force: bool = False, announced: tuple[int, int] | None = None
+    ) -> bool:
+        """Reload what changed; True if anything did.
+
+        ``announced``: (revision, content_revision) as PostgreSQL's NOTIFY gave them,
+        which saves reading them first (a round trip on the way of every change).
+        """
         async with self._refreshing:
             try:
-                changed = await self._refresh(force)
+                changed = await self._refresh(force, announced)
             except Exception as exc:
                 self.check_error = f"{type(exc).__name__}: {exc}"
                 if self.metrics is not None:
@@ -89,7 +95,7 @@ class LiveDirectory:
             self.check_error = None
             return changed
 
-    async def _refresh(self, force: bool) -> bool:
+    async def _refresh(self, force: bool, announced: tuple[int, int] | None = None) -> bool:
         changed = False
         concerned: frozenset[str] | None = None  # None: everyone
         mtime = self._mtime()
@@ -112,7 +118,10 @@ class LiveDirectory:
                 log.info("rules reloaded from %s", self.rules_path)
                 changed = True
         rules_changed = changed
-        revision, content_revision = await read_revisions(self.engine)
+        if announced is not None and not force:
+            revision, content_revision = announced
+        else:
+            revision, content_revision = await read_revisions(self.engine)
         old = self.snapshot
         if not force and content_revision == old.content_revision and revision != old.revision:
             # Only logins changed: read just those (a full reload of 100,000 users

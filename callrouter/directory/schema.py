@@ -15,7 +15,10 @@ by the database itself, not only by the code that writes to it:
 
 Every change to the directory also bumps the single row of ``directory_revision``
 in the same transaction, so a router learns that it must reload its snapshot with
-one cheap query.  Writers lock that row first (``SELECT ... FOR UPDATE`` on
+one cheap query.  On PostgreSQL a trigger on that row (migration 0004) also sends
+``NOTIFY callrouter_directory`` with the new revision, delivered at commit, so the
+routers listening (``directory/changes.py``) reload at once instead of at their next
+poll.  Writers lock that row first (``SELECT ... FOR UPDATE`` on
 PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), which serialises directory changes
 across processes.
 """
@@ -43,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from callrouter.domain.identifiers import (
+    CLIENT_ID_LENGTH,
     ENDPOINT_LENGTH,
     NAME_LENGTH,
     ROLE_NAME_LENGTH,
@@ -67,6 +71,7 @@ WORKPLACE_CODE_COLUMN_LENGTH = 32
 PIN_HASH_LENGTH = 255
 ACTION_LENGTH = 64
 ACTOR_LENGTH = 200
+CLIENT_STATUS_LENGTH = 16
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -217,6 +222,26 @@ class PinFailureRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class ClientStatusRow(Base):
+    """One client app's status (online, away, dnd) and when it lapses without a heartbeat.
+
+    Shared by every router of the directory, so DND set through one router's API is
+    in force on all of them.  Keyed by extension, not by a foreign key to users: a
+    row lives one heartbeat time-out at most, it is written on the heartbeat path
+    without a lookup, and routers merge only the clients of users in their snapshot.
+    An offline client is a missing row; expired rows are deleted by the next write.
+    On PostgreSQL a trigger (migration 0004) announces every change with NOTIFY.
+    """
+
+    __tablename__ = "client_statuses"
+    __table_args__ = (CheckConstraint("status IN ('online', 'away', 'dnd')", name="status"),)
+
+    extension: Mapped[str] = mapped_column(String(EXTENSION_COLUMN_LENGTH), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(CLIENT_ID_LENGTH), primary_key=True)
+    status: Mapped[str] = mapped_column(String(CLIENT_STATUS_LENGTH))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class DirectoryRevisionRow(Base):
     """The directory's change counter: exactly one row, bumped by every change.
 
@@ -245,3 +270,4 @@ logins: Table = metadata.tables["logins"]
 audit: Table = metadata.tables["audit"]
 directory_revision: Table = metadata.tables["directory_revision"]
 pin_failures: Table = metadata.tables["pin_failures"]
+client_statuses: Table = metadata.tables["client_statuses"]

@@ -38,7 +38,8 @@ PIN_LENGTH = 12
 ENDPOINT_LENGTH = 255
 NAME_LENGTH = 200
 ROLE_NAME_LENGTH = 64
-CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+CLIENT_ID_LENGTH = 64
+CLIENT_ID_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{CLIENT_ID_LENGTH}}}")
 
 
 def extension_problem(value: str) -> str | None:

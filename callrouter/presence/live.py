@@ -7,6 +7,8 @@ Out: each user's merged state is published as the custom device state
 ``Custom:user-EXT`` and the presence state ``CustomPresence:user-EXT`` (hints in
 ``[callrouter-hints]`` light BLF keys for the person).  Publishing is coalesced per
 user, so a burst of device changes costs one AMI action per user, not one per event.
+Client statuses come from the API and, with a ``ClientStatusStore``, are shared with the
+other routers through the directory database (``shared.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from callrouter.ami import AmiClient, AmiError
 from callrouter.ami.protocol import AmiMessage
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.presence import ClientStatus, DeviceState, UserPresence
+from callrouter.presence.shared import ClientStatusStore
 from callrouter.presence.tracker import PresenceTracker
 from callrouter.tasks import TaskSet
 
@@ -38,10 +41,22 @@ Listener = Callable[[UserPresence], None]
 
 class PresenceService:
     def __init__(
-        self, tracker: PresenceTracker, ami: AmiClient | None = None, *, publish: bool = True
+        self,
+        tracker: PresenceTracker,
+        ami: AmiClient | None = None,
+        *,
+        publish: bool = True,
+        store: ClientStatusStore | None = None,
+        poll_delay: Callable[[], float] | None = None,
     ) -> None:
         self.tracker = tracker
         self.ami = ami
+        # Client statuses shared through the directory database (None: in memory only),
+        # re-read again after ``poll_delay()`` seconds (None: never; a function, since
+        # the poll is slower while PostgreSQL announces the changes).
+        self.store = store
+        self.poll_delay = poll_delay
+        self._reloading = asyncio.Lock()
         self.publish = publish and ami is not None
         self.listeners: list[Listener] = []
         self._pending: dict[str, UserPresence] = {}
@@ -59,6 +74,8 @@ class PresenceService:
 
     def start(self) -> None:
         self._tasks.spawn(self._expirer(), "presence-expirer")
+        if self.store is not None and self.poll_delay is not None:
+            self._tasks.spawn(self._poller(self.poll_delay), "client-status-poll")
         if self.ami is not None:
             self.ami.subscribe(self._on_ami_event)
             self._tasks.spawn(self._publisher(), "presence-publisher")
@@ -152,8 +169,37 @@ class PresenceService:
     def set_client(
         self, extension: str, client_id: str, status: ClientStatus
     ) -> UserPresence | None:
+        """This router's own view only (no shared store, or the tests')."""
         self._changed(self.tracker.set_client(extension, client_id, status))
         return self.tracker.user(extension)
+
+    async def report_client(
+        self, extension: str, client_id: str, status: ClientStatus
+    ) -> UserPresence | None:
+        """A client's status or heartbeat, as the API receives it.
+
+        With a shared store: written to the database when it changes something
+        (``ClientStatusStore.needs_write``), then read back, so this router holds
+        what every other router will; raises ``DatabaseError`` (nothing changed)
+        when the write fails.  Without one: this router's memory only.
+        """
+        store = self.store
+        if store is None:
+            return self.set_client(extension, client_id, status)
+        if store.needs_write(status, self.tracker.client(extension, client_id)):
+            await store.write(extension, client_id, status)
+            await self.reload_clients((extension,))
+        return self.tracker.user(extension)
+
+    async def reload_clients(self, extensions: Collection[str] | None = None) -> None:
+        """Take the shared client statuses of ``extensions`` (None: everyone's) from
+        the database.  One at a time: a read that started later is applied later,
+        so an older read never overwrites a newer one."""
+        if self.store is None:
+            return
+        async with self._reloading:
+            clients = await self.store.read(extensions)
+            self._changed(self.tracker.load_clients(clients, extensions))
 
     # --- outputs ----------------------------------------------------------------------
 
@@ -198,6 +244,21 @@ class PresenceService:
                     log.debug("presence of %s not published: %s", extension, exc)
                     continue
                 self._published[extension] = wanted
+
+    async def _poller(self, delay: Callable[[], float]) -> None:
+        """The shared client statuses, re-read now and then: the only way on SQLite,
+        the safety net on PostgreSQL (a notification lost while reconnecting)."""
+        failing = False
+        while True:
+            try:
+                await self.reload_clients()
+            except Exception as exc:  # the database away: the tracker keeps what it has
+                if not failing:
+                    log.warning("client statuses not re-read: %s: %s", type(exc).__name__, exc)
+                failing = True
+            else:
+                failing = False
+            await asyncio.sleep(delay())
 
     async def _expirer(self) -> None:
         """Clients that stop sending heartbeats become offline, on time."""

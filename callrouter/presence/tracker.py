@@ -84,21 +84,49 @@ class PresenceTracker:
         return self._recompute(touched)
 
     def set_client(
-        self, extension: str, client_id: str, status: ClientStatus
+        self, extension: str, client_id: str, status: ClientStatus, *, expires: float | None = None
     ) -> list[UserPresence]:
         """A client's status; also its heartbeat (it must come again within the
-        heartbeat time-out).  ``offline`` removes the client."""
+        heartbeat time-out, or by ``expires``, monotonic).  ``offline`` removes the
+        client."""
         clients = self._clients.setdefault(extension, {})
         if status is ClientStatus.OFFLINE:
             clients.pop(client_id, None)
         else:
-            clients[client_id] = _Client(status, self.clock() + self.heartbeat_timeout)
+            due = self.clock() + self.heartbeat_timeout if expires is None else expires
+            clients[client_id] = _Client(status, due)
         if not clients:
             del self._clients[extension]
         return self._recompute((extension,))
 
     def client_statuses(self, extension: str) -> dict[str, ClientStatus]:
         return {cid: c.status for cid, c in self._clients.get(extension, {}).items()}
+
+    def client(self, extension: str, client_id: str) -> tuple[ClientStatus, float] | None:
+        """One client's status and when it lapses (monotonic), or None (offline)."""
+        found = self._clients.get(extension, {}).get(client_id)
+        return None if found is None else (found.status, found.expires)
+
+    def load_clients(
+        self,
+        clients: Mapping[str, Mapping[str, tuple[ClientStatus, float]]],
+        only: Iterable[str] | None = None,
+    ) -> list[UserPresence]:
+        """Client statuses as another source holds them (the shared table): by
+        extension, client id -> (status, expires, monotonic).  With ``only``, just
+        those users' clients are replaced; without, everyone's."""
+        touched = set(self._clients) | set(clients) if only is None else set(only)
+        for extension in touched:
+            loaded = {
+                client_id: _Client(status, expires)
+                for client_id, (status, expires) in clients.get(extension, {}).items()
+                if status is not ClientStatus.OFFLINE
+            }
+            if loaded:
+                self._clients[extension] = loaded
+            else:
+                self._clients.pop(extension, None)
+        return self._recompute(sorted(touched))
 
     def expire_clients(self) -> list[UserPresence]:
         """Clients whose heartbeat stopped count as offline from now on."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +20,17 @@ class PlanStatus(StrEnum):
 class LegSource(StrEnum):
     FOLLOWME = "followme"  # the user's own timeline: direct phones and external numbers
     WORKPLACE = "workplace"  # the workplace the user is logged in to
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a rule entry may depend on, besides the directory: whether the call is
+    internal (from a phone of the directory) and the local time it arrived."""
+
+    internal: bool = True
+    # The router's local wall-clock time; None: unknown, so entries that name a
+    # schedule (when/unless) do not apply.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,8 @@ class RingPlan:
     warnings: tuple[str, ...] = ()
     # Phones left out because presence says they are unreachable now.
     unreachable: tuple[str, ...] = ()
+    # Rule entries that do not apply to this call, each with why (calls:, when:).
+    skipped: tuple[str, ...] = ()
 
     @property
     def stop(self) -> float:
@@ -64,6 +78,7 @@ class RingPlan:
             "status": self.status.value,
             "legs": [leg.to_json() for leg in self.legs],
             "unreachable": list(self.unreachable),
+            "skipped": list(self.skipped),
         }
 
 

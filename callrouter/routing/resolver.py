@@ -4,6 +4,10 @@ Pure: no database, network, clock or logging.  Targets a rule may not ring (a
 phone that is not the user's or the workplace's) are skipped and reported in
 ``RingPlan.warnings`` for the caller of this function to log.
 
+Entries that do not apply to the call (``calls: internal|external``, ``when:``/
+``unless:`` a schedule at the call's local time, both from ``CallContext``) are left
+out, and so is the silence they would have left: later entries move earlier.
+
 With presence: do-not-disturb and busy (call waiting off) end the plan before any
 phone rings; unreachable phones are left out, and where that leaves the caller in
 silence (an entry whose phones are all unreachable), later legs move earlier.
@@ -17,8 +21,8 @@ from typing import Protocol
 from callrouter.domain.directory import DirectorySnapshot, Workplace
 from callrouter.domain.endpoint import expand_external, is_external_number
 from callrouter.domain.presence import ClientStatus, UserPresence
-from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
-from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules, call_waiting
+from callrouter.routing.plan import CallContext, Leg, LegSource, PlanStatus, RingPlan
+from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules, Schedule, call_waiting
 
 
 class PresenceView(Protocol):
@@ -35,6 +39,7 @@ def resolve_plan(
     extension: str,
     caller: str | None = None,
     presence: PresenceView | None = None,
+    call: CallContext | None = None,
 ) -> RingPlan:
     user = snapshot.users.get(extension)
     if user is None:
@@ -48,8 +53,12 @@ def resolve_plan(
 
     default_timeout = rules.defaults.timeout
     template = rules.defaults.external_endpoint
+    context = call if call is not None else CallContext()
     legs: list[Leg] = []
     warnings: list[str] = []
+    skipped: list[str] = []
+    skipped_legs: list[Leg] = []  # what entries that do not apply would have rung
+    workplace_applies = True
 
     # The user's own timeline: FollowMe over the direct phones.
     workplace_start = 0.0
@@ -59,11 +68,15 @@ def resolve_plan(
     if followme is None:
         legs.extend(Leg(p, 0.0, default_timeout, LegSource.FOLLOWME) for p in user.phones)
     else:
-        for entry in followme:
+        for index, entry in enumerate(followme):
+            why = _not_applying(entry, context, rules.schedules)
+            if why is not None:
+                skipped.append(f"user {extension} followme[{index}]: {why}")
             if entry.names_workplace:
                 workplace_start = entry.delay
                 if entry.timeout is not None:
                     workplace_stop = entry.delay + entry.timeout
+                workplace_applies = why is None
             _entry_legs(
                 entry,
                 0.0,
@@ -72,7 +85,7 @@ def resolve_plan(
                 template,
                 LegSource.FOLLOWME,
                 f"user {extension}",
-                legs,
+                legs if why is None else skipped_legs,
                 warnings,
             )
 
@@ -88,7 +101,10 @@ def resolve_plan(
                 for p in workplace.phones
             )
         else:
-            for entry in ring:
+            for index, entry in enumerate(ring):
+                why = _not_applying(entry, context, rules.schedules)
+                if why is not None:
+                    skipped.append(f"workplace {workplace.id} ring[{index}]: {why}")
                 _entry_legs(
                     entry,
                     workplace_start,
@@ -97,7 +113,7 @@ def resolve_plan(
                     template,
                     LegSource.WORKPLACE,
                     f"workplace {workplace.id}",
-                    workplace_legs,
+                    workplace_legs if why is None else skipped_legs,
                     warnings,
                 )
         if workplace_stop is not None:
@@ -106,10 +122,15 @@ def resolve_plan(
                 for leg in workplace_legs
                 if leg.start < workplace_stop
             ]
-        legs.extend(workplace_legs)
+        if workplace_applies:
+            legs.extend(workplace_legs)
+        else:
+            skipped_legs.extend(workplace_legs)
 
     if caller is not None:
         legs = [leg for leg in legs if leg.endpoint != caller]
+    if skipped_legs:
+        legs = cut_dead_air(legs, skipped_legs)
 
     unreachable: tuple[str, ...] = ()
     if presence is not None:
@@ -142,7 +163,26 @@ def resolve_plan(
         merged,
         tuple(warnings),
         unreachable,
+        tuple(skipped),
     )
+
+
+def _not_applying(
+    entry: RingEntry, call: CallContext, schedules: dict[str, Schedule]
+) -> str | None:
+    """Why ``entry`` does not apply to ``call`` (None: it does)."""
+    if entry.calls == "internal" and not call.internal:
+        return "internal calls only"
+    if entry.calls == "external" and call.internal:
+        return "external calls only"
+    for key, name, wanted in (("when", entry.when, True), ("unless", entry.unless, False)):
+        if name is None:
+            continue
+        if call.at is None:
+            return f"{key} {name}: the time of the call is not known"
+        if schedules[name].holds(call.at) is not wanted:
+            return f"{key} {name}: {'not ' if wanted else ''}in the schedule at {call.at:%a %H:%M}"
+    return None
 
 
 def _external_numbers(

@@ -43,5 +43,6 @@ def format_plan(plan: RingPlan) -> str:
             )
     if plan.unreachable:
         lines.append(f"  not rung, unreachable now: {', '.join(plan.unreachable)}")
+    lines += [f"  does not apply: {why}" for why in plan.skipped]
     lines += [f"  warning: {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"

@@ -8,8 +8,8 @@ belongs to that user or workplace depends on the directory, and is checked by
 from __future__ import annotations
 
 import re
-from datetime import time
-from typing import Annotated, Any
+from datetime import date, datetime, time
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -54,6 +54,67 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOURS = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-(([01][0-9]|2[0-3]):([0-5][0-9])|24:00)")
+
+
+def _weekdays(value: Any) -> Any:
+    """``[mon, tue]`` or ranges such as ``mon-fri`` (also inside the list)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    days: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not a day: one of {', '.join(WEEKDAYS)}, or mon-fri")
+        first, _, last = item.strip().lower().partition("-")
+        if first not in WEEKDAYS or (last and last not in WEEKDAYS):
+            raise ValueError(f"{item!r} is not a day: one of {', '.join(WEEKDAYS)}, or mon-fri")
+        start, stop = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+        if stop < start:
+            raise ValueError(f"{item!r} runs backwards: write the earlier day first, e.g. mon-fri")
+        days += [d for d in WEEKDAYS[start : stop + 1] if d not in days]
+    return tuple(days)
+
+
+def _hours(value: Any) -> Any:
+    if isinstance(value, tuple | list) and len(value) == 2:  # already minutes (a dump)
+        start, stop = value
+        if isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= 24 * 60:
+            return (start, stop)
+    if not isinstance(value, str) or not (match := _HOURS.fullmatch(value.replace(" ", ""))):
+        raise ValueError(f'{value!r} is not a time range: HH:MM-HH:MM, e.g. "08:00-17:30"')
+    start = int(match[1]) * 60 + int(match[2])
+    stop = 24 * 60 if match[3] == "24:00" else int(match[4]) * 60 + int(match[5])
+    if stop <= start:
+        raise ValueError(f"{value!r} ends before it starts (past midnight: two ranges)")
+    return (start, stop)
+
+
+# Minutes from midnight, [start, stop): "08:00-17:30" is (480, 1050).
+Hours = Annotated[tuple[int, int], BeforeValidator(_hours)]
+Weekdays = Annotated[
+    tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...], BeforeValidator(_weekdays)
+]
+ScheduleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+
+
+class Schedule(_Strict):
+    """When something applies: these days, these hours, except these dates (in the
+    router's time zone)."""
+
+    days: Weekdays = WEEKDAYS  # type: ignore[assignment]
+    hours: tuple[Hours, ...] = ((0, 24 * 60),)
+    off: tuple[date, ...] = ()  # holidays: the schedule does not hold all day
+
+    def holds(self, at: datetime) -> bool:
+        """Does the schedule hold at ``at`` (a local wall-clock time)?"""
+        if at.date() in self.off or WEEKDAYS[at.weekday()] not in self.days:
+            return False
+        minute = at.hour * 60 + at.minute
+        return any(start <= minute < stop for start, stop in self.hours)
+
+
 def _target_problem(value: object) -> str | None:
     if isinstance(value, int | float):  # bool too: true/false is an int in Python
         return (
@@ -86,6 +147,11 @@ class RingEntry(_Strict):
     ring: tuple[RingTarget, ...] = Field(min_length=1)
     delay: Seconds = 0
     timeout: PositiveSeconds | None = None  # None: defaults.timeout
+    # Only for internal calls (from a phone of the directory) or external ones.
+    calls: Literal["internal", "external"] | None = None
+    # Only while the named schedule holds (when), or does not (unless).
+    when: ScheduleName | None = None
+    unless: ScheduleName | None = None
 
     @field_validator("ring")
     @classmethod
@@ -159,8 +225,31 @@ class WorkplaceRule(_Strict):
 
 class RingRules(_Strict):
     defaults: Defaults = Defaults()
+    schedules: dict[ScheduleName, Schedule] = {}  # by name, e.g. office-hours
     users: dict[Extension, UserRule] = {}  # by extension
     workplaces: dict[WorkplaceId, WorkplaceRule] = {}  # by workplace id
+
+    @model_validator(mode="after")
+    def _schedules_exist(self) -> RingRules:
+        for path, entry in self._entries():
+            for key in ("when", "unless"):
+                name = getattr(entry, key)
+                if name is not None and name not in self.schedules:
+                    known = ", ".join(sorted(self.schedules)) or "none defined"
+                    raise PydanticCustomError(
+                        "unknown_schedule",
+                        f"{key}: {name} is not a schedule of this file (schedules: {known})",
+                        {"path": (*path, key)},
+                    )
+        return self
+
+    def _entries(self) -> list[tuple[tuple[str | int, ...], RingEntry]]:
+        found: list[tuple[tuple[str | int, ...], RingEntry]] = []
+        for key, rule in self.users.items():
+            found += [(("users", key, "followme", i), e) for i, e in enumerate(rule.followme or ())]
+        for key, wrule in self.workplaces.items():
+            found += [(("workplaces", key, "ring", i), e) for i, e in enumerate(wrule.ring or ())]
+        return found
 
     @model_validator(mode="after")
     def _external_numbers_need_a_template(self) -> RingRules:

@@ -28,7 +28,7 @@ from tests.fakes import FakeAri, RecordedRequest
 pytestmark = pytest.mark.e2e
 
 # Coroutine methods of AriClient that are not REST calls of their own.
-NOT_REST = {"start", "close", "wait_connected", "request", "reconnect"}
+NOT_REST = {"start", "close", "wait_connected", "request", "reconnect", "stop_listening"}
 
 
 @dataclass(frozen=True)

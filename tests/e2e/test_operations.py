@@ -25,6 +25,7 @@ from callrouter.metrics import (
     LOGIN_OUTCOMES,
     OVERLOAD_REASONS,
     RELOAD_KINDS,
+    ROLES,
 )
 from sandbox import router as in_process
 from sandbox.asterisk import AsteriskSandbox
@@ -152,6 +153,7 @@ async def test_metrics_count_real_calls_and_logins_and_name_nobody(
         "reason": set(HAND_BACK_REASONS) | set(OVERLOAD_REASONS),
         "outcome": set(LEG_OUTCOMES) | set(LOGIN_OUTCOMES),
         "kind": set(RELOAD_KINDS),
+        "role": set(ROLES),
     }
     for name, labels in after:
         assert name.startswith("callrouter_"), name  # the router's own registry only

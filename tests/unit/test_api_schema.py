@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
@@ -25,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from starlette.types import Receive, Scope, Send
 
 from callrouter.api import TokenSigner, create_api
+from callrouter.api.desk import add_web_client
 from callrouter.directory.database import create_engine, upgrade
 from callrouter.directory.importer import import_document
 from callrouter.directory.snapshot import load_snapshot
@@ -32,6 +34,9 @@ from callrouter.domain.directory import DirectorySnapshot
 from callrouter.logins.service import LoginService
 from callrouter.presence.live import PresenceService
 from callrouter.presence.tracker import PresenceTracker
+from callrouter.web.build import WebClient
+from callrouter.web.page import load_files, page_routes
+from callrouter.web.sessions import WebSessions
 from tests.unit.test_directory_store import document
 
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -42,6 +47,13 @@ CHECKS = [
     response_schema_conformance,
     content_type_conformance,
 ]
+
+
+def with_web_client(api: FastAPI, service: LoginService, presence: PresenceService) -> FastAPI:
+    """The API as the daemon serves it: the web client's routes too."""
+    web = WebClient(WebSessions(), page_routes(load_files()), secure_cookie=False)
+    add_web_client(api, web, service=service, presence=presence)
+    return api
 
 
 class Router:
@@ -72,7 +84,8 @@ class Router:
 
         service = LoginService(engine, lambda: snapshot[0], on_change=refresh)
         presence = PresenceService(PresenceTracker(snapshot[0]), ami=None)
-        self.api = create_api(service, TokenSigner(b"k" * 32), ADMIN_TOKEN, presence=presence)
+        api = create_api(service, TokenSigner(b"k" * 32), ADMIN_TOKEN, presence=presence)
+        self.api = with_web_client(api, service, presence)
         await send({"type": "lifespan.startup.complete"})
         assert (await receive())["type"] == "lifespan.shutdown"
         await engine.dispose()
@@ -81,13 +94,10 @@ class Router:
 
 def _document() -> dict[str, Any]:
     """The OpenAPI document; it does not depend on the directory."""
-    api = create_api(
-        LoginService(create_engine("sqlite://"), DirectorySnapshot),
-        TokenSigner(b"k" * 32),
-        ADMIN_TOKEN,
-        presence=PresenceService(PresenceTracker(DirectorySnapshot()), ami=None),
-    )
-    return api.openapi()
+    service = LoginService(create_engine("sqlite://"), DirectorySnapshot)
+    presence = PresenceService(PresenceTracker(DirectorySnapshot()), ami=None)
+    api = create_api(service, TokenSigner(b"k" * 32), ADMIN_TOKEN, presence=presence)
+    return with_web_client(api, service, presence).openapi()
 
 
 # Explicit, so that no schemathesis.toml found on the way changes the run.  An event

@@ -163,7 +163,7 @@ async def test_one_presence_resync_and_one_fallback_resync_per_ami_connect(
         )
         live = LiveDirectory(engine, rules)
         await live.load()
-        presence = build_presence(ami, live, heartbeat_timeout=90)
+        presence = build_presence(ami, live, heartbeat_timeout=90, poll_interval=0.5)
         build_fallback(ami, live)
         presence.start()
         await ami.start()

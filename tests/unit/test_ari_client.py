@@ -783,9 +783,12 @@ async def test_the_event_filter_is_set_on_every_connect_before_on_connected(
         await fake.drop_websockets()
         await fake.wait_websockets(2)
         await ari.wait_connected(WAIT)
-        assert seen_at_connect == [{"StasisStart", "StasisEnd"}] * 2
+        # ApplicationReplaced always: it says another router took the app over.
+        wanted = {"StasisStart", "StasisEnd", "ApplicationReplaced"}
+        assert seen_at_connect == [wanted] * 2
         (put, _) = fake.requests_to("PUT", f"/applications/{fake.app}/eventFilter")
-        assert put.body == {"allowed": [{"type": "StasisStart"}, {"type": "StasisEnd"}],
+        assert put.body == {"allowed": [{"type": "ApplicationReplaced"},
+                                        {"type": "StasisEnd"}, {"type": "StasisStart"}],
                             "disallowed": []}  # fmt: skip
         # What the filter leaves out never reaches the app.
         await fake.send_event(state_change("c-1", "Up"))
@@ -804,3 +807,47 @@ async def test_a_refused_event_filter_is_logged_and_events_flow_unfiltered(
     assert "could not set the event filter" in caplog.text
     await fake.send_event(state_change("c-2", "Ringing"))
     assert (await get(inbox.queue)).type == "ChannelStateChange"
+
+
+async def test_application_replaced_ends_listening_without_reconnecting(
+    fake: FakeAri, sleep: FakeSleep, inbox: Inbox
+) -> None:
+    # Another router connected the app: Asterisk sends its events there now. Reading
+    # on, or reconnecting (which would take the app back), would make two routers.
+    replaced = asyncio.Event()
+    async with AriClient(
+        fake.base_url,
+        fake.user,
+        PASSWORD,
+        fake.app,
+        on_event=inbox,
+        on_replaced=replaced.set,
+        events=["StasisStart"],
+        sleep=sleep,
+        rand=lambda: 0.5,
+    ) as ari:
+        await ari.wait_connected(WAIT)
+        await fake.send_event({"type": "ApplicationReplaced", "application": fake.app})
+        await asyncio.wait_for(replaced.wait(), WAIT)
+        assert ari.replaced and not ari.is_connected
+        await fake.wait_websockets_closed()
+        await fake.send_event(stasis_start("c-1", "201"))
+        assert sleep.delays == [] and fake.websockets_accepted == 1  # no reconnect
+        assert drain(inbox.queue) == []
+        # Listening again (this router became active again) connects anew.
+        await ari.stop_listening()
+        await ari.start()
+        await ari.wait_connected(WAIT)
+        assert fake.websockets_accepted == 2 and not ari.replaced
+
+
+async def test_stop_listening_closes_the_websocket_and_rest_goes_on(
+    fake: FakeAri, inbox: Inbox
+) -> None:
+    async with AriClient(fake.base_url, fake.user, PASSWORD, fake.app, on_event=inbox) as ari:
+        await ari.wait_connected(WAIT)
+        await ari.stop_listening()
+        assert not ari.is_connected
+        await fake.wait_websockets_closed()
+        await ari.list_channels()  # a standby router's FastAGI checks need REST
+        assert fake.websockets_accepted == 1

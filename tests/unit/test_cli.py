@@ -39,7 +39,9 @@ def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ig
     code, out, _ = cli("plan", "201", "--json")
     assert code == 0
     plan = json.loads(out)
-    assert set(plan) == {"extension", "user", "workplace", "status", "legs", "unreachable"}
+    assert set(plan) == {
+        "extension", "user", "workplace", "status", "legs", "unreachable", "skipped"
+    }  # fmt: skip
     assert plan["extension"] == "201" and plan["status"] == "ok"
     assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))
     assert {"endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme"} in plan[
@@ -240,3 +242,23 @@ def test_plan_without_a_router_says_presence_is_not_applied(cli, monkeypatch) ->
     monkeypatch.delenv("CALLROUTER_API_ADMIN_TOKEN")
     code, out, err = cli("plan", "201")
     assert "CALLROUTER_API_ADMIN_TOKEN is not set" in err
+
+
+def test_plan_at_a_time_and_for_an_external_call(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    mobile = "PJSIP/+4917055555555@trunk"
+    # The example's Boris: his mobile only for external calls outside office hours.
+    evening = ("--ignore-presence", "--at", "2026-12-02 19:00")
+    code, out, _ = cli("plan", "202", *evening, "--external")
+    assert code == 0 and mobile in out and "PJSIP/boris-desk" in out
+    code, out, _ = cli("plan", "202", *evening, "--caller", "PJSIP/anna-desk")  # internal
+    assert code == 0 and mobile not in out
+    assert "does not apply: user 202 followme[1]: external calls only" in out
+    code, out, _ = cli("plan", "202", "--ignore-presence", "--at", "2026-12-02 10:00", "--external")
+    assert code == 0 and mobile not in out
+    assert "unless office-hours: in the schedule at Wed 10:00" in out
+    code, out, _ = cli("plan", "202", "--ignore-presence", "--at", "2026-12-24 10:00", "--external")
+    assert code == 0 and mobile in out  # a day off
+    code, _, err = cli("plan", "202", "--at", "tomorrow")
+    assert code != 0 and "'tomorrow' is not a local time" in err

@@ -51,6 +51,15 @@ def test_ready_needs_the_snapshot_ari_and_a_current_database() -> None:
         assert not stale.ready and "limit 60 s" in stale.reasons[0]
     stopping = assess(**{**_inputs(), "accepting": False})
     assert not stopping.ready and "shutting down" in stopping.reasons[0]
+    # A standby router has no ARI websocket (only the active one has), and is ready to
+    # take over when its snapshot is current; an active one without ARI is not.
+    standby = assess(**{**_inputs(), "ari_connected": False, "role": "standby"})
+    assert standby.ready and standby.role == "standby" and standby.reasons == ()
+    active = assess(**{**_inputs(), "ari_connected": False, "role": "active"})
+    assert not active.ready and "ARI is not connected" in active.reasons[0]
+    # An active router whose lease cannot be confirmed routes on, with a warning.
+    unconfirmed = assess(**{**_inputs(), "lease_warning": "the lease cannot be confirmed"})
+    assert unconfirmed.ready and unconfirmed.warnings == ("the lease cannot be confirmed",)
 
 
 def _inputs() -> dict[str, object]:
@@ -102,6 +111,8 @@ async def test_live_ready_and_the_old_health(
         "snapshot_checked_seconds_ago": 0.4,
         "calls_in_progress": 2,
         "overloaded": None,
+        "role": "active",
+        "role_since": None,
     }
     state["now"] = replace(READY, ready=False, reasons=("ARI is not connected",))
     reply = await client.get("/api/v1/health/ready")
@@ -109,6 +120,19 @@ async def test_live_ready_and_the_old_health(
     # The health every client already asks, as before.
     reply = await client.get("/api/v1/health")
     assert reply.status_code == 200 and reply.json()["status"] == "ok"
+
+
+async def test_health_says_the_role_and_since_when(live: Live) -> None:
+    service = LoginService(live.engine, lambda: live.snapshot, on_change=live.refresh)
+    role = {"now": ("standby", 1_764_633_600.0)}
+    api = create_api(service, TokenSigner(b"k" * 32), role=lambda: role["now"])
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        reply = (await client.get("/api/v1/health")).json()
+        assert (reply["role"], reply["since"]) == ("standby", "2025-12-02T00:00:00+00:00")
+        role["now"] = ("active", 1_764_633_601.5)
+        reply = (await client.get("/api/v1/health")).json()
+        assert (reply["role"], reply["since"]) == ("active", "2025-12-02T00:00:01.500000+00:00")
 
 
 async def test_metrics_in_the_text_format_count_login_attempts(

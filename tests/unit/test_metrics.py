@@ -223,3 +223,18 @@ async def test_the_live_directory_counts_reloads_and_keeps_its_last_check(
     assert reloads == {"full": 2, "logins": 1, "rules": 1}
     assert found["callrouter_directory_reload_seconds_count", (("kind", "logins"),)] == 1
     assert found["callrouter_directory_refresh_failures_total", ()] == 1
+
+
+def test_the_role_is_one_series_per_role_and_activations_count() -> None:
+    metrics = Metrics()
+    role = {"now": "standby"}
+    metrics.track_role(lambda: role["now"])
+    found = samples(metrics)
+    assert found["callrouter_role", (("role", "active"),)] == 0
+    assert found["callrouter_role", (("role", "standby"),)] == 1
+    role["now"] = "active"
+    metrics.activated()
+    found = samples(metrics)
+    assert found["callrouter_role", (("role", "active"),)] == 1
+    assert found["callrouter_role", (("role", "standby"),)] == 0
+    assert found["callrouter_activations_total", ()] == 1

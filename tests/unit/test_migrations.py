@@ -38,6 +38,7 @@ from callrouter.directory.schema import metadata
 TABLES = {
     "alembic_version",
     "audit",
+    "client_statuses",
     "directory_revision",
     "logins",
     "phones",
@@ -321,6 +322,8 @@ def test_every_identifier_fits_its_column() -> None:
         (schema.RoleRow.__table__.c.name, ids.ROLE_NAME_LENGTH),
         (schema.UserRow.__table__.c.name, ids.NAME_LENGTH),
         (schema.PhoneRow.__table__.c.endpoint, ids.ENDPOINT_LENGTH),
+        (schema.ClientStatusRow.__table__.c.extension, ids.EXTENSION_LENGTH),
+        (schema.ClientStatusRow.__table__.c.client_id, ids.CLIENT_ID_LENGTH),
     }
     for column, length in fits:
         assert isinstance(column.type, String)

@@ -222,3 +222,23 @@ async def test_a_hand_back_that_fails_is_logged(rig: Rig, caplog: pytest.LogCapt
     await rig.call("caller-1", "201")
     await until(lambda: any("hand-back failed" in r.getMessage() for r in caplog.records))
     assert not rig.intake.calls
+
+
+async def test_a_caller_arriving_while_the_router_shuts_down_goes_to_the_fallback_at_once(
+    rig: Rig,
+) -> None:
+    """A ringing call may finish within the grace; a new one would wait in the app for
+    a router that is leaving (and, after it left, for the next one to start)."""
+    await rig.call("caller-1", "201")
+    await until(lambda: rig.originates())
+    stopping = asyncio.ensure_future(rig.intake.stop(5.0))
+    await until(lambda: not rig.intake.accepting)
+    await rig.call("caller-2", "202")
+    await until(lambda: rig.continued("caller-2"))
+    assert rig.continued("caller-2") == [
+        {"context": "callrouter", "extension": "202", "label": "fallback"}
+    ]
+    assert len(rig.originates()) == 1 and set(rig.intake.calls) == {"caller-1"}
+    assert rig.count("callrouter_calls_handed_back_total", reason="shutdown") == 1
+    await rig.hang_up("caller-1")
+    await asyncio.wait_for(stopping, 5)

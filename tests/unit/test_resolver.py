@@ -271,6 +271,7 @@ def test_unknown_extension() -> None:
         "status": "unknown-extension",
         "legs": [],
         "unreachable": [],
+        "skipped": [],
     }
 
 

@@ -318,7 +318,7 @@ def test_dropped_entries_do_not_shift_the_positions_of_the_rest(tmp_path: Path) 
         "rules.yaml:5:36: workplaces.office-1.ring[1].ring[1]: PJSIP/anna-desk belongs to "
         "user 201 (Anna Berger), not to workplace office-1",
         "rules.yaml:6:9: workplaces.office-1.ring[1].colour: unknown key; "
-        "allowed here: ring, delay, timeout",
+        "allowed here: ring, delay, timeout, calls, when, unless",
         # An invalid workplace id: its rule is not looked up in the directory.
         "rules.yaml:7:3: workplaces.Office_2: workplace id 'Office_2' must be a slug: "
         "lower-case letters, digits and inner hyphens, at most 64 characters, e.g. office-1",

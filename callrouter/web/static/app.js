@@ -1,0 +1,392 @@
+// The web client for the desks.  Plain script, no build step, nothing from elsewhere:
+// it talks to the router's HTTP API with the session cookie (HttpOnly: this script
+// never sees it) and sends the header that proves a request comes from this page.
+"use strict";
+(() => {
+  const STRINGS = window.CALLROUTER_STRINGS;
+  const HEADER = { "X-Callrouter-Client": "web" };
+  const $ = (id) => document.getElementById(id);
+
+  // --- language -------------------------------------------------------------------
+  const lang =
+    (navigator.languages || [navigator.language || "en"])
+      .map((tag) => String(tag).toLowerCase().split("-")[0])
+      .find((tag) => tag in STRINGS) || "en";
+  const words = STRINGS[lang];
+  const t = (key, values = {}) =>
+    (words[key] ?? STRINGS.en[key] ?? key).replace(/\{(\w+)\}/g, (_, name) =>
+      String(values[name] ?? ""),
+    );
+  document.documentElement.lang = lang;
+  for (const element of document.querySelectorAll("[data-text]")) {
+    element.textContent = t(element.dataset.text);
+  }
+  for (const element of document.querySelectorAll("[data-label]")) {
+    element.setAttribute("aria-label", t(element.dataset.label));
+  }
+  document.title = t("title");
+
+  const duration = (seconds) =>
+    seconds >= 60
+      ? t("minutes", { n: Math.ceil(seconds / 60) })
+      : t("seconds", { n: Math.max(1, Math.ceil(seconds)) });
+
+  // --- the API ----------------------------------------------------------------------
+  async function api(method, path, body) {
+    const options = { method, headers: { ...HEADER }, credentials: "same-origin", cache: "no-store" };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    let reply;
+    try {
+      reply = await fetch(path, options);
+    } catch {
+      return { status: 0, data: null, headers: new Headers() };
+    }
+    let data = null;
+    if ((reply.headers.get("Content-Type") || "").includes("json")) {
+      data = await reply.json().catch(() => null);
+    }
+    return { status: reply.status, data, headers: reply.headers };
+  }
+
+  // --- state ------------------------------------------------------------------------
+  let desk = null; // DeskView of /api/v1/me/desk
+  let status = sessionStorage.getItem("callrouter-status") || "online";
+  const clientId = (() => {
+    let id = sessionStorage.getItem("callrouter-client");
+    if (!id) {
+      const bytes = crypto.getRandomValues(new Uint8Array(6));
+      id = "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+      sessionStorage.setItem("callrouter-client", id);
+    }
+    return id;
+  })();
+  const people = new Map(); // extension -> PresenceView
+  let seats = {}; // extension -> name of the workplace they sit at
+  let streams = [];
+  let heartbeat = null;
+
+  function notice(text) {
+    $("notice").textContent = text || "";
+  }
+
+  // --- signing in and out -----------------------------------------------------------
+  function showSignIn(message) {
+    stop();
+    desk = null;
+    $("desk-view").hidden = true;
+    $("sign-out").hidden = true;
+    $("who").textContent = "";
+    $("sign-in-view").hidden = false;
+    $("sign-in-error").textContent = message || "";
+    $("pin").value = "";
+    $("extension").focus();
+  }
+
+  $("sign-in-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const extension = $("extension").value.trim();
+    const pin = $("pin").value;
+    const error = $("sign-in-error");
+    error.textContent = "";
+    if (!/^[0-9]{1,20}$/.test(extension) || pin === "") {
+      error.textContent = t("badInput");
+      return;
+    }
+    const reply = await api("POST", "/api/v1/web/session", { extension, pin });
+    $("pin").value = "";
+    if (reply.status === 200) {
+      await enter();
+    } else if (reply.status === 401) {
+      error.textContent = t("badCredentials");
+    } else if (reply.status === 429) {
+      const wait = Number(reply.headers.get("Retry-After")) || 60;
+      error.textContent = t("locked", { time: duration(wait) });
+    } else if (reply.status === 422) {
+      error.textContent = t("badInput");
+    } else {
+      error.textContent = t("failed", { status: reply.status || "-" });
+    }
+    $("pin").focus();
+  });
+
+  $("sign-out").addEventListener("click", async () => {
+    // Offline at once for this page, then the session ends on the server.
+    await api("PUT", "/api/v1/presence/client", { client_id: clientId, status: "offline" });
+    await api("DELETE", "/api/v1/web/session");
+    sessionStorage.removeItem("callrouter-status");
+    status = "online";
+    showSignIn("");
+  });
+
+  function stop() {
+    for (const source of streams) source.close();
+    streams = [];
+    clearTimeout(heartbeat);
+    heartbeat = null;
+  }
+
+  async function enter() {
+    const reply = await api("GET", "/api/v1/me/desk");
+    if (reply.status !== 200) {
+      showSignIn(reply.status === 401 || reply.status === 400 ? "" : t("failed", { status: reply.status }));
+      return;
+    }
+    $("sign-in-view").hidden = true;
+    $("desk-view").hidden = false;
+    $("sign-out").hidden = false;
+    notice("");
+    renderDesk(reply.data);
+    for (const radio of document.querySelectorAll("input[name=status]")) {
+      radio.checked = radio.value === status;
+    }
+    await beat();
+    listen();
+  }
+
+  // --- my status: sent now and again well within the heartbeat time-out -------------
+  async function beat() {
+    clearTimeout(heartbeat);
+    const reply = await api("PUT", "/api/v1/presence/client", { client_id: clientId, status });
+    if (reply.status === 401) {
+      showSignIn(t("sessionEnded"));
+      return;
+    }
+    notice(reply.status === 0 ? t("offlineNetwork") : "");
+    if (reply.status === 200) showMerged(reply.data.client);
+    const every = Math.max(1, ((desk && desk.heartbeat_seconds) || 90) / 3);
+    heartbeat = setTimeout(beat, every * 1000);
+  }
+
+  for (const radio of document.querySelectorAll("input[name=status]")) {
+    radio.addEventListener("change", () => {
+      if (!radio.checked) return;
+      status = radio.value;
+      sessionStorage.setItem("callrouter-status", status);
+      beat();
+    });
+  }
+
+  function showMerged(client) {
+    $("status-shown").textContent = t("shownAs", { status: t(client) });
+  }
+
+  // --- live: my desk, and everyone's presence ----------------------------------------
+  function listen() {
+    const mine = new EventSource("/api/v1/me/events");
+    mine.addEventListener("desk", (event) => renderDesk(JSON.parse(event.data)));
+    mine.addEventListener("seats", (event) => {
+      seats = JSON.parse(event.data);
+      renderColleagues();
+    });
+    mine.addEventListener("ended", () => showSignIn(t("sessionEnded")));
+    const everyone = new EventSource("/api/v1/presence/events");
+    everyone.addEventListener("snapshot", (event) => {
+      people.clear();
+      for (const person of JSON.parse(event.data)) people.set(person.extension, person);
+      renderColleagues();
+    });
+    everyone.addEventListener("presence", (event) => {
+      const person = JSON.parse(event.data);
+      people.set(person.extension, person);
+      renderColleagues([person.extension]);
+    });
+    for (const source of [mine, everyone]) {
+      // A stream refused (the session ended) is closed for good; a dropped one
+      // reconnects by itself.
+      source.addEventListener("error", async () => {
+        if (source.readyState !== EventSource.CLOSED) return;
+        const reply = await api("GET", "/api/v1/me/desk");
+        if (reply.status === 401) showSignIn(t("sessionEnded"));
+        else if (desk) setTimeout(() => { if (desk) { stop(); enter(); } }, 2000);
+      });
+    }
+    streams = [mine, everyone];
+  }
+
+  // Re-rendering a list must not take the keyboard focus away from its button.
+  function keepingFocus(render) {
+    const focused = document.activeElement && document.activeElement.dataset.focusKey;
+    render();
+    if (focused) {
+      const again = document.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`);
+      if (again) again.focus();
+    }
+  }
+
+  // A list item of parts, separated by commas so that it reads as a sentence (a
+  // screen reader reads the text, not the layout).
+  function item(parts) {
+    const li = document.createElement("li");
+    parts = parts.filter(([, text]) => text);
+    parts.forEach(([cls, text], index) => {
+      const span = document.createElement("span");
+      span.className = cls;
+      span.textContent = index < parts.length - 1 ? text + "," : text;
+      li.append(span, " ");
+    });
+    return li;
+  }
+
+  function renderDesk(view) {
+    desk = view;
+    $("who").textContent = t("signedInAs", { name: view.name, extension: view.extension });
+    showMerged(view.client);
+    const here = view.workplaces.find((w) => w.id === view.workplace);
+    $("workplace-now").textContent = view.workplace
+      ? t("sittingAt", { workplace: here ? here.name : view.workplace })
+      : t("notSitting");
+    $("workplace-policy").textContent =
+      view.occupied_workplace === "refuse" ? t("policyRefuse") : t("policyDisplace");
+    keepingFocus(() => {
+      const list = $("workplaces");
+      list.replaceChildren();
+      for (const workplace of view.workplaces) {
+        const mine = workplace.id === view.workplace;
+        const who = workplace.occupant;
+        const li = item([
+          ["name", workplace.name],
+          ["code", t("code", { code: workplace.code })],
+          [
+            "occupant",
+            mine ? t("youSitHere") : who ? t("occupiedBy", { name: who.name, extension: who.extension }) : t("free"),
+          ],
+        ]);
+        li.classList.toggle("mine", mine);
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = mine ? t("leave") : t("sitHere");
+        button.dataset.focusKey = "workplace:" + workplace.id;
+        button.addEventListener("click", () => (mine ? leave(workplace) : sitDown(workplace)));
+        li.append(button);
+        list.append(li);
+      }
+      if (view.workplaces.length === 0) list.append(item([["empty", t("noWorkplaces")]]));
+    });
+    const phones = $("phones");
+    phones.replaceChildren();
+    for (const phone of view.phones) {
+      const li = item([
+        ["endpoint", phone.endpoint],
+        ["source", phone.source === "own" ? t("own") : t("atWorkplace")],
+        ["state", t(phone.state)],
+      ]);
+      li.dataset.state = phone.state;
+      phones.append(li);
+    }
+    if (view.phones.length === 0) phones.append(item([["empty", t("noPhones")]]));
+  }
+
+  async function sitDown(workplace) {
+    const message = $("workplace-message");
+    const reply = await api("POST", "/api/v1/login", { workplace: workplace.id });
+    if (reply.status === 200) {
+      const gone = reply.data.displaced;
+      const person = gone && people.get(gone);
+      message.textContent = gone
+        ? t("displaced", { workplace: workplace.name, name: person ? person.name : gone })
+        : t("satDown", { workplace: workplace.name });
+      refresh();
+    } else if (reply.status === 401) {
+      showSignIn(t("sessionEnded"));
+    } else {
+      const reason = reply.data && reply.data.reason;
+      message.textContent =
+        reason && "reason_" + reason in words
+          ? t("reason_" + reason, { workplace: workplace.name })
+          : (reply.data && reply.data.detail) || t("failed", { status: reply.status || "-" });
+    }
+  }
+
+  async function leave(workplace) {
+    const reply = await api("POST", "/api/v1/logout");
+    if (reply.status === 200) {
+      $("workplace-message").textContent = t("left", { workplace: workplace.name });
+      refresh();
+    } else if (reply.status === 401) {
+      showSignIn(t("sessionEnded"));
+    } else {
+      $("workplace-message").textContent = t("failed", { status: reply.status || "-" });
+    }
+  }
+
+  async function refresh() {
+    // The event stream says so too; this shows my own change without waiting for it.
+    const reply = await api("GET", "/api/v1/me/desk");
+    if (reply.status === 200) renderDesk(reply.data);
+  }
+
+  // --- colleagues --------------------------------------------------------------------
+  function stateOf(person) {
+    if (person.phone.on_call) return "on_call";
+    if (person.phone.ringing) return "ringing";
+    if (person.client === "dnd") return "dnd";
+    if (person.client === "away") return "away";
+    if (person.phone.available) return "free";
+    return "offline";
+  }
+
+  const rows = new Map(); // extension -> li
+
+  function renderColleagues(only) {
+    const list = $("colleagues");
+    const query = $("search").value.trim().toLowerCase();
+    const me = desk ? desk.extension : null;
+    const extensions = only || [...people.keys()].sort();
+    for (const extension of extensions) {
+      const person = people.get(extension);
+      let li = rows.get(extension);
+      if (!li) {
+        li = document.createElement("li");
+        rows.set(extension, li);
+      }
+      const state = stateOf(person);
+      const seat = seats[extension];
+      li.dataset.state = state;
+      li.replaceChildren(
+        ...item([
+          ["name", person.name],
+          ["extension", person.extension],
+          ["state", t("state_" + state)],
+          ["seat", seat ? t("sitsAt", { workplace: seat }) : ""],
+        ]).childNodes,
+      );
+      li.hidden = extension === me;
+    }
+    if (!only) {
+      for (const extension of [...rows.keys()]) {
+        if (!people.has(extension)) {
+          rows.get(extension).remove();
+          rows.delete(extension);
+        }
+      }
+      list.replaceChildren(...[...rows.keys()].sort().map((extension) => rows.get(extension)));
+    } else {
+      for (const extension of only) {
+        const li = rows.get(extension);
+        if (!li.isConnected) {
+          list.replaceChildren(...[...rows.keys()].sort().map((e) => rows.get(e)));
+          break;
+        }
+      }
+    }
+    let shown = 0;
+    for (const [extension, li] of rows) {
+      const person = people.get(extension);
+      const matches =
+        !query ||
+        person.name.toLowerCase().includes(query) ||
+        person.extension.includes(query);
+      li.hidden = extension === me || !matches;
+      if (!li.hidden) shown += 1;
+    }
+    $("nobody").hidden = shown > 0 || people.size === 0;
+  }
+
+  $("search").addEventListener("input", () => renderColleagues());
+
+  // --- start -------------------------------------------------------------------------
+  enter();
+})();
