@@ -71,6 +71,7 @@ from sandbox.asterisk import (
     port_is_free,
 )
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = Path(__file__).resolve().parent / "sipp"
 CALLER_SCENARIO = SCENARIO_DIR / "caller.xml"
 ANSWER_SCENARIO = SCENARIO_DIR / "answer.xml"
@@ -558,6 +559,11 @@ class Bench:
         """``callrouter serve``'s settings (as sandbox/router.py's sandbox_settings)."""
         a = self.asterisk
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALLROUTER_")}
+        # The router runs this checkout's code, not whatever the venv's editable install
+        # points at (a worktree measures its own changes).
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
         env.update(
             {
                 "CALLROUTER_DB": db_url,
@@ -997,7 +1003,8 @@ def run(args: argparse.Namespace) -> tuple[list[Step], float | None]:
         bench = Bench(sipp, work, processes, args.router_log_level, args.profile)
         try:
             bench.start()
-            for path in PATHS:  # imports, connections, caches: not counted
+            paths = args.paths
+            for path in paths:  # imports, connections, caches: not counted
                 warm = bench.run_step(path, WARMUP_CALLS, 1.0)
                 print(f"warm-up {path}: {warm.completed}/{warm.attempted} calls", flush=True)
                 if warm.completed == 0:
@@ -1019,7 +1026,7 @@ def run(args: argparse.Namespace) -> tuple[list[Step], float | None]:
             )
             fell: set[PathKind] = set()
             for index, rate in enumerate(args.rates):
-                order = PATHS if index % 2 == 0 else PATHS[::-1]
+                order = paths if index % 2 == 0 else paths[::-1]
                 for path in order:
                     if path in fell:
                         continue
@@ -1028,13 +1035,15 @@ def run(args: argparse.Namespace) -> tuple[list[Step], float | None]:
                     print(describe(step), flush=True)
                     if not step.sustained and not args.quick:
                         fell.add(path)
-                if len(fell) == len(PATHS):
+                if len(fell) == len(paths):
                     break
+            if args.no_overload:
+                return steps, idle_router
             r_rate, _ = sustained_rate(steps, "router")
             rate = overload_rate(r_rate, args.rates, QUICK_MAX_RATE if args.quick else None)
             seconds = QUICK_OVERLOAD_SECONDS if args.quick else OVERLOAD_SECONDS
             print(f"overload: {rate}/s for {seconds:g} s", flush=True)
-            for path in PATHS:
+            for path in paths:
                 step = bench.run_step(path, rate, seconds, overload=True)
                 steps.append(step)
                 print(describe(step), flush=True)
@@ -1055,6 +1064,13 @@ def parse_rates(text: str) -> list[int]:
     return rates
 
 
+def parse_paths(text: str) -> tuple[PathKind, ...]:
+    paths = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not paths or any(path not in PATHS for path in paths):
+        raise argparse.ArgumentTypeError(f"paths: router, native or both, not {text!r}")
+    return tuple(path for path in PATHS if path in paths)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
@@ -1071,6 +1087,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"smoke run: rates {','.join(map(str, QUICK_RATES))}, {QUICK_SECONDS:g} s each, "
         f"overload at most {QUICK_MAX_RATE}/s",
+    )
+    parser.add_argument(
+        "--paths",
+        type=parse_paths,
+        default=PATHS,
+        help="the paths to run, e.g. 'router' for an A/B of the router's CPU (default both)",
+    )
+    parser.add_argument(
+        "--no-overload", action="store_true", help="skip the overload step (A/B runs)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and SIPp's files")
     parser.add_argument(

@@ -46,13 +46,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
-
 from callrouter.ari.errors import AriClosedError, AriError, AriProtocolError
 from callrouter.ari.events import AriEvent, parse_event, routing_ids
 from callrouter.ari.http import HttpPool
 from callrouter.ari.rest import AriRest, HangupReason
+from callrouter.ari.websocket import EventSocket, WebSocketClosed, WebSocketError, connect_events
 from callrouter.backoff import backoff_delay
 from callrouter.tasks import TaskSet
 
@@ -91,9 +89,9 @@ def new_id(prefix: str = "cr") -> str:
 
 
 class _RedactingAdapter(logging.LoggerAdapter[logging.Logger]):
-    """The websocket library's logger, with credentials masked.
+    """The websocket's logger, with credentials masked.
 
-    ``websockets`` logs handshake headers at DEBUG, ``Authorization`` included.
+    The websocket logs its handshake headers at DEBUG, ``Authorization`` included.
     """
 
     def __init__(self, logger: logging.Logger, secrets: Iterable[str]) -> None:
@@ -200,7 +198,7 @@ class AriClient(AriRest):
         self._routes: dict[str, EventSink] = {}
         self._tasks = TaskSet(f"ARI {app}")  # the websocket reader, the HTTP pool's warmer
         self._connected = asyncio.Event()
-        self._websocket: ClientConnection | None = None
+        self._websocket: EventSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._warming = False
         self._replaced = False
@@ -309,29 +307,30 @@ class AriClient(AriRest):
         attempt = 0
         while not self._closed and not self._replaced:
             try:
-                async with connect(
+                websocket = await connect_events(
                     self.events_url,
-                    additional_headers={"Authorization": self._auth_header},
+                    headers={"Authorization": self._auth_header},
                     open_timeout=self._connect_timeout,
                     ping_interval=self._ping_interval,
                     ping_timeout=self._ping_timeout,
                     close_timeout=self._close_timeout,
-                    compression=None,  # Asterisk does not negotiate it; save the CPU
-                    proxy=None,
                     max_size=16 * 2**20,
                     logger=self._ws_logger,
-                ) as websocket:
-                    attempt = 0
+                )
+                attempt = 0
+                try:
                     await self._serve(websocket)
+                finally:
+                    await websocket.close()
                 if self._replaced:
                     break
                 if self._reconnect_requested:
                     log.info("ARI websocket %s closed to reconnect", self.events_url)
                 elif not self._closed:
                     log.warning("ARI websocket %s closed by Asterisk", self.events_url)
-            except ConnectionClosed as exc:
+            except WebSocketClosed as exc:
                 log.warning("ARI websocket %s lost: %s", self.events_url, exc)
-            except (OSError, TimeoutError, WebSocketException) as exc:
+            except (OSError, TimeoutError, WebSocketError) as exc:
                 log.warning(
                     "ARI websocket %s: cannot connect: %s",
                     self.events_url,
@@ -354,7 +353,7 @@ class AriClient(AriRest):
             log.info("ARI websocket: reconnecting in %.2f s (attempt %d)", delay, attempt)
             await self._sleep(delay)
 
-    async def _serve(self, websocket: ClientConnection) -> None:
+    async def _serve(self, websocket: EventSocket) -> None:
         self._websocket = websocket
         self.connection_count += 1
         log.info(

@@ -1,13 +1,15 @@
 """A keep-alive HTTP/1.1 connection pool to one server: just what ARI's REST needs.
 
 :class:`~callrouter.ari.client.AriClient` sends its REST requests through this pool of
-connections of our own (asyncio streams, HTTP basic auth, ``TCP_NODELAY``): a request
-is one ``write`` of bytes built from the method, path and query, and the answer is read
-by ``Content-Length`` (or chunked). General HTTP clients (httpx) cost about a
-millisecond of CPU per request on the machine this runs on (1.2 ms measured), which was
-most of the router's added call set-up time. The pool can open connections ahead of
-need (:meth:`HttpPool.warm`, :meth:`HttpPool.keep_warm`), so the first calls do not
-wait for a connect.
+connections of our own (HTTP basic auth, ``TCP_NODELAY``): a request is one ``write``
+of bytes built from the method, path and query, and each connection is an
+``asyncio.Protocol`` that reads the answer as it arrives (``Content-Length``, chunked,
+or to the end of the connection) and resolves one future per request. General HTTP
+clients (httpx) cost about a millisecond of CPU per request on the machine this runs on
+(1.2 ms measured), which was most of the router's added call set-up time; asyncio's
+streams cost a second wake-up per answer (README's design section has the figures).
+The pool can open connections ahead of need (:meth:`HttpPool.warm`,
+:meth:`HttpPool.keep_warm`), so the first calls do not wait for a connect.
 
 The ``Authorization`` header is built once by the caller and only ever written to the
 socket: it never appears in a log line or an exception message.
@@ -20,17 +22,20 @@ import contextlib
 import logging
 import socket
 import ssl
+from typing import cast
 
 __all__ = ["BadResponse", "HttpPool", "Response"]
 
 log = logging.getLogger(__name__)
+
+_MAX_HEAD = 64 * 1024  # an answer's head (status line and headers)
+_MAX_CHUNK_LINE = 1024
 
 
 class BadResponse(Exception):
     """Asterisk's HTTP answer could not be read (no status line, bad framing)."""
 
 
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Response = tuple[int, str, bytes]  # status, reason phrase, body
 
 
@@ -67,7 +72,7 @@ class HttpPool:
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[_Conn] = []
+        self._idle: list[_Connection] = []
         self._open = 0
         self._closed = False
 
@@ -79,7 +84,7 @@ class HttpPool:
         """
         while not self._closed:
             for conn in list(self._idle):
-                if conn[0].at_eof() or conn[1].is_closing():
+                if conn.closed:
                     self._idle.remove(conn)
                     self._drop(conn)
             await self.warm(count)
@@ -94,7 +99,7 @@ class HttpPool:
                 log.debug("ARI HTTP: could not open a connection ahead of need: %s", exc)
                 return
             if self._closed:
-                _close(conn)
+                conn.close()
                 return
             self._idle.append(conn)
 
@@ -103,11 +108,11 @@ class HttpPool:
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
-            _close(conn)
-        for _, writer in idle:
-            with contextlib.suppress(OSError, TimeoutError):
+            conn.close()
+        for conn in idle:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
+                    await conn.wait_closed()
 
     async def request(self, method: str, target: str, body: bytes | None) -> Response:
         """Send one request (``target``: path and query; ``body``: JSON or None).
@@ -136,59 +141,43 @@ class HttpPool:
                     pass  # closed while idle: the server never saw the request
             return await self._exchange(await self._connect(), data, fresh=True)
 
-    def _take(self) -> _Conn | None:
+    def _take(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()
-            if conn[0].at_eof() or conn[1].is_closing():
+            if conn.closed:
                 self._drop(conn)
                 continue
             return conn
         return None
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
-            reader, writer = await asyncio.open_connection(
+            transport, conn = await loop.create_connection(
+                _Connection,
                 self._host,
                 self._port,
                 ssl=self._ssl,
                 server_hostname=self._host if self._ssl else None,
             )
         self._open += 1
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:  # asyncio sets it already; be explicit, it matters here
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
+        return conn
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: _Connection) -> None:
         self._open -= 1
-        _close(conn)
+        conn.close()
 
-    async def _exchange(self, conn: _Conn, data: bytes, *, fresh: bool = False) -> Response:
-        reader, writer = conn
-        got_bytes = False
+    async def _exchange(self, conn: _Connection, data: bytes, *, fresh: bool = False) -> Response:
         try:
-            writer.write(data)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                got_bytes = bool(exc.partial)
-                raise
-            got_bytes = True
-            status, reason, length, chunked, close = _parse_head(head)
-            if chunked:
-                content = await _read_chunked(reader)
-            elif length is not None:
-                content = await reader.readexactly(length) if length else b""
-            elif status in (204, 304) or 100 <= status < 200:
-                content = b""
-            else:  # no framing: the body runs to the end of the connection
-                content = await reader.read()
-                close = True
+            status, reason, content, close = await conn.send(data)
         except BaseException as exc:
-            self._drop(conn)
+            self._drop(conn)  # cancelled or timed out too: a late answer is never read
             if (
                 not fresh
-                and not got_bytes
+                and not conn.got_bytes
                 and isinstance(exc, ConnectionError | asyncio.IncompleteReadError)
             ):
                 raise _Stale from exc
@@ -204,10 +193,148 @@ class _Stale(Exception):
     """A reused connection turned out closed before the request was answered."""
 
 
-def _close(conn: _Conn) -> None:
-    transport = conn[1].transport
-    if not transport.is_closing():
-        transport.close()
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: :meth:`send` writes a request and returns the future
+    of its answer, ``(status, reason, body, close?)``, which :meth:`data_received`
+    resolves as soon as the answer is complete. One request at a time."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._answer: asyncio.Future[tuple[int, str, bytes, bool]] | None = None
+        self._buf = bytearray()
+        self._head: tuple[int, str, int | None, bool, bool] | None = None
+        self._chunks: list[bytes] = []
+        self._to_eof = False  # the body runs to the end of the connection
+        self.got_bytes = False  # of the current request's answer
+        self.closed = False  # the server closed it, or we did
+        self._lost = self._loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def send(self, data: bytes) -> asyncio.Future[tuple[int, str, bytes, bool]]:
+        answer = self._loop.create_future()
+        if self.closed or self._transport is None:
+            answer.set_exception(ConnectionResetError("connection closed"))
+            return answer
+        self._answer = answer
+        self._buf.clear()
+        self._head = None
+        self._chunks = []
+        self._to_eof = False
+        self.got_bytes = False
+        self._transport.write(data)
+        return answer
+
+    def data_received(self, data: bytes) -> None:
+        answer = self._answer
+        if answer is None or answer.done():
+            # Bytes nobody asked for (no pipelining here): this connection's framing
+            # can no longer be trusted.
+            self.close()
+            return
+        self.got_bytes = True
+        self._buf += data
+        try:
+            self._parse(answer)
+        except BadResponse as exc:
+            answer.set_exception(exc)
+            self.close()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        answer = self._answer
+        if answer is not None and not answer.done():
+            if self._to_eof:
+                answer.set_result((*self._status(), bytes(self._buf), True))
+            else:
+                answer.set_exception(self._cut_short())
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        answer = self._answer
+        if answer is not None and not answer.done():
+            if self._to_eof and exc is None:
+                answer.set_result((*self._status(), bytes(self._buf), True))
+            else:
+                answer.set_exception(self._cut_short(exc))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._lost)
+
+    def _status(self) -> tuple[int, str]:
+        assert self._head is not None
+        return self._head[0], self._head[1]
+
+    def _cut_short(self, exc: Exception | None = None) -> Exception:
+        if not self.got_bytes:
+            return ConnectionResetError(str(exc) if exc else "connection closed before an answer")
+        return asyncio.IncompleteReadError(bytes(self._buf), None)
+
+    def _parse(self, answer: asyncio.Future[tuple[int, str, bytes, bool]]) -> None:
+        buf = self._buf
+        if self._head is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    raise BadResponse(f"answer head over {_MAX_HEAD} bytes")
+                return
+            self._head = _parse_head(bytes(buf[: end + 4]))
+            del buf[: end + 4]
+        status, reason, length, chunked, close = self._head
+        if chunked:
+            content = self._parse_chunks()
+            if content is None:
+                return
+        elif length is not None:
+            if len(buf) < length:
+                return
+            content = bytes(buf[:length])
+            if len(buf) > length:  # more than was asked for: do not reuse
+                close = True
+        elif status in (204, 304) or 100 <= status < 200:
+            content = b""
+        else:
+            self._to_eof = True
+            return
+        answer.set_result((status, reason, content, close))
+
+    def _parse_chunks(self) -> bytes | None:
+        """The body once its last chunk and trailers are in, None until then."""
+        buf = self._buf
+        while True:
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                if len(buf) > _MAX_CHUNK_LINE:
+                    raise BadResponse("chunk size line too long")
+                return None
+            try:
+                size = int(bytes(buf[:line_end]).split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BadResponse("bad chunk size") from None
+            if size == 0:
+                if buf.find(b"\r\n\r\n", line_end) >= 0:  # the end of the trailers
+                    return b"".join(self._chunks)
+                if len(buf) > _MAX_HEAD:
+                    raise BadResponse(f"chunk trailers over {_MAX_HEAD} bytes")
+                return None
+            start = line_end + 2
+            if len(buf) < start + size + 2:
+                return None
+            if buf[start + size : start + size + 2] != b"\r\n":
+                raise BadResponse("chunk not followed by CRLF")
+            self._chunks.append(bytes(buf[start : start + size]))
+            del buf[: start + size + 2]
 
 
 def _parse_head(head: bytes) -> tuple[int, str, int | None, bool, bool]:
@@ -237,19 +364,3 @@ def _parse_head(head: bytes) -> tuple[int, str, int | None, bool, bool]:
             token = value.strip().lower()
             close = token == "close" or (close and token != "keep-alive")
     return status, reason, length, chunked, close
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise BadResponse("bad chunk size") from None
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # trailers
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)

@@ -17,12 +17,13 @@ description.
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
+
+import orjson
 
 from callrouter.ari.errors import (
     AriClosedError,
@@ -90,7 +91,7 @@ class AriRest:
             query = _query(params)
             if query:
                 target += "?" + urlencode(query, quote_via=quote, safe="/,:@")
-        body = None if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
+        body = None if json is None else orjson.dumps(json)
         started = time.perf_counter()
         try:
             response = await self._http.request(method, target, body)
@@ -119,8 +120,8 @@ class AriRest:
         if status == 204 or not content:
             return None
         try:
-            return jsonlib.loads(content)
-        except ValueError:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
             raise AriProtocolError(f"{method} {path}: response body is not JSON", content) from None
 
     async def create_channel(
@@ -372,7 +373,7 @@ def _query(params: Mapping[str, ParamValue] | None) -> dict[str, str]:
 
 def _error_message(reason_phrase: str, content: bytes) -> str:
     try:
-        data = jsonlib.loads(content) if content else None
+        data = orjson.loads(content) if content else None
     except ValueError:
         data = None
     if isinstance(data, dict):

@@ -63,11 +63,14 @@ LEG_APP_ARG = "leg"
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
 GONE_EVENTS = frozenset({"StasisEnd", "ChannelDestroyed"})
-# The only event types the call path reads; the app's event filter asks Asterisk for
-# these alone. A leg's ringing comes as Dial RINGING (its ChannelStateChange to Ringing
-# says the same), its end as a Dial status or ChannelDestroyed with the cause (what
-# ChannelHangupRequest says too); the bridge's and the variables' events are not read.
-ARI_EVENTS = frozenset({"StasisStart", "Dial", *GONE_EVENTS})
+# The only event types the call path needs; the app's event filter asks Asterisk for
+# these alone. A leg's end comes as ChannelDestroyed with its cause (17: busy), which
+# says what its Dial status (BUSY, CANCEL, ...) or ChannelHangupRequest would say too;
+# its answer as its StasisStart. Dial events are not asked for: they were half of a
+# two-phone call's events (two as each leg starts, two RINGING, one ANSWER, one
+# CANCEL), each costing both sides CPU, and told the flow only that a leg rang. The
+# driver still reads a Dial when one comes (an Asterisk that refused the filter).
+ARI_EVENTS = frozenset({"StasisStart", *GONE_EVENTS})
 
 
 @dataclass(frozen=True, slots=True)
