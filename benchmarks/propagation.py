@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import text
-
 from benchmarks.common import percentile
 from callrouter.directory.changes import CLIENT_STATUS_CHANNEL, DIRECTORY_CHANNEL
 from callrouter.directory.changes import build as build_changes
@@ -49,7 +47,7 @@ from callrouter.presence.build import listen_for_client_statuses
 from callrouter.presence.live import PresenceService
 from callrouter.presence.shared import ClientStatusStore
 from callrouter.presence.tracker import PresenceTracker
-from sandbox.router import throwaway_postgres
+from sandbox.router import throwaway_postgres, wipe_postgres
 
 P99_GOAL_MS = 100.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,16 +137,6 @@ def directory(users: int) -> DirectoryDocument:
     )
 
 
-async def _wipe(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
-
-
 class _Writer:
     """Router A: a process of its own making one change per request (``--writer``);
     it answers with ``time.monotonic()`` before the write and after its commit (one
@@ -217,7 +205,7 @@ async def measure_propagation(
     the benchmark's directory imported, else it must hold that directory already.
     """
     if wipe:
-        await _wipe(url)
+        await wipe_postgres(url)
         await upgrade(url)
     doc = directory(users)
     engine = create_engine(url)

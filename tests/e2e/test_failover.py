@@ -15,6 +15,7 @@ import signal
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,6 +47,15 @@ async def fresh_directory(url: str, directory_yaml: str, workdir: Path) -> None:
     path = workdir / "directory.yaml"
     path.write_text(textwrap.dedent(directory_yaml))
     await in_process.load_directory(url, path, actor="test")
+
+
+async def start_active_and_standby(active: ServeProcess, standby: ServeProcess) -> dict[str, Any]:
+    """Start ``active``, then ``standby`` once the first one is active; the standby's
+    health."""
+    await active.start()
+    await active.wait_role("active")
+    await standby.start()
+    return await standby.wait_role("standby")
 
 
 @pytest.fixture
@@ -82,10 +92,7 @@ async def test_kill_9_of_the_active_router_while_a_call_rings_the_standby_takes_
         tmp_path,
     )
     a, b = pair
-    await a.start()
-    await a.wait_role("active")
-    await b.start()
-    standby = await b.wait_role("standby")
+    standby = await start_active_and_standby(a, b)
     assert standby["since"] is not None
     assert (await a.health() or {}).get("role") == "active"
 
@@ -141,10 +148,7 @@ async def test_a_conversation_connected_by_a_killed_router_ends_when_one_side_ha
         tmp_path,
     )
     a, b = pair
-    await a.start()
-    await a.wait_role("active")
-    await b.start()
-    await b.wait_role("standby")
+    await start_active_and_standby(a, b)
     call = await caller.call("881", asterisk.sip_port)
     await call.wait_answered(timeout=10)
     # The caller hears 200 OK when A answers it, a moment before A bridges the two.
@@ -186,10 +190,7 @@ async def test_sigterm_of_the_active_router_hands_its_calls_to_the_standby_at_on
     a, b = pair
     for router in pair:
         router.settings = router.settings.model_copy(update={"shutdown_grace": 20.0})
-    await a.start()
-    await a.wait_role("active")
-    await b.start()
-    await b.wait_role("standby")
+    await start_active_and_standby(a, b)
     call = await caller.call("871", asterisk.sip_port)
     await desk.wait_for("INVITE", timeout=10)
     assert a.process is not None
@@ -224,10 +225,7 @@ async def test_a_frozen_active_router_is_replaced_and_steps_down_when_it_wakes(
         tmp_path,
     )
     a, b = pair
-    await a.start()
-    await a.wait_role("active")
-    await b.start()
-    await b.wait_role("standby")
+    await start_active_and_standby(a, b)
     assert a.process is not None
     a.process.send_signal(signal.SIGSTOP)
     try:
@@ -267,10 +265,7 @@ async def test_a_login_through_the_standby_rings_the_workplace_on_the_active_rou
         tmp_path,
     )
     active, standby = pair
-    await active.start()
-    await active.wait_role("active")
-    await standby.start()
-    await standby.wait_role("standby")
+    await start_active_and_standby(active, standby)
     async with httpx.AsyncClient(
         base_url=standby.api_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
     ) as api:

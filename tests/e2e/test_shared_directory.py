@@ -22,9 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
 
-from callrouter.directory.database import create_engine
 from callrouter.domain.presence import ClientStatus
 from sandbox.asterisk import AsteriskSandbox
 from sandbox.phones import CallFailed
@@ -34,6 +32,7 @@ from sandbox.router import (
     load_directory,
     sandbox_settings,
     start_router,
+    wipe_postgres,
 )
 from tests.conftest import POSTGRES_ENV
 from tests.e2e.conftest import MakePhones, e2e_required, until
@@ -60,13 +59,7 @@ async def two_routers(
         if e2e_required():
             pytest.fail(f"two routers need a PostgreSQL directory: set {POSTGRES_ENV}")
         pytest.skip(f"two routers need a PostgreSQL directory: set {POSTGRES_ENV}")
-    wipe = create_engine(POSTGRES_URL)
-    try:
-        async with wipe.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await wipe.dispose()
+    await wipe_postgres(POSTGRES_URL)
     directory_file, rules_file = tmp_path / "directory.yaml", tmp_path / "rules.yaml"
     directory_file.write_text(textwrap.dedent(DIRECTORY))
     rules_file.write_text("defaults: {timeout: 20}\n")
