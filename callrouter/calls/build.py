@@ -21,6 +21,7 @@ def build(
     metrics: Metrics | None = None,
     overload: OverloadLimits | None = None,
     timezone: str | None = None,
+    node: str | None = None,
 ) -> CallIntake:
     """``timezone``: the IANA zone that schedules (when:/unless:) are read in; None: the
     machine's."""
@@ -32,6 +33,7 @@ def build(
         metrics=metrics,
         overload=overload,
         local_time=lambda: datetime.now(zone).astimezone(zone),
+        node=node,
     )
     ari.on_event = intake.on_event
     ari.on_connected = intake.on_connected

@@ -183,7 +183,9 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
     return problems
 
 
-def _nodes(doc: DirectoryDocument, unchecked: Unchecked, repeated: Container[Path]) -> list[Problem]:
+def _nodes(
+    doc: DirectoryDocument, unchecked: Unchecked, repeated: Container[Path]
+) -> list[Problem]:
     """A node lists phones the file names, each on one node only."""
     problems: list[Problem] = []
     named = {endpoint for _, endpoint in named_phones(doc)}
@@ -195,9 +197,7 @@ def _nodes(doc: DirectoryDocument, unchecked: Unchecked, repeated: Container[Pat
         first.setdefault(endpoint, node)
         if path in repeated:
             where = "on this node" if first[endpoint] == node else f"on node {first[endpoint]}"
-            problems.append(
-                Problem(path, f"{endpoint} is listed twice: it is already {where}")
-            )
+            problems.append(Problem(path, f"{endpoint} is listed twice: it is already {where}"))
         elif complete and endpoint not in named:
             problems.append(
                 Problem(

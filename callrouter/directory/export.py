@@ -38,9 +38,7 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
     slug_of = {id_: slug for slug, (id_, _) in state.workplaces.items()}
     ext_of = {id_: ext for ext, (id_, _) in state.users.items()}
 
-    phones = phones_by_owner(
-        (endpoint, *values) for endpoint, (_, values) in state.phones.items()
-    )
+    phones = phones_by_owner((endpoint, *values) for endpoint, (_, values) in state.phones.items())
     user_phones, workplace_phones, unassigned = phones.users, phones.workplaces, phones.unassigned
 
     def sorted_names(values: Iterable[str]) -> tuple[str, ...]:

@@ -75,10 +75,11 @@ class DirectorySnapshot:
         return user.phones + tuple(p for p in workplace.phones if p not in user.phones)
 
     def on_node(self, endpoint: str, node: str | None) -> bool:
-        """Whether the router of ``node`` (None: a router without a node) can dial
-        ``endpoint`` on its own Asterisk: phones without a node are on every one."""
+        """Whether the router of ``node`` can dial ``endpoint`` on its own Asterisk:
+        phones without a node are on every one; ``node`` None (a router of a single
+        Asterisk) dials every phone."""
         phone_node = self.phone_nodes.get(endpoint)
-        return phone_node is None or phone_node == node
+        return node is None or phone_node is None or phone_node == node
 
     def phone_owners(self) -> dict[str, PhoneOwner]:
         """Every assigned phone with its owner (computed; used for checks, not per call)."""
