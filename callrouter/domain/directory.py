@@ -81,6 +81,10 @@ class DirectorySnapshot:
         phone_node = self.phone_nodes.get(endpoint)
         return node is None or phone_node is None or phone_node == node
 
+    def nodes(self) -> frozenset[str]:
+        """Every node the directory puts a phone on."""
+        return frozenset(self.phone_nodes.values())
+
     def phone_owners(self) -> dict[str, PhoneOwner]:
         """Every assigned phone with its owner (computed; used for checks, not per call)."""
         owners: dict[str, PhoneOwner] = {}

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from callrouter.calls.build import warn_if_unknown_node
 from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.domain.presence import DeviceState
 from callrouter.fallback.entries import FallbackEntry, fallback_entries
@@ -123,3 +126,13 @@ def test_the_fallback_of_a_node_dials_only_its_phones() -> None:
         "205": FallbackEntry("PJSIP/desk1-hamburg", 20),
     }
     assert set(fallback_entries(SNAPSHOT, rules())) == {"201", "202", "205"}
+
+
+def test_a_router_of_a_node_the_directory_does_not_know_is_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert SNAPSHOT.nodes() == {"berlin", "hamburg"}
+    assert not warn_if_unknown_node(SNAPSHOT, "berlin")
+    assert not warn_if_unknown_node(DirectorySnapshot(), "berlin")  # no nodes at all
+    assert warn_if_unknown_node(SNAPSHOT, "berlni")
+    assert "node berlni has no phone in the directory (its nodes: berlin, hamburg)" in (caplog.text)
