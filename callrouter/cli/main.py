@@ -283,8 +283,8 @@ def plan(
     router; without one, or with --ignore-presence, the rule alone is shown.
     """
     from callrouter.domain.endpoint import endpoint_problem
-    from callrouter.routing.plan import CallContext
     from callrouter.domain.identifiers import node_problem
+    from callrouter.routing.plan import CallContext
     from callrouter.routing.resolver import resolve_plan
     from callrouter.routing.timeline import format_plan
     from callrouter.rules.loader import load_rules
