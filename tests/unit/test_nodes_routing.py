@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callrouter.calls.build import warn_if_unknown_node
 from callrouter.domain.directory import DirectorySnapshot, User, Workplace
@@ -16,6 +19,7 @@ from callrouter.routing.plan import PlanStatus
 from callrouter.routing.resolver import resolve_plan
 from callrouter.routing.timeline import format_plan
 from callrouter.rules.model import RingRules
+from tests.unit.test_resolver import USER_PHONES, WORKPLACE_PHONES, scenarios
 
 ANNA = User("201", "Anna", phones=("PJSIP/anna-berlin", "PJSIP/anna-hamburg", "PJSIP/anna-soft"))
 BORIS = User("202", "Boris", phones=("PJSIP/boris-hamburg",))
@@ -136,3 +140,28 @@ def test_a_router_of_a_node_the_directory_does_not_know_is_warned(
     assert not warn_if_unknown_node(DirectorySnapshot(), "berlin")  # no nodes at all
     assert warn_if_unknown_node(SNAPSHOT, "berlni")
     assert "node berlni has no phone in the directory (its nodes: berlin, hamburg)" in (caplog.text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scenarios(),
+    st.dictionaries(st.sampled_from(USER_PHONES + WORKPLACE_PHONES), st.sampled_from(["a", "b"])),
+    st.sampled_from(["a", "b"]),
+)
+def test_no_leg_is_on_another_node(
+    scenario: tuple[DirectorySnapshot, RingRules, str | None],
+    phone_nodes: dict[str, str],
+    node: str,
+) -> None:
+    snap, r, caller = scenario
+    snap = replace(snap, phone_nodes=phone_nodes)
+    everywhere = resolve_plan(snap, r, "100", caller=caller)
+    here = resolve_plan(snap, r, "100", caller=caller, node=node)
+    for leg in here.legs:
+        assert phone_nodes.get(leg.endpoint, node) == node
+    # What is left out is exactly the phones of the other node the rule would ring.
+    rung = {leg.endpoint for leg in everywhere.legs}
+    assert set(here.elsewhere) == {e for e in rung if phone_nodes.get(e, node) != node}
+    assert {leg.endpoint for leg in here.legs} == rung - set(here.elsewhere)
+    # Leaving phones out never makes a plan ring longer.
+    assert here.stop <= everywhere.stop
