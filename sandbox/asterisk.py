@@ -730,12 +730,8 @@ class AsteriskSandbox:
             raise SandboxError(f"dialplan reload failed: {out.strip()}\n{self.log_tail()}")
 
     def set_nodes_conf(self, text: str) -> None:
-        """Set pjsip_nodes.conf (see :func:`link_nodes`), before :meth:`start`.
-
-        Measured on Asterisk 22.10: a reload (res_pjsip, res_pjsip_outbound_publish,
-        res_pjsip_publish_asterisk) of a running Asterisk loads the sections but
-        starts no outbound publication, so the file is only read at start.
-        """
+        """Set pjsip_nodes.conf (see :func:`link_nodes`), before :meth:`start`
+        (the ports it names are fixed by then; the tests link fresh sandboxes)."""
         if self.running:
             raise SandboxError(f"{self!r} is running: set its nodes before start()")
         self._nodes_conf = text
