@@ -96,7 +96,7 @@ class Router:
             changes=self.changes,
             metrics=metrics,
         )
-        self.fallback = build_fallback(self.ami, live)
+        self.fallback = build_fallback(self.ami, live, node=settings.node)
         self.intake = build_calls(
             self.ari,
             live,
@@ -109,6 +109,7 @@ class Router:
                 recover=settings.overload_recover,
             ),
             timezone=settings.timezone,
+            node=settings.node,
         )
         # ARI checks that a FastAGI session is a real call on this Asterisk.
         self.login_parts = build_logins(settings, live, self.ari, metrics=metrics)

@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from callrouter.domain.identifiers import NodeName
+
 DEFAULT_DB = "sqlite:///./callrouter.db"
 DEFAULT_RULES = "./rules.yaml"
 
@@ -96,6 +98,10 @@ class Settings(BaseSettings):
     # The web client's session cookie only over HTTPS (set it behind a TLS proxy).
     api_cookie_secure: bool = False
 
+    # Several Asterisks on one directory: the node (the directory's ``nodes``) whose
+    # Asterisk this router serves; it dials only the phones of its node and those
+    # without one.  None: one Asterisk, every phone is dialled.
+    node: NodeName | None = None
     # How often the shared directory is checked for changes made elsewhere (seconds).
     directory_poll_interval: float = Field(default=0.5, gt=0, le=60)
     # When the database cannot be reached the router routes by its snapshot; it counts

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -318,6 +319,25 @@ def set_option(text: str, section: str, key: str, value: str) -> str:
     raise SandboxError(f"template has no '{key}' in [{section}]; cannot set it to {value!r}")
 
 
+def uncomment_option(text: str, section: str, key: str, value: str) -> str:
+    """Return config ``text`` with the commented-out ``;key = ...`` of ``[section]``
+    written as ``key = value`` (for options a template leaves off by default)."""
+    lines = text.splitlines(keepends=True)
+    current: str | None = None
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped[1 : stripped.index("]")] if "]" in stripped else None
+        elif (
+            current == section
+            and stripped.startswith(";")
+            and stripped[1:].partition("=")[0].strip() == key
+        ):
+            lines[index] = f"{key} = {value}\n"
+            return "".join(lines)
+    raise SandboxError(f"template has no ';{key}' in [{section}]; cannot set it to {value!r}")
+
+
 @dataclass(frozen=True)
 class SandboxPorts:
     """Loopback ports of one sandbox."""
@@ -369,6 +389,9 @@ class Endpoint:
 # ---------------------------------------------------------------------------------------
 
 PHONES_FILE = "pjsip_phones.conf"
+#: Device states shared with other sandboxes (:func:`link_nodes`), from this example.
+NODES_FILE = "pjsip_nodes.conf"
+NODES_EXAMPLE = CONFIG_TEMPLATE_DIR / "pjsip_nodes.conf.example"
 SANDBOX_DIALPLAN_FILE = "extensions_sandbox.conf"
 _RUN_SUBDIRS = ("etc", "run", "log", "spool", "lib", "lib/keys", "cache")
 
@@ -427,6 +450,10 @@ class AsteriskSandbox:
         self._extra_dialplan = ""
         self._qualified: set[str] = set()
         self._endpoints: dict[str, Endpoint] = {}
+        #: Asterisk's entity id, its own per instance: device states shared between
+        #: sandboxes (:func:`link_nodes`) are told apart by it.
+        self.entity_id = "02:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
+        self._nodes_conf = ""
 
     # -- addresses --------------------------------------------------------------------
 
@@ -702,6 +729,13 @@ class AsteriskSandbox:
         if "Dialplan reloaded" not in out:
             raise SandboxError(f"dialplan reload failed: {out.strip()}\n{self.log_tail()}")
 
+    def set_nodes_conf(self, text: str) -> None:
+        """Set pjsip_nodes.conf (see :func:`link_nodes`), before :meth:`start`
+        (the ports it names are fixed by then; the tests link fresh sandboxes)."""
+        if self.running:
+            raise SandboxError(f"{self!r} is running: set its nodes before start()")
+        self._nodes_conf = text
+
     def log_tail(self, lines: int = 40) -> str:
         """The end of Asterisk's messages.log and of its stdout, for error messages."""
         parts = []
@@ -774,12 +808,20 @@ class AsteriskSandbox:
         ):
             edit("asterisk.conf", "directories", key, f"{inside}/{sub}")
         edit("asterisk.conf", "options", "verbose", str(self.verbose))
+        conf = etc / "asterisk.conf"
+        conf.write_text(
+            uncomment_option(
+                conf.read_text(encoding="utf-8"), "options", "entityid", self.entity_id
+            ),
+            encoding="utf-8",
+        )
         edit("http.conf", "general", "bindport", str(self.ports.http))
         edit("manager.conf", "general", "port", str(self.ports.ami))
         edit("manager.conf", "callrouter", "secret", self.ami_secret)
         edit("ari.conf", "callrouter", "password", self.ari_password)
         edit("pjsip.conf", "transport-udp", "bind", f"127.0.0.1:{self.ports.sip}")
         (etc / PHONES_FILE).write_text(self._phones_conf(), encoding="utf-8")
+        (etc / NODES_FILE).write_text(self._nodes_conf, encoding="utf-8")
         (etc / SANDBOX_DIALPLAN_FILE).write_text(self._extra_dialplan, encoding="utf-8")
         for path in etc.iterdir():
             path.chmod(0o600)  # holds this instance's secrets
@@ -890,6 +932,46 @@ class AsteriskSandbox:
                 continue
         self._process = None
         _RUNNING.discard(self)
+
+
+def node_conf(self_name: str, self_port: int, peer_name: str, peer_port: int) -> str:
+    """asterisk-config/pjsip_nodes.conf.example for node ``self_name`` (SIP on
+    127.0.0.1:``self_port``) sharing device states with ``peer_name``."""
+    for name in (self_name, peer_name):
+        if not _valid_phone_name(name):
+            raise ValueError(f"node name {name!r}: use letters, digits, '-' and '_'")
+    if self_name == peer_name:
+        raise ValueError(f"a node cannot share device states with itself ({self_name!r})")
+    example = NODES_EXAMPLE.read_text(encoding="utf-8")
+    values = {
+        "node-a": self_name,
+        "node-b": peer_name,
+        "192.0.2.1:5060": f"127.0.0.1:{self_port}",
+        "192.0.2.2:5060": f"127.0.0.1:{peer_port}",
+        "192.0.2.2": "127.0.0.1",
+    }
+    missing = [token for token in values if token not in example]
+    if missing:
+        raise SandboxError(f"{NODES_EXAMPLE} no longer names {missing}; update node_conf()")
+    pattern = re.compile("|".join(re.escape(token) for token in values))
+    return pattern.sub(lambda found: values[found.group(0)], example)
+
+
+def link_nodes(
+    first: AsteriskSandbox, first_name: str, second: AsteriskSandbox, second_name: str
+) -> None:
+    """Make two sandboxes share their PJSIP device states both ways
+    (res_pjsip_publish_asterisk, configured from pjsip_nodes.conf.example).
+
+    Call it before either starts.  Their ports are fixed from now on: each names
+    the other's SIP port, so a port taken meanwhile fails the start instead of
+    being picked again.
+    """
+    for sandbox in (first, second):
+        ports = sandbox.ports
+        sandbox._fixed_ports = (ports.http, ports.ami, ports.sip)
+    first.set_nodes_conf(node_conf(first_name, first.sip_port, second_name, second.sip_port))
+    second.set_nodes_conf(node_conf(second_name, second.sip_port, first_name, first.sip_port))
 
 
 def _cli_quote(value: str) -> str:

@@ -65,8 +65,10 @@ class CallIntake:
         overload: OverloadLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         local_time: Callable[[], datetime] | None = None,
+        node: str | None = None,
     ) -> None:
         self.ari = ari
+        self.node = node  # phones of other nodes are not dialled from here
         self.routing_state = routing_state  # the snapshot and rules in force now
         self.presence = presence
         self.metrics = metrics if metrics is not None else Metrics()
@@ -160,6 +162,7 @@ class CallIntake:
             caller_endpoint(channel.name),
             presence=self.presence,
             call=self.call_context(snapshot, channel, kind),
+            node=self.node,
         )
         call_id = channel.id
         driver = CallDriver(

@@ -237,6 +237,11 @@ def _router_option(help_text: str) -> Callable[[Callable[P, T]], Callable[P, T]]
 @main.command()
 @click.argument("extension")
 @click.option("--caller", help="The calling endpoint, which is never rung.")
+@click.option(
+    "--node",
+    envvar="CALLROUTER_NODE",
+    help="Plan as the router of this node would (phones of other nodes left out).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option(
     "--ignore-presence",
@@ -265,6 +270,7 @@ def plan(
     obj: dict[str, Any],
     extension: str,
     caller: str | None,
+    node: str | None,
     as_json: bool,
     ignore_presence: bool,
     external: bool,
@@ -277,6 +283,7 @@ def plan(
     router; without one, or with --ignore-presence, the rule alone is shown.
     """
     from callrouter.domain.endpoint import endpoint_problem
+    from callrouter.domain.identifiers import node_problem
     from callrouter.routing.plan import CallContext
     from callrouter.routing.resolver import resolve_plan
     from callrouter.routing.timeline import format_plan
@@ -285,6 +292,8 @@ def plan(
 
     if caller is not None and (problem := endpoint_problem(caller)) is not None:
         raise click.BadParameter(problem, param_hint="--caller")
+    if node is not None and (problem := node_problem(node)) is not None:
+        raise click.BadParameter(problem, param_hint="--node")
     rules_path: Path = obj["rules"]
     if rules_path.exists() or obj["rules_given"]:
         ring_rules = load_rules(rules_path)
@@ -299,7 +308,9 @@ def plan(
             click.echo(f"note: presence not applied ({why_not}); showing the rule alone", err=True)
     internal = not external and (caller is None or caller in snapshot.phone_owners())
     context = CallContext(internal=internal, at=_local_time(at_text))
-    result = resolve_plan(snapshot, ring_rules, extension, caller, presence=presence, call=context)
+    result = resolve_plan(
+        snapshot, ring_rules, extension, caller, presence=presence, call=context, node=node
+    )
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:

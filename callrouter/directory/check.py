@@ -83,7 +83,15 @@ def _unique_names(doc: DirectoryDocument) -> list[tuple[str, Iterable[tuple[Path
         ),
         ("phone", named_phones(doc)),
         ("login workplace", ((("logins", ext), slug) for ext, slug in doc.logins.items())),
+        ("node phone", node_phones(doc)),
     ]
+
+
+def node_phones(doc: DirectoryDocument) -> Iterator[tuple[Path, str]]:
+    """(path, endpoint) of every phone ``doc`` puts on a node."""
+    for node, endpoints in doc.nodes.items():
+        for j, endpoint in enumerate(endpoints):
+            yield ("nodes", node, j), endpoint
 
 
 def named_phones(doc: DirectoryDocument) -> Iterator[tuple[Path, str]]:
@@ -171,6 +179,33 @@ def check_document(doc: DirectoryDocument, *, unchecked: Unchecked = Unchecked()
 
     problems += _phones_assigned_once(doc, repeated)
     problems += _logins(doc, users, workplaces, roles, unchecked, repeated)
+    problems += _nodes(doc, unchecked, repeated)
+    return problems
+
+
+def _nodes(
+    doc: DirectoryDocument, unchecked: Unchecked, repeated: Container[Path]
+) -> list[Problem]:
+    """A node lists phones the file names, each on one node only."""
+    problems: list[Problem] = []
+    named = {endpoint for _, endpoint in named_phones(doc)}
+    # Entries left out for their own errors may have named the phone.
+    complete = not (unchecked.extensions or unchecked.workplaces)
+    first: dict[str, str] = {}  # endpoint -> its node
+    for path, endpoint in node_phones(doc):
+        node = str(path[1])
+        first.setdefault(endpoint, node)
+        if path in repeated:
+            where = "on this node" if first[endpoint] == node else f"on node {first[endpoint]}"
+            problems.append(Problem(path, f"{endpoint} is listed twice: it is already {where}"))
+        elif complete and endpoint not in named:
+            problems.append(
+                Problem(
+                    path,
+                    f"{endpoint} is on node {node} but is none of this file's phones; "
+                    "list it under a user, a workplace or phones first",
+                )
+            )
     return problems
 
 

@@ -20,6 +20,7 @@ from callrouter.domain.identifiers import (
     DisplayName,
     Endpoint,
     Extension,
+    NodeName,
     RoleName,
     WorkplaceCode,
     WorkplaceId,
@@ -94,3 +95,6 @@ class DirectoryDocument(_Strict):
     workplaces: tuple[WorkplaceEntry, ...] = ()
     phones: tuple[Endpoint, ...] = ()  # known but unassigned phones
     logins: dict[Extension, WorkplaceId] = {}  # extension -> workplace id
+    # node -> the phones on that node's Asterisk (several Asterisks on one
+    # directory); a phone listed under no node is on every router's own Asterisk.
+    nodes: dict[NodeName, tuple[Endpoint, ...]] = {}

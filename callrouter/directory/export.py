@@ -38,10 +38,7 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
     slug_of = {id_: slug for slug, (id_, _) in state.workplaces.items()}
     ext_of = {id_: ext for ext, (id_, _) in state.users.items()}
 
-    phones = phones_by_owner(
-        (endpoint, user_id, workplace_id)
-        for endpoint, (_, (user_id, workplace_id)) in state.phones.items()
-    )
+    phones = phones_by_owner((endpoint, *values) for endpoint, (_, values) in state.phones.items())
     user_phones, workplace_phones, unassigned = phones.users, phones.workplaces, phones.unassigned
 
     def sorted_names(values: Iterable[str]) -> tuple[str, ...]:
@@ -80,6 +77,9 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
             state.workplaces.items(), key=lambda i: _natural_key(i[0])
         )
     ]
+    nodes: dict[str, list[str]] = {}
+    for endpoint, node in phones.nodes.items():
+        nodes.setdefault(node, []).append(endpoint)
     logins = {
         ext_of[user_id]: slug_of[workplace_id]
         for user_id, (workplace_id, _) in state.logins.items()
@@ -89,5 +89,6 @@ async def export_document(engine: AsyncEngine) -> DirectoryDocument:
         users=tuple(users),
         workplaces=tuple(workplaces),
         phones=sorted_names(unassigned),
+        nodes={node: sorted_names(nodes[node]) for node in sorted(nodes, key=_natural_key)},
         logins={ext: logins[ext] for ext in sorted(logins, key=_natural_key)},
     )

@@ -367,24 +367,27 @@ class _Importer:
         }
 
     async def _wanted_phones(self) -> dict[str, tuple[Any, ...]]:
-        """endpoint -> (user id, workplace id) for every phone whose owner the file decides."""
+        """endpoint -> (user id, workplace id, node) for every phone whose owner the file
+        decides; the file decides the node of each phone it names (none listed: NULL)."""
         user_ids, workplace_ids = await self._ids_of(USERS), await self._ids_of(WORKPLACES)
-        owners: dict[str, tuple[int | None, int | None]] = {}
+        node_of = {endpoint: node for node, phones in self.doc.nodes.items() for endpoint in phones}
+        owners: dict[str, tuple[int | None, int | None, str | None]] = {}
         if not self.prune:  # with prune, the phones the file does not name are gone
-            # Phones of entries the file names but no longer lists there: unassigned.
+            # Phones of entries the file names but no longer lists there: unassigned,
+            # on the node they were on.
             doc_user_ids = {user_ids[ext] for ext in self.doc_users}
             doc_workplace_ids = {workplace_ids[slug] for slug in self.doc_workplaces}
-            for endpoint, (_, (user_id, workplace_id)) in self.state.phones.items():
+            for endpoint, (_, (user_id, workplace_id, node)) in self.state.phones.items():
                 if user_id in doc_user_ids or workplace_id in doc_workplace_ids:
-                    owners[endpoint] = (None, None)
+                    owners[endpoint] = (None, None, node)
         for user in self.doc.users:
             for endpoint in user.phones:
-                owners[endpoint] = (user_ids[user.extension], None)
+                owners[endpoint] = (user_ids[user.extension], None, node_of.get(endpoint))
         for workplace in self.doc.workplaces:
             for endpoint in workplace.phones:
-                owners[endpoint] = (None, workplace_ids[workplace.id])
+                owners[endpoint] = (None, workplace_ids[workplace.id], node_of.get(endpoint))
         for endpoint in self.doc.phones:
-            owners[endpoint] = (None, None)
+            owners[endpoint] = (None, None, node_of.get(endpoint))
         return dict(sorted(owners.items()))
 
     async def _sync_role_workplaces(self, *, counted: set[int]) -> None:

@@ -49,6 +49,7 @@ from callrouter.domain.identifiers import (
     CLIENT_ID_LENGTH,
     ENDPOINT_LENGTH,
     NAME_LENGTH,
+    NODE_LENGTH,
     ROLE_NAME_LENGTH,
     WORKPLACE_ID_LENGTH,
 )
@@ -169,6 +170,9 @@ class PhoneRow(Base):
     workplace_id: Mapped[int | None] = mapped_column(
         ForeignKey("workplaces.id", ondelete="SET NULL"), index=True
     )
+    # The Asterisk the phone is registered with, when several share the directory;
+    # NULL: the phone is on every router's own Asterisk (one node, the default).
+    node: Mapped[str | None] = mapped_column(String(NODE_LENGTH))
 
 
 class LoginRow(Base):

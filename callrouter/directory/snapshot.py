@@ -38,7 +38,9 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
         user_rows = (
             await conn.execute(select(u.c.id, u.c.extension, u.c.name, u.c.role_id, u.c.pin_hash))
         ).all()
-        phone_rows = (await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id))).all()
+        phone_rows = (
+            await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id, p.c.node))
+        ).all()
         login_rows = (await conn.execute(select(lg.c.user_id, lg.c.workplace_id))).all()
 
     owned = phones_by_owner(phone_rows)
@@ -84,6 +86,7 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
         roles=roles,
         logins=logins,
         unassigned_phones=tuple(sorted(unassigned)),
+        phone_nodes={endpoint: intern(node) for endpoint, node in owned.nodes.items()},
         revision=revision,
         content_revision=content_revision,
     )

@@ -34,7 +34,7 @@ class Entity:
 ROLES = Entity(s.roles, "name", ("restricted",))
 WORKPLACES = Entity(s.workplaces, "slug", ("name", "code"), parked=("code",))
 USERS = Entity(s.users, "extension", ("name", "role_id", "pin_hash"))
-PHONES = Entity(s.phones, "endpoint", ("user_id", "workplace_id"))
+PHONES = Entity(s.phones, "endpoint", ("user_id", "workplace_id", "node"))
 ENTITIES = (ROLES, WORKPLACES, USERS, PHONES)
 
 # (id, the values of the entity's columns): one row, by its key.
@@ -93,12 +93,15 @@ class PhonesByOwner:
     users: dict[int, list[str]]
     workplaces: dict[int, list[str]]
     unassigned: list[str]
+    nodes: dict[str, str]  # endpoint -> node, for the phones that have one
 
 
 def phones_by_owner(rows: Iterable[Sequence[Any]]) -> PhonesByOwner:
-    """Group (endpoint, user id, workplace id) rows; a phone has one owner at most."""
-    grouped = PhonesByOwner({}, {}, [])
-    for endpoint, user_id, workplace_id in rows:
+    """Group (endpoint, user id, workplace id, node) rows; a phone has one owner at most."""
+    grouped = PhonesByOwner({}, {}, [], {})
+    for endpoint, user_id, workplace_id, node in rows:
+        if node is not None:
+            grouped.nodes[endpoint] = node
         if user_id is not None:
             grouped.users.setdefault(user_id, []).append(endpoint)
         elif workplace_id is not None:

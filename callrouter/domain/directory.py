@@ -53,6 +53,9 @@ class DirectorySnapshot:
     roles: Mapping[str, Role] = field(default_factory=dict)  # by name
     logins: Mapping[str, str] = field(default_factory=dict)  # extension -> workplace id
     unassigned_phones: tuple[str, ...] = ()
+    # endpoint -> node (the Asterisk it is on), for phones that have one; a phone
+    # without is on every router's own Asterisk (a directory of one node).
+    phone_nodes: Mapping[str, str] = field(default_factory=dict)
     revision: int = 0  # the directory's change counter when this snapshot was read
     content_revision: int = 0  # the last change to anything but the logins
 
@@ -70,6 +73,17 @@ class DirectorySnapshot:
         if workplace is None:
             return user.phones
         return user.phones + tuple(p for p in workplace.phones if p not in user.phones)
+
+    def on_node(self, endpoint: str, node: str | None) -> bool:
+        """Whether the router of ``node`` can dial ``endpoint`` on its own Asterisk:
+        phones without a node are on every one; ``node`` None (a router of a single
+        Asterisk) dials every phone."""
+        phone_node = self.phone_nodes.get(endpoint)
+        return node is None or phone_node is None or phone_node == node
+
+    def nodes(self) -> frozenset[str]:
+        """Every node the directory puts a phone on."""
+        return frozenset(self.phone_nodes.values())
 
     def phone_owners(self) -> dict[str, PhoneOwner]:
         """Every assigned phone with its owner (computed; used for checks, not per call)."""

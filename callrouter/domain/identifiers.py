@@ -40,6 +40,9 @@ NAME_LENGTH = 200
 ROLE_NAME_LENGTH = 64
 CLIENT_ID_LENGTH = 64
 CLIENT_ID_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{CLIENT_ID_LENGTH}}}")
+# A node: one Asterisk (with its routers) of several on one directory.
+NODE_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+NODE_LENGTH = 32
 
 
 def extension_problem(value: str) -> str | None:
@@ -61,6 +64,15 @@ def workplace_code_problem(value: str) -> str | None:
     if WORKPLACE_CODE_PATTERN.fullmatch(value):
         return None
     return f"workplace code {value!r} must be 1 to 10 digits"
+
+
+def node_problem(value: str) -> str | None:
+    if NODE_PATTERN.fullmatch(value):
+        return None
+    return (
+        f"node {value!r} must be a slug: lower-case letters, digits and inner hyphens, "
+        f"at most {NODE_LENGTH} characters, e.g. berlin-1"
+    )
 
 
 def stored_endpoint_problem(value: str) -> str | None:
@@ -144,6 +156,11 @@ Endpoint = Annotated[
     str,
     AfterValidator(_checked(stored_endpoint_problem)),
     _schema(None, ENDPOINT_LENGTH, "PJSIP/desk-12"),
+]
+NodeName = Annotated[
+    str,
+    AfterValidator(_checked(node_problem)),
+    _schema(NODE_PATTERN, NODE_LENGTH, "berlin-1"),
 ]
 DisplayName = Annotated[
     str,

@@ -7,8 +7,8 @@ from callrouter.directory.live import LiveDirectory
 from callrouter.fallback.service import FallbackService
 
 
-def build(ami: AmiClient, live: LiveDirectory) -> FallbackService:
-    service = FallbackService(ami, live)
+def build(ami: AmiClient, live: LiveDirectory, *, node: str | None = None) -> FallbackService:
+    service = FallbackService(ami, live, node=node)
     live.subscribe(service.directory_changed)
     ami.on_connected = service.on_ami_connected
     return service

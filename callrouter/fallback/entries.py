@@ -28,15 +28,22 @@ class FallbackEntry:
 
 
 def fallback_entries(
-    snapshot: DirectorySnapshot, rules: RingRules, only: Iterable[str] | None = None
+    snapshot: DirectorySnapshot,
+    rules: RingRules,
+    only: Iterable[str] | None = None,
+    *,
+    node: str | None = None,
 ) -> dict[str, FallbackEntry]:
     """For every user with a phone (or those in ``only``): all their phones at once
-    (direct and current workplace), for as long as their ring plan would ring."""
+    (direct and current workplace) that ``node``'s Asterisk can dial, for as long as
+    their ring plan would ring."""
     entries: dict[str, FallbackEntry] = {}
     extensions = snapshot.users if only is None else (e for e in only if e in snapshot.users)
     for extension in extensions:
         # Validated on the way in; checked again because this ends up in Dial().
-        phones = [p for p in snapshot.phones_of(extension) if is_endpoint(p)]
+        phones = [
+            p for p in snapshot.phones_of(extension) if is_endpoint(p) and snapshot.on_node(p, node)
+        ]
         if not phones:
             continue
         plan = resolve_plan(snapshot, rules, extension)

@@ -16,18 +16,21 @@ log = logging.getLogger(__name__)
 class FallbackService:
     """Keeps AstDB's fallback dial strings in step with the live directory and rules."""
 
-    def __init__(self, ami: AmiClient, live: LiveDirectory) -> None:
+    def __init__(self, ami: AmiClient, live: LiveDirectory, *, node: str | None = None) -> None:
         self.live = live
+        self.node = node
         self.publisher = FallbackPublisher(ami)
         self.tasks = TaskSet("fallback")
 
     async def on_ami_connected(self) -> None:
         """After every AMI login: read back what Asterisk has, then fix the differences."""
-        await self.publisher.resync(fallback_entries(self.live.snapshot, self.live.rules))
+        await self.publisher.resync(
+            fallback_entries(self.live.snapshot, self.live.rules, node=self.node)
+        )
 
     def directory_changed(self, concerned: frozenset[str] | None) -> None:
         """Only the users a change concerns are worked out again (None: everyone)."""
-        entries = fallback_entries(self.live.snapshot, self.live.rules, concerned)
+        entries = fallback_entries(self.live.snapshot, self.live.rules, concerned, node=self.node)
         self.tasks.spawn(self._publish(entries, concerned), "fallback-publish")
 
     async def _publish(

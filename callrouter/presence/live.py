@@ -65,6 +65,10 @@ class PresenceService:
         # PJSIP contacts by endpoint (URI -> up?): an endpoint whose every contact is
         # down is UNAVAILABLE, whatever its last device state event said.
         self._contacts: dict[str, dict[str, bool]] = {}
+        # Device states set while a resync reads Asterisk's lists, one dict per resync
+        # in progress: they are newer than the lists (remote nodes' states arrive at
+        # any time), so the resync applies them over what it read.
+        self._set_during_resync: list[dict[str, DeviceState]] = []
         self._tasks = TaskSet("presence")
         # Time from an event's arrival to the tracker holding its result (seconds),
         # for the benchmark and for operators; a bounded window.
@@ -100,7 +104,7 @@ class PresenceService:
         device = event.get("Device") or ""
         if device.startswith("Custom:"):
             return  # our own publications coming back
-        self._changed(self.tracker.set_device(device, DeviceState.parse(event.get("State") or "")))
+        self._set_device(device, DeviceState.parse(event.get("State") or ""))
         latencies = self.update_latencies
         latencies.append(time.perf_counter() - received)
         if len(latencies) > 10_000:
@@ -118,10 +122,15 @@ class PresenceService:
         else:
             contacts[uri] = status not in _CONTACT_DOWN
         if contacts and not any(contacts.values()):
-            self._changed(self.tracker.set_device(endpoint, DeviceState.UNAVAILABLE))
+            self._set_device(endpoint, DeviceState.UNAVAILABLE)
         elif any(contacts.values()) and not self.tracker.reachable(endpoint):
             # Back: free until a device state event says more.
-            self._changed(self.tracker.set_device(endpoint, DeviceState.NOT_INUSE))
+            self._set_device(endpoint, DeviceState.NOT_INUSE)
+
+    def _set_device(self, endpoint: str, state: DeviceState) -> None:
+        for newer in self._set_during_resync:
+            newer[endpoint] = state
+        self._changed(self.tracker.set_device(endpoint, state))
 
     async def _resync_quietly(self) -> None:
         assert self.ami is not None
@@ -136,21 +145,30 @@ class PresenceService:
     async def resync(self) -> None:
         """Rebuild every device state from Asterisk's own lists, then publish everyone.
 
-        ``DeviceStateList`` holds only the states Asterisk has cached; every PJSIP
-        endpoint's current state comes from ``PJSIPShowEndpoints``.
+        ``DeviceStateList`` holds only the states Asterisk has cached (those of other
+        nodes' phones too, see README "Several Asterisks"); every PJSIP endpoint's
+        current state comes from ``PJSIPShowEndpoints``.  Events that arrive while
+        the lists are read win over them.
         """
         assert self.ami is not None
-        items = await self.ami.send_list_action("DeviceStateList")
+        self._contacts.clear()
+        newer: dict[str, DeviceState] = {}
+        self._set_during_resync.append(newer)
+        try:
+            items = await self.ami.send_list_action("DeviceStateList")
+            endpoints = await self.ami.send_list_action("PJSIPShowEndpoints")
+        finally:
+            self._set_during_resync.remove(newer)
         states = {
             item.get("Device") or "": DeviceState.parse(item.get("State") or "")
             for item in items
             if not (item.get("Device") or "").startswith("Custom:")
         }
-        for item in await self.ami.send_list_action("PJSIPShowEndpoints"):
+        for item in endpoints:
             name = item.get("ObjectName")
             if name:
                 states[f"PJSIP/{name}"] = DeviceState.parse(item.get("DeviceState") or "")
-        self._contacts.clear()
+        states.update(newer)
         changed = self.tracker.replace_devices(states)
         log.info("presence resync: %d device states, %d users changed", len(states), len(changed))
         self._published.clear()  # Asterisk may have restarted: publish everybody again

@@ -64,6 +64,8 @@ class RingPlan:
     unreachable: tuple[str, ...] = ()
     # Rule entries that do not apply to this call, each with why (calls:, when:).
     skipped: tuple[str, ...] = ()
+    # Phones left out because they are on another node's Asterisk than the call.
+    elsewhere: tuple[str, ...] = ()
 
     @property
     def stop(self) -> float:
@@ -79,6 +81,7 @@ class RingPlan:
             "legs": [leg.to_json() for leg in self.legs],
             "unreachable": list(self.unreachable),
             "skipped": list(self.skipped),
+            "elsewhere": list(self.elsewhere),
         }
 
 

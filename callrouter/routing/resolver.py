@@ -11,6 +11,8 @@ out, and so is the silence they would have left: later entries move earlier.
 With presence: do-not-disturb and busy (call waiting off) end the plan before any
 phone rings; unreachable phones are left out, and where that leaves the caller in
 silence (an entry whose phones are all unreachable), later legs move earlier.
+With several Asterisks on one directory, phones on another ``node`` than the
+router's are left out the same way: this router's Asterisk cannot dial them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def resolve_plan(
     caller: str | None = None,
     presence: PresenceView | None = None,
     call: CallContext | None = None,
+    node: str | None = None,
 ) -> RingPlan:
     user = snapshot.users.get(extension)
     if user is None:
@@ -133,28 +136,34 @@ def resolve_plan(
         legs = cut_dead_air(legs, skipped_legs)
 
     unreachable: tuple[str, ...] = ()
-    if presence is not None:
+    elsewhere: tuple[str, ...] = ()
+    if node is not None and snapshot.phone_nodes:
+        elsewhere = tuple(
+            sorted({leg.endpoint for leg in legs if not snapshot.on_node(leg.endpoint, node)})
+        )
+    if presence is not None or elsewhere:
         # External numbers have no device state worth trusting: always dialled.
         external = (
             {expand_external(template, n) for n in _external_numbers(rules, extension, workplace)}
-            if template is not None
+            if template is not None and presence is not None
             else set()
         )
+        away = frozenset(elsewhere)
 
         def reachable(leg: Leg) -> bool:
-            return leg.endpoint in external or presence.reachable(leg.endpoint)
+            return presence is None or leg.endpoint in external or presence.reachable(leg.endpoint)
 
-        kept = [leg for leg in legs if reachable(leg)]
+        kept = [leg for leg in legs if leg.endpoint not in away and reachable(leg)]
         if len(kept) < len(legs):
-            removed = [leg for leg in legs if not reachable(leg)]
-            unreachable = tuple(sorted({leg.endpoint for leg in removed}))
+            removed = [leg for leg in legs if leg.endpoint in away or not reachable(leg)]
+            unreachable = tuple(sorted({leg.endpoint for leg in removed} - away))
             legs = cut_dead_air(kept, removed)
 
     merged = merge_legs(legs)
     if merged:
         status = PlanStatus.OK
     else:
-        status = PlanStatus.UNREACHABLE if unreachable else PlanStatus.NO_PHONES
+        status = PlanStatus.UNREACHABLE if unreachable or elsewhere else PlanStatus.NO_PHONES
     return RingPlan(
         extension,
         user.name,
@@ -164,6 +173,7 @@ def resolve_plan(
         tuple(warnings),
         unreachable,
         tuple(skipped),
+        elsewhere,
     )
 
 

@@ -44,5 +44,7 @@ def format_plan(plan: RingPlan) -> str:
     if plan.unreachable:
         lines.append(f"  not rung, unreachable now: {', '.join(plan.unreachable)}")
     lines += [f"  does not apply: {why}" for why in plan.skipped]
+    if plan.elsewhere:
+        lines.append(f"  not rung, on another node: {', '.join(plan.elsewhere)}")
     lines += [f"  warning: {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.asterisk import AsteriskSandbox, SandboxUnavailable, ensure_rootfs
+from sandbox.asterisk import AsteriskSandbox, SandboxUnavailable, ensure_rootfs, link_nodes
 from sandbox.phones import Behaviour, PhoneBank, SimulatedPhone
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -49,6 +49,12 @@ def e2e_required() -> bool:
     )
 
 
+def _unavailable(exc: SandboxUnavailable) -> None:
+    if e2e_required():
+        pytest.fail(f"sandbox Asterisk unavailable (required here): {exc.reason}")
+    pytest.skip(f"sandbox Asterisk unavailable: {exc.reason}")
+
+
 def started_sandbox(**options: Any) -> AsteriskSandbox:
     """A started sandbox Asterisk (``AsteriskSandbox`` options, loopback ports picked at
     random); skips the test where there is none, or fails where that is required."""
@@ -56,9 +62,7 @@ def started_sandbox(**options: Any) -> AsteriskSandbox:
         sandbox = AsteriskSandbox(ensure_rootfs(), **options)
         sandbox.start()
     except SandboxUnavailable as exc:
-        if e2e_required():
-            pytest.fail(f"sandbox Asterisk unavailable (required here): {exc.reason}")
-        pytest.skip(f"sandbox Asterisk unavailable: {exc.reason}")
+        _unavailable(exc)
     return sandbox
 
 
@@ -70,6 +74,36 @@ def asterisk() -> Iterator[AsteriskSandbox]:
         yield sandbox
     finally:
         sandbox.stop()
+
+
+#: The node names of ``asterisk_nodes`` (as the directory's ``nodes`` names them too).
+NODE_A, NODE_B = "node-a", "node-b"
+
+
+@pytest.fixture(scope="session")
+def asterisk_nodes() -> Iterator[tuple[AsteriskSandbox, AsteriskSandbox]]:
+    """Two more sandbox Asterisks for the whole session, nodes NODE_A and NODE_B, each
+    with its own configuration, ports and entity id, sharing their PJSIP device states
+    (``link_nodes``: asterisk-config/pjsip_nodes.conf.example)."""
+    started: list[AsteriskSandbox] = []
+    try:
+        root = ensure_rootfs()
+        first, second = AsteriskSandbox(root), AsteriskSandbox(root)
+        link_nodes(first, NODE_A, second, NODE_B)
+        for sandbox in (first, second):
+            sandbox.start()
+            started.append(sandbox)
+    except BaseException as exc:
+        for sandbox in started:
+            sandbox.stop()
+        if isinstance(exc, SandboxUnavailable):
+            _unavailable(exc)
+        raise
+    try:
+        yield first, second
+    finally:
+        for sandbox in started:
+            sandbox.stop()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ig
     assert code == 0
     plan = json.loads(out)
     assert set(plan) == {
-        "extension", "user", "workplace", "status", "legs", "unreachable", "skipped"
+        "extension", "user", "workplace", "status", "legs", "unreachable", "skipped", "elsewhere"
     }  # fmt: skip
     assert plan["extension"] == "201" and plan["status"] == "ok"
     assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))

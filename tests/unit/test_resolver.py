@@ -272,6 +272,7 @@ def test_unknown_extension() -> None:
         "legs": [],
         "unreachable": [],
         "skipped": [],
+        "elsewhere": [],
     }
 
 
