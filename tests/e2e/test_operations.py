@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from callrouter.app import Router, run_router
 from callrouter.metrics import (
     CALL_RESULTS,
+    CHANGE_KINDS,
     HAND_BACK_REASONS,
     LEG_OUTCOMES,
     LOGIN_OUTCOMES,
@@ -152,7 +153,7 @@ async def test_metrics_count_real_calls_and_logins_and_name_nobody(
         "result": set(CALL_RESULTS),
         "reason": set(HAND_BACK_REASONS) | set(OVERLOAD_REASONS),
         "outcome": set(LEG_OUTCOMES) | set(LOGIN_OUTCOMES),
-        "kind": set(RELOAD_KINDS),
+        "kind": set(RELOAD_KINDS) | set(CHANGE_KINDS),
         "role": set(ROLES),
     }
     for name, labels in after:
