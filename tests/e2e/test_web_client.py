@@ -281,6 +281,36 @@ async def test_sit_here_leave_plan_and_live_moves(desks: Desks) -> None:
     await expect(colleague(dora, "402")).to_contain_text("at Desk B", timeout=WAIT_MS)
 
 
+async def test_a_late_answer_never_overwrites_a_newer_event(desks: Desks) -> None:
+    """After Leave, the page asks for its desk again; should that answer arrive after
+    the stream told of a newer change (the admin moved me), the newer one stays."""
+    dora = await desks.page()
+    await sign_in(dora, "401", "4711")
+    desk_a, desk_b = workplace(dora, "Desk A"), workplace(dora, "Desk B")
+    await desk_a.get_by_role("button", name="Sit here", exact=True).click()
+    await expect(dora.locator("#workplace-now")).to_have_text("You sit at Desk A.", timeout=WAIT_MS)
+    held, answered = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        answer = await route.fetch()  # the server answers now, before the move ...
+        await held.wait()
+        await route.fulfill(response=answer)  # ... the page gets it after
+        answered.set()
+
+    await dora.route("**/api/v1/me/desk", hold)
+    await desk_a.get_by_role("button", name="Leave", exact=True).click()
+    await expect(desk_a.get_by_role("button", name="Sit here", exact=True)).to_be_visible(
+        timeout=WAIT_MS
+    )  # from the stream: the page's own GET is held
+    await desks.running.router.logins.login("401", "desk-b", actor="admin", source="test")
+    await expect(dora.locator("#workplace-now")).to_have_text("You sit at Desk B.", timeout=WAIT_MS)
+    held.set()  # the answer from before the move arrives now
+    await asyncio.wait_for(answered.wait(), WAIT_MS / 1000)
+    await dora.wait_for_timeout(300)  # the page's handling of that answer
+    await expect(dora.locator("#workplace-now")).to_have_text("You sit at Desk B.")
+    await expect(desk_b.get_by_role("button", name="Leave", exact=True)).to_be_visible()
+
+
 @pytest.mark.parametrize("desks", [{"occupied_workplace": "refuse"}], indirect=True)
 async def test_an_occupied_workplace_is_refused_with_the_reason(desks: Desks) -> None:
     await desks.running.router.logins.login("401", "desk-b", actor="admin", source="test")

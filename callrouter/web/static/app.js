@@ -53,6 +53,10 @@
 
   // --- state ------------------------------------------------------------------------
   let desk = null; // DeskView of /api/v1/me/desk
+  // Desk events received so far: an answer to refresh() is shown only when none came
+  // while it was on its way, since it may be older than the event (the stream sends
+  // every change, so the stream wins).
+  let deskEvents = 0;
   let status = sessionStorage.getItem("callrouter-status") || "online";
   const clientId = (() => {
     let id = sessionStorage.getItem("callrouter-client");
@@ -176,7 +180,10 @@
   // --- live: my desk, and everyone's presence ----------------------------------------
   function listen() {
     const mine = new EventSource("/api/v1/me/events");
-    mine.addEventListener("desk", (event) => renderDesk(JSON.parse(event.data)));
+    mine.addEventListener("desk", (event) => {
+      deskEvents += 1;
+      renderDesk(JSON.parse(event.data));
+    });
     mine.addEventListener("seats", (event) => {
       seats = JSON.parse(event.data);
       renderColleagues();
@@ -314,8 +321,9 @@
 
   async function refresh() {
     // The event stream says so too; this shows my own change without waiting for it.
+    const before = deskEvents;
     const reply = await api("GET", "/api/v1/me/desk");
-    if (reply.status === 200) renderDesk(reply.data);
+    if (reply.status === 200 && deskEvents === before) renderDesk(reply.data);
   }
 
   // --- colleagues --------------------------------------------------------------------
