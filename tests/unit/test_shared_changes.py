@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -609,8 +610,12 @@ async def test_a_client_status_the_database_cannot_store_is_refused_and_in_force
 ) -> None:
     from tests.unit.test_presence_routing import snapshot as two_users
 
-    # A directory whose folder is gone: every write fails.
-    broken = create_engine(f"sqlite:///{tmp_path / 'gone' / 'directory.db'}")
+    # A database without the directory's tables: every write fails. (Not a file that
+    # cannot be opened: aiosqlite's thread of a failed connect may report to the event
+    # loop after the test closed it.)
+    path = tmp_path / "directory.db"
+    sqlite3.connect(path).close()
+    broken = create_engine(f"sqlite:///{path}")
     presence = PresenceService(
         PresenceTracker(two_users()),
         store=ClientStatusStore(broken, heartbeat_timeout=HEARTBEAT_TIMEOUT),
