@@ -105,11 +105,13 @@ class Schedule(_Strict):
 
     days: Weekdays = WEEKDAYS  # type: ignore[assignment]
     hours: tuple[Hours, ...] = ((0, 24 * 60),)
-    off: tuple[date, ...] = ()  # holidays: the schedule does not hold all day
+    # Holidays: the schedule does not hold all day. Not "off": YAML 1.1 tools (PyYAML)
+    # read that key as the boolean false.
+    days_off: tuple[date, ...] = ()
 
     def holds(self, at: datetime) -> bool:
         """Does the schedule hold at ``at`` (a local wall-clock time)?"""
-        if at.date() in self.off or WEEKDAYS[at.weekday()] not in self.days:
+        if at.date() in self.days_off or WEEKDAYS[at.weekday()] not in self.days:
             return False
         minute = at.hour * 60 + at.minute
         return any(start <= minute < stop for start, stop in self.hours)

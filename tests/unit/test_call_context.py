@@ -33,7 +33,7 @@ RULES = RingRules.model_validate(
             "office-hours": {
                 "days": ["mon-fri"],
                 "hours": ["08:00-12:00", "13:00-17:30"],
-                "off": ["2026-12-24"],
+                "days_off": ["2026-12-24"],
             }
         },
         "users": {
@@ -143,8 +143,8 @@ BAD: list[tuple[str, str]] = [
         "'external'",
     ),
     (
-        "schedules:\n  office:\n    off: [2026-13-01]\n",
-        "rules.yaml:3:11: schedules.office.off[0]:",
+        "schedules:\n  office:\n    days_off: [2026-13-01]\n",
+        "rules.yaml:3:16: schedules.office.days_off[0]:",
     ),
 ]
 
@@ -181,7 +181,7 @@ def schedules(draw: st.DrawFn) -> Schedule:
     )
     off = draw(st.lists(st.dates(date(2026, 1, 1), date(2026, 12, 31)), max_size=3))
     return Schedule.model_validate(
-        {"days": days, "hours": [f"{hhmm(start)}-{hhmm(stop)}"], "off": off}
+        {"days": days, "hours": [f"{hhmm(start)}-{hhmm(stop)}"], "days_off": off}
     )
 
 
@@ -233,3 +233,12 @@ def test_internal_by_the_callers_endpoint_unless_the_dialplan_says_otherwise() -
     # A workplace's phone counts as the directory's too.
     hot = Channel("c-3", name="PJSIP/hot-00000003")
     assert intake.call_context(SNAPSHOT, hot, None).internal
+
+
+def test_the_example_rules_read_the_same_by_a_yaml_1_1_tool() -> None:
+    """PyYAML (YAML 1.1) reads keys such as off/on/yes as booleans: schedules use none
+    of them, so the example file means the same to the demo's copy and to admins' tools."""
+    import yaml
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "rules.yaml"
+    assert RingRules.model_validate(yaml.safe_load(examples.read_text())) == load_rules(examples)
