@@ -40,7 +40,7 @@ from callrouter.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FileLease", "Lease", "LeaseRefused", "PostgresLease", "lease_key"]
+__all__ = ["FileLease", "Lease", "LeaseRefused", "PostgresLease", "key_halves", "lease_key"]
 
 
 class LeaseRefused(Exception):
@@ -71,6 +71,12 @@ def lease_key(name: str) -> int:
     """The advisory lock's 64-bit key for a lease name: the same in every router."""
     digest = hashlib.blake2b(f"callrouter lease:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def key_halves(key: int) -> tuple[int, int]:
+    """How ``pg_locks`` shows a bigint advisory key: ``classid`` and ``objid``, its two
+    unsigned 32-bit halves."""
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -180,8 +186,7 @@ class PostgresLease:
     async def _end_stale_holder(self, conn: asyncpg.Connection) -> None:
         ended = await conn.fetch(
             _STALE_HOLDER,
-            (self.key >> 32) & 0xFFFFFFFF,  # a bigint key is shown as two unsigned halves
-            self.key & 0xFFFFFFFF,
+            *key_halves(self.key),
             self.stale_after,
         )
         if ended:
@@ -222,8 +227,7 @@ class PostgresLease:
             waiting = await conn.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
                 "AND objsubid = 1 AND classid::text::bigint = $1 AND objid::text::bigint = $2",
-                (self.key >> 32) & 0xFFFFFFFF,
-                self.key & 0xFFFFFFFF,
+                *key_halves(self.key),
                 timeout=self._confirm_timeout,
             )
         except _DB_ERRORS:

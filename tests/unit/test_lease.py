@@ -17,7 +17,14 @@ import asyncpg
 import pytest
 
 from callrouter.cluster.election import Election, Role
-from callrouter.cluster.lease import FileLease, Lease, LeaseRefused, PostgresLease, lease_key
+from callrouter.cluster.lease import (
+    FileLease,
+    Lease,
+    LeaseRefused,
+    PostgresLease,
+    key_halves,
+    lease_key,
+)
 
 POSTGRES_URL = os.environ.get("CALLROUTER_TEST_POSTGRES")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
@@ -41,11 +48,9 @@ async def _backend_pid(lease: PostgresLease) -> int:
     conn = await asyncpg.connect(POSTGRES_URL.replace("+asyncpg", ""))
     try:
         pid = await conn.fetchval(
-            # A bigint key is shown as two unsigned halves.
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND classid::text::bigint = $1 AND objid::text::bigint = $2 AND objsubid = 1",
-            (lease.key >> 32) & 0xFFFFFFFF,
-            lease.key & 0xFFFFFFFF,
+            *key_halves(lease.key),
         )
         assert isinstance(pid, int)
         return pid
@@ -198,3 +203,13 @@ async def test_two_routers_racing_for_the_lease_100_times_never_both_active(
         await other.lease.release()
         active.clear()
     assert overlaps == []
+
+
+@pytest.mark.parametrize("name", ["", "x" * 201])
+def test_a_lease_name_must_be_1_to_200_characters(name: str) -> None:
+    from pydantic import ValidationError
+
+    from callrouter.config import Settings
+
+    with pytest.raises(ValidationError, match="lease_name"):
+        Settings(lease_name=name)

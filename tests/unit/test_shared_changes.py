@@ -52,6 +52,7 @@ from callrouter.presence.shared import ClientStatusStore
 from callrouter.presence.tracker import PresenceTracker
 from callrouter.routing.plan import PlanStatus
 from callrouter.routing.resolver import resolve_plan
+from sandbox.router import wipe_postgres
 from tests.conftest import POSTGRES_ENV, postgres_required
 from tests.unit.test_directory_store import document
 
@@ -68,13 +69,7 @@ HEARTBEAT_TIMEOUT = 90.0
 
 async def _fresh_postgres() -> str:
     assert POSTGRES_URL is not None
-    wipe = create_engine(POSTGRES_URL)
-    try:
-        async with wipe.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await wipe.dispose()
+    await wipe_postgres(POSTGRES_URL)
     return POSTGRES_URL
 
 
