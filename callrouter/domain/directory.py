@@ -56,6 +56,11 @@ class DirectorySnapshot:
     # endpoint -> node (the Asterisk it is on), for phones that have one; a phone
     # without is on every router's own Asterisk (a directory of one node).
     phone_nodes: Mapping[str, str] = field(default_factory=dict)
+    # What users set for themselves (API, client, feature codes), stored beside the
+    # logins: their forwardings (extension -> kind -> target, kinds as in
+    # domain.forwarding) and the rule switches they turned off (extension -> names).
+    forwards: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    switched_off: Mapping[str, frozenset[str]] = field(default_factory=dict)
     revision: int = 0  # the directory's change counter when this snapshot was read
     content_revision: int = 0  # the last change to anything but the logins
 

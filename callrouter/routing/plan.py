@@ -20,6 +20,7 @@ class PlanStatus(StrEnum):
 class LegSource(StrEnum):
     FOLLOWME = "followme"  # the user's own timeline: direct phones and external numbers
     WORKPLACE = "workplace"  # the workplace the user is logged in to
+    FORWARD = "forward"  # an external number a forwarding sends the call to
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class Leg:
     start: float
     stop: float
     source: LegSource
+    # Whoever answers must press 1 first (rules: confirm: true).
+    confirm: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class Leg:
             "start": _number(self.start),
             "stop": _number(self.stop),
             "source": self.source.value,
+            "confirm": self.confirm,
         }
 
 

@@ -18,6 +18,7 @@ router's are left out the same way: this router's Asterisk cannot dial them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Protocol
 
 from callrouter.domain.directory import DirectorySnapshot, Workplace
@@ -71,8 +72,11 @@ def resolve_plan(
     if followme is None:
         legs.extend(Leg(p, 0.0, default_timeout, LegSource.FOLLOWME) for p in user.phones)
     else:
+        switched_off = snapshot.switched_off.get(extension, frozenset())
         for index, entry in enumerate(followme):
             why = _not_applying(entry, context, rules.schedules)
+            if why is None and entry.switch is not None and entry.switch in switched_off:
+                why = f"switched off by the user ({entry.switch})"
             if why is not None:
                 skipped.append(f"user {extension} followme[{index}]: {why}")
             if entry.names_workplace:
@@ -121,7 +125,7 @@ def resolve_plan(
                 )
         if workplace_stop is not None:
             workplace_legs = [
-                Leg(leg.endpoint, leg.start, min(leg.stop, workplace_stop), leg.source)
+                replace(leg, stop=min(leg.stop, workplace_stop))
                 for leg in workplace_legs
                 if leg.start < workplace_stop
             ]
@@ -251,7 +255,7 @@ def cut_dead_air(kept: list[Leg], removed: list[Leg]) -> list[Leg]:
         # legs of one phone 1e-15 s apart, which would stop and restart its ringing.
         return round(t - sum(min(stop, t) - start for start, stop in dead if start < t), 6)
 
-    return [Leg(leg.endpoint, earlier(leg.start), earlier(leg.stop), leg.source) for leg in kept]
+    return [replace(leg, start=earlier(leg.start), stop=earlier(leg.stop)) for leg in kept]
 
 
 def _entry_legs(
@@ -280,13 +284,13 @@ def _entry_legs(
         else:
             warnings.append(f"{owner}: skipped {target}, which is not one of its phones")
             continue
-        legs.append(Leg(endpoint, start, stop, source))
+        legs.append(Leg(endpoint, start, stop, source, entry.confirm))
 
 
 def merge_legs(legs: Iterable[Leg]) -> tuple[Leg, ...]:
     """Merge legs of one endpoint that overlap or touch; sort by start, then endpoint.
 
-    A merged leg keeps the source of its earliest part.
+    A merged leg keeps the source (and confirm) of its earliest part.
     """
     by_endpoint: dict[str, list[Leg]] = {}
     for leg in legs:
@@ -302,7 +306,7 @@ def merge_legs(legs: Iterable[Leg]) -> tuple[Leg, ...]:
         for leg in endpoint_legs[1:]:
             if leg.start <= current.stop:
                 if leg.stop > current.stop:
-                    current = Leg(current.endpoint, current.start, leg.stop, current.source)
+                    current = replace(current, stop=leg.stop)
             else:
                 merged.append(current)
                 current = leg

@@ -26,7 +26,8 @@ from callrouter.domain.endpoint import (
     external_endpoint_problem,
     is_external_number,
 )
-from callrouter.domain.identifiers import Extension, WorkplaceId
+from callrouter.domain.forwarding import FORWARD_KINDS, forward_target_problem
+from callrouter.domain.identifiers import Extension, RoleName, WorkplaceId
 
 WORKPLACE_TARGET = "workplace"
 
@@ -97,6 +98,11 @@ Weekdays = Annotated[
     tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...], BeforeValidator(_weekdays)
 ]
 ScheduleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+# The name of a switch its user may turn an entry off and on by, e.g. mobile.
+SwitchName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+# An Asterisk sound file, as Playback() names it: followme/options.
+SoundName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", max_length=100)]
+CallKind = Literal["internal", "external"]
 
 
 class Schedule(_Strict):
@@ -150,10 +156,27 @@ class RingEntry(_Strict):
     delay: Seconds = 0
     timeout: PositiveSeconds | None = None  # None: defaults.timeout
     # Only for internal calls (from a phone of the directory) or external ones.
-    calls: Literal["internal", "external"] | None = None
+    calls: CallKind | None = None
     # Only while the named schedule holds (when), or does not (unless).
     when: ScheduleName | None = None
     unless: ScheduleName | None = None
+    # The user may turn this entry off (and on again) by this name: API, client,
+    # feature code. FollowMe entries only: a workplace's phones are not one user's.
+    switch: SwitchName | None = None
+    # Whoever answers hears defaults.confirm_prompt and must press 1 before the call
+    # is theirs: a mobile's voicemail cannot take it.
+    confirm: bool = False
+
+    @model_validator(mode="after")
+    def _confirm_names_phones(self) -> RingEntry:
+        if self.confirm and self.names_workplace:
+            raise PydanticCustomError(
+                "confirm_workplace",
+                "confirm: applies to the phones and numbers of this entry; the workplace's "
+                "own rule decides how its phones ring",
+                {"path": ("confirm",)},
+            )
+        return self
 
     @field_validator("ring")
     @classmethod
@@ -178,6 +201,56 @@ class RingEntry(_Strict):
         return tuple(t for t in self.ring if is_external_number(t))
 
 
+UserForwarding = Literal["off", "extensions", "anywhere"]
+
+
+def _forward_target(value: Any) -> Any:
+    problem = forward_target_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+ForwardTarget = Annotated[str, BeforeValidator(_forward_target)]
+
+
+class ForwardStep(_Strict):
+    """Forward to ``to`` (an extension or an external number), for these calls only."""
+
+    to: ForwardTarget
+    calls: CallKind | None = None
+    when: ScheduleName | None = None
+    unless: ScheduleName | None = None
+
+
+def _forward_steps(value: Any) -> Any:
+    """``"202"``, ``{to: "202", when: ...}``, or a list of those (the first that
+    applies to a call is taken)."""
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(
+        {"to": item} if not isinstance(item, dict | ForwardStep) else item for item in items
+    )
+
+
+ForwardSteps = Annotated[tuple[ForwardStep, ...], BeforeValidator(_forward_steps)]
+
+
+class Forwarding(_Strict):
+    """A user's forwardings by kind (see ``callrouter.domain.forwarding``)."""
+
+    always: ForwardSteps = ()
+    busy: ForwardSteps = ()
+    no_answer: ForwardSteps = ()
+    unreachable: ForwardSteps = ()
+    dnd: ForwardSteps = ()
+
+    def steps(self) -> list[tuple[str, int, ForwardStep]]:
+        """Every step with its kind and index, in the order of FORWARD_KINDS."""
+        return [
+            (kind, i, step) for kind in FORWARD_KINDS for i, step in enumerate(getattr(self, kind))
+        ]
+
+
 class Defaults(_Strict):
     timeout: PositiveSeconds = 20
     # How external numbers are dialled; None: rules may not name external numbers.
@@ -186,6 +259,16 @@ class Defaults(_Strict):
     auto_logout: TimeOfDay | None = None
     # Whether a user already on a call is rung for another one (else: BUSY at once).
     call_waiting: bool = True
+    # Where users may forward their own calls to (API, client, feature codes): nowhere,
+    # other extensions, or external numbers too (which cost money: not by default).
+    user_forwarding: UserForwarding = "extensions"
+    # Confirmed legs (confirm: true): what the answering party hears, and how long
+    # they have to press 1 before the leg is dropped.
+    confirm_prompt: SoundName = "followme/options"
+    confirm_timeout: PositiveSeconds = 10
+    # Whose calls may be picked up (*8 + extension) by users of which roles; None:
+    # by anyone at a phone of the directory.
+    picked_up_by: tuple[RoleName, ...] | None = None
 
     @field_validator("external_endpoint")
     @classmethod
@@ -200,6 +283,9 @@ class Defaults(_Strict):
 class UserRule(_Strict):
     followme: tuple[RingEntry, ...] | None = None  # None: all direct phones at once
     call_waiting: bool | None = None  # None: defaults.call_waiting
+    forward: Forwarding = Forwarding()  # the admin's; the user's own replace them by kind
+    user_forwarding: UserForwarding | None = None  # None: defaults.user_forwarding
+    picked_up_by: tuple[RoleName, ...] | None = None  # None: defaults.picked_up_by
 
     @field_validator("followme")
     @classmethod
@@ -222,6 +308,14 @@ class WorkplaceRule(_Strict):
     ) -> tuple[RingEntry, ...] | None:
         if value is not None and any(e.names_workplace for e in value):
             raise ValueError("'workplace' is a FollowMe target; a workplace rule names phones")
+        for index, entry in enumerate(value or ()):
+            if entry.switch is not None:
+                raise PydanticCustomError(
+                    "workplace_switch",
+                    "switch: is for FollowMe entries: a workplace's phones are not one "
+                    "user's to turn off",
+                    {"path": (index, "switch")},
+                )
         return value
 
 
@@ -245,10 +339,12 @@ class RingRules(_Strict):
                     )
         return self
 
-    def _entries(self) -> list[tuple[tuple[str | int, ...], RingEntry]]:
-        found: list[tuple[tuple[str | int, ...], RingEntry]] = []
+    def _entries(self) -> list[tuple[tuple[str | int, ...], RingEntry | ForwardStep]]:
+        """Everything that may name a schedule, with its path in the file."""
+        found: list[tuple[tuple[str | int, ...], RingEntry | ForwardStep]] = []
         for key, rule in self.users.items():
             found += [(("users", key, "followme", i), e) for i, e in enumerate(rule.followme or ())]
+            found += [(("users", key, "forward", k, i), f) for k, i, f in rule.forward.steps()]
         for key, wrule in self.workplaces.items():
             found += [(("workplaces", key, "ring", i), e) for i, e in enumerate(wrule.ring or ())]
         return found
@@ -277,7 +373,34 @@ class RingRules(_Strict):
                 for j, target in enumerate(entry.ring):
                     if is_external_number(target):
                         found.append(((section, key, field, i, "ring", j), target))
+        for key, rule in self.users.items():
+            for kind, i, step in rule.forward.steps():
+                if is_external_number(step.to):
+                    found.append((("users", key, "forward", kind, i, "to"), step.to))
         return found
+
+
+def user_forwarding(rules: RingRules, extension: str) -> UserForwarding:
+    """Where ``extension`` may forward their own calls to."""
+    rule = rules.users.get(extension)
+    if rule is not None and rule.user_forwarding is not None:
+        return rule.user_forwarding
+    return rules.defaults.user_forwarding
+
+
+def user_switches(rules: RingRules, extension: str) -> tuple[str, ...]:
+    """The switches the admin gave ``extension``, in the order of their FollowMe."""
+    rule = rules.users.get(extension)
+    names = [e.switch for e in (rule.followme or ()) if e.switch] if rule is not None else []
+    return tuple(dict.fromkeys(names))
+
+
+def picked_up_by(rules: RingRules, extension: str) -> tuple[str, ...] | None:
+    """The roles whose users may pick up ``extension``'s calls (None: anyone's)."""
+    rule = rules.users.get(extension)
+    if rule is not None and rule.picked_up_by is not None:
+        return rule.picked_up_by
+    return rules.defaults.picked_up_by
 
 
 def call_waiting(rules: RingRules, extension: str) -> bool:

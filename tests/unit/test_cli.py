@@ -44,9 +44,13 @@ def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ig
     }  # fmt: skip
     assert plan["extension"] == "201" and plan["status"] == "ok"
     assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))
-    assert {"endpoint": "PJSIP/anna-desk", "start": 0, "stop": 15, "source": "followme"} in plan[
-        "legs"
-    ]
+    assert {
+        "endpoint": "PJSIP/anna-desk",
+        "start": 0,
+        "stop": 15,
+        "source": "followme",
+        "confirm": False,
+    } in plan["legs"]
     code, out, _ = cli("plan", "201")
     assert "PJSIP/anna-desk" in out and "followme" in out
     code, out, _ = cli("plan", "9999", "--json")
@@ -98,7 +102,8 @@ def test_rules_check_reports_shape_and_directory_errors_in_one_run(cli, tmp_path
     assert err.splitlines() == [
         f'{bad}:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to user 202 '
         "(Boris Chen), not to user 201",
-        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting',
+        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting, '
+        "forward, user_forwarding, picked_up_by",
         f"{bad}:7:3: workplaces.office-9: no workplace has the id office-9",
     ]
 
@@ -115,7 +120,8 @@ def test_rules_check_reports_yaml_shape_and_directory_errors_in_one_run(
     assert err.splitlines() == [
         f'{bad}:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to user 202 '
         "(Boris Chen), not to user 201",
-        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting',
+        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting, '
+        "forward, user_forwarding, picked_up_by",
         f"{bad}:7:3: workplaces.office-9: no workplace has the id office-9",
         f"{bad}:10:3: workplaces.office-9: duplicate key: already given at line 7, column 3; "
         "YAML would silently keep only the last",
@@ -145,7 +151,8 @@ def test_rules_check_without_a_usable_directory(cli, tmp_path: Path) -> None:  #
     code, _, err = cli("rules", "check", str(bad))
     assert code == 1
     assert err.splitlines() == [
-        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting'
+        f'{bad}:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting, '
+        "forward, user_forwarding, picked_up_by"
     ]
     code, _, err = cli("rules", "check", str(EXAMPLES / "rules.yaml"))
     assert code == 1 and "callrouter db upgrade" in err

@@ -78,6 +78,7 @@ def test_issue_example_mixed_operation() -> None:
         "start": 0,
         "stop": 15,
         "source": "followme",
+        "confirm": False,
     }
 
 

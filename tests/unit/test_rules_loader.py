@@ -277,7 +277,8 @@ def test_an_unknown_key_an_unknown_workplace_and_a_foreign_phone_in_one_run(
     assert rules_errors(tmp_path, text, SNAPSHOT) == [
         'rules.yaml:4:33: users."201".followme[0].ring[1]: PJSIP/boris-desk belongs to '
         "user 202 (Boris Chen), not to user 201",
-        'rules.yaml:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting',
+        'rules.yaml:5:5: users."201".colour: unknown key; allowed here: followme, call_waiting, '
+        "forward, user_forwarding, picked_up_by",
         "rules.yaml:7:3: workplaces.office-9: no workplace has the id office-9",
     ]
 
@@ -318,7 +319,7 @@ def test_dropped_entries_do_not_shift_the_positions_of_the_rest(tmp_path: Path) 
         "rules.yaml:5:36: workplaces.office-1.ring[1].ring[1]: PJSIP/anna-desk belongs to "
         "user 201 (Anna Berger), not to workplace office-1",
         "rules.yaml:6:9: workplaces.office-1.ring[1].colour: unknown key; "
-        "allowed here: ring, delay, timeout, calls, when, unless",
+        "allowed here: ring, delay, timeout, calls, when, unless, switch, confirm",
         # An invalid workplace id: its rule is not looked up in the directory.
         "rules.yaml:7:3: workplaces.Office_2: workplace id 'Office_2' must be a slug: "
         "lower-case letters, digits and inner hyphens, at most 64 characters, e.g. office-1",
