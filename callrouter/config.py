@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     # What a workplace phone dials to log in (prefix + extension [+ # + PIN]) or,
     # alone, to log out.  The dialplan's pattern must match it (dialplan/callrouter.conf).
     login_prefix: str = Field(default="*44", pattern=r"^[*#]?[0-9]{1,6}$")
+    # The user's own forwardings from their phone: prefix + kind digit (1 always,
+    # 2 busy, 3 no answer, 4 unreachable, 5 do not disturb) + target sets one, prefix
+    # + kind digit alone clears it, prefix + 0 clears them all.
+    forward_prefix: str = Field(default="*7", pattern=r"^[*#]?[0-9]{1,6}$")
+    # The user's own switches (rules: switch:): prefix + N (the user's N-th switch)
+    # toggles it; + 0 turns it off, + 1 on.
+    switch_prefix: str = Field(default="*5", pattern=r"^[*#]?[0-9]{1,6}$")
+    # Pickup for a person: prefix + extension answers whichever of their phones rings.
+    pickup_prefix: str = Field(default="*8", pattern=r"^[*#]?[0-9]{1,6}$")
     # Logging in at an occupied workplace: move the user there out, or refuse.
     occupied_workplace: Literal["displace", "refuse"] = "displace"
     # The zone of rules' auto_logout times (an IANA name); None: the machine's zone.
@@ -173,6 +182,22 @@ class Settings(BaseSettings):
                 if name.startswith("api_") and len(value) < 16:
                     raise ValueError(f"{name}_file {path}: must hold at least 16 characters")
                 object.__setattr__(self, name, SecretStr(value))
+        return self
+
+    @model_validator(mode="after")
+    def _feature_codes_apart(self) -> Settings:
+        # One code may not start another: *4 would swallow every *44 login.
+        prefixes = [
+            (name, getattr(self, name))
+            for name in ("login_prefix", "forward_prefix", "switch_prefix", "pickup_prefix")
+        ]
+        for name, prefix in prefixes:
+            for other, other_prefix in prefixes:
+                if name != other and other_prefix.startswith(prefix):
+                    raise ValueError(
+                        f"{name} {prefix!r} starts {other} {other_prefix!r}: a phone dialling "
+                        f"{other_prefix} would reach the {name.removesuffix('_prefix')} code"
+                    )
         return self
 
     @field_validator("timezone")
