@@ -284,9 +284,10 @@ def plan(
     """
     from callrouter.domain.endpoint import endpoint_problem
     from callrouter.domain.identifiers import node_problem
+    from callrouter.routing.chain import plan_tree
     from callrouter.routing.plan import CallContext
     from callrouter.routing.resolver import resolve_plan
-    from callrouter.routing.timeline import format_plan
+    from callrouter.routing.timeline import format_tree
     from callrouter.rules.loader import load_rules
     from callrouter.rules.model import EMPTY_RULES
 
@@ -311,10 +312,11 @@ def plan(
     result = resolve_plan(
         snapshot, ring_rules, extension, caller, presence=presence, call=context, node=node
     )
+    tree = plan_tree(snapshot, ring_rules, result, caller, presence, context, node)
     if as_json:
-        click.echo(json.dumps(result.to_json()))
+        click.echo(json.dumps(tree.to_json()))
     else:
-        click.echo(format_plan(result), nl=False)
+        click.echo(format_tree(tree), nl=False)
     for warning in result.warnings if as_json else ():
         click.echo(f"warning: {warning}", err=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class PlanStatus(StrEnum):
@@ -32,6 +32,29 @@ class CallContext:
     # The router's local wall-clock time; None: unknown, so entries that name a
     # schedule (when/unless) do not apply.
     at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardHop:
+    """``extension``'s forwarding of ``kind`` sends the call to ``target`` (an extension
+    or an external number); ``set_by`` the user themselves or the admin's rules."""
+
+    extension: str
+    kind: str  # always, busy, no_answer, unreachable, dnd (domain.forwarding)
+    target: str
+    set_by: Literal["user", "admin"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.extension,
+            "kind": self.kind,
+            "to": self.target,
+            "set_by": self.set_by,
+        }
+
+    def __str__(self) -> str:
+        by = "the user's own" if self.set_by == "user" else "rules"
+        return f"{self.extension} forwards {self.kind.replace('_', ' ')} to {self.target} ({by})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +93,15 @@ class RingPlan:
     skipped: tuple[str, ...] = ()
     # Phones left out because they are on another node's Asterisk than the call.
     elsewhere: tuple[str, ...] = ()
+    # The forwardings followed to reach this plan, first to last (the dialled
+    # extension is the first hop's); this plan's user is the last hop's target.
+    forwarded: tuple[ForwardHop, ...] = ()
+    # Where the call goes on when this plan ends busy or unanswered (kinds busy and
+    # no_answer): followed by the call's driver at that moment.
+    forward_on: tuple[ForwardHop, ...] = ()
+
+    def forward_for(self, kind: str) -> ForwardHop | None:
+        return next((hop for hop in self.forward_on if hop.kind == kind), None)
 
     @property
     def stop(self) -> float:
@@ -86,6 +118,8 @@ class RingPlan:
             "unreachable": list(self.unreachable),
             "skipped": list(self.skipped),
             "elsewhere": list(self.elsewhere),
+            "forwarded": [hop.to_json() for hop in self.forwarded],
+            "forward_on": {hop.kind: hop.to_json() for hop in self.forward_on},
         }
 
 

@@ -21,11 +21,27 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from callrouter.domain.directory import DirectorySnapshot, Workplace
+from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.domain.endpoint import expand_external, is_external_number
+from callrouter.domain.forwarding import MAX_FORWARD_HOPS
 from callrouter.domain.presence import ClientStatus, UserPresence
-from callrouter.routing.plan import CallContext, Leg, LegSource, PlanStatus, RingPlan
-from callrouter.rules.model import WORKPLACE_TARGET, RingEntry, RingRules, Schedule, call_waiting
+from callrouter.routing.plan import (
+    CallContext,
+    ForwardHop,
+    Leg,
+    LegSource,
+    PlanStatus,
+    RingPlan,
+)
+from callrouter.rules.model import (
+    WORKPLACE_TARGET,
+    ForwardStep,
+    RingEntry,
+    RingRules,
+    Schedule,
+    call_waiting,
+    user_forwarding,
+)
 
 
 class PresenceView(Protocol):
@@ -44,23 +60,161 @@ def resolve_plan(
     presence: PresenceView | None = None,
     call: CallContext | None = None,
     node: str | None = None,
+    forwarded: tuple[ForwardHop, ...] = (),
 ) -> RingPlan:
+    """The plan for a call to ``extension``, reached through ``forwarded`` (hops
+    already followed, for a forwarded call)."""
     user = snapshot.users.get(extension)
     if user is None:
-        return RingPlan(extension, None, None, PlanStatus.UNKNOWN_EXTENSION)
-    workplace_id = snapshot.logins.get(extension)
-    state = presence.user(extension) if presence is not None else None
-    if state is not None and state.client is ClientStatus.DND:
-        return RingPlan(extension, user.name, workplace_id, PlanStatus.DND)
-    if state is not None and state.phone.on_call and not call_waiting(rules, extension):
-        return RingPlan(extension, user.name, workplace_id, PlanStatus.BUSY)
-
-    default_timeout = rules.defaults.timeout
-    template = rules.defaults.external_endpoint
+        return RingPlan(extension, None, None, PlanStatus.UNKNOWN_EXTENSION, forwarded=forwarded)
     context = call if call is not None else CallContext()
-    legs: list[Leg] = []
     warnings: list[str] = []
     skipped: list[str] = []
+    forwards = _forwardings(snapshot, rules, extension, context, skipped, warnings)
+
+    def follow(kind: str) -> RingPlan | None:
+        hop = forwards.get(kind)
+        if hop is None or not _may_follow(hop, forwarded, warnings):
+            return None
+        plan = resolve_forward(snapshot, rules, hop, forwarded, caller, presence, context, node)
+        return replace(
+            plan, warnings=(*warnings, *plan.warnings), skipped=(*skipped, *plan.skipped)
+        )
+
+    workplace_id = snapshot.logins.get(extension)
+    state = presence.user(extension) if presence is not None else None
+    # Do not disturb beats every forwarding but one made for it.
+    if state is not None and state.client is ClientStatus.DND:
+        return follow("dnd") or RingPlan(
+            extension,
+            user.name,
+            workplace_id,
+            PlanStatus.DND,
+            warnings=tuple(warnings),
+            skipped=tuple(skipped),
+            forwarded=forwarded,
+        )
+    if (always := follow("always")) is not None:
+        return always
+    if state is not None and state.phone.on_call and not call_waiting(rules, extension):
+        return follow("busy") or RingPlan(
+            extension,
+            user.name,
+            workplace_id,
+            PlanStatus.BUSY,
+            warnings=tuple(warnings),
+            skipped=tuple(skipped),
+            forwarded=forwarded,
+        )
+    plan = _ring_plan(
+        snapshot, rules, user, extension, caller, presence, context, node, warnings, skipped
+    )
+    unreachable = plan.status in (PlanStatus.UNREACHABLE, PlanStatus.NO_PHONES)
+    if unreachable and (elsewhere := follow("unreachable")) is not None:
+        return elsewhere
+    # Busy and no answer are known only once the phones rang: the driver follows them.
+    later = tuple(
+        hop
+        for kind in ("busy", "no_answer")
+        if (hop := forwards.get(kind)) is not None and _may_follow(hop, forwarded, warnings)
+    )
+    return replace(plan, warnings=tuple(warnings), forwarded=forwarded, forward_on=later)
+
+
+def resolve_forward(
+    snapshot: DirectorySnapshot,
+    rules: RingRules,
+    hop: ForwardHop,
+    forwarded: tuple[ForwardHop, ...] = (),
+    caller: str | None = None,
+    presence: PresenceView | None = None,
+    call: CallContext | None = None,
+    node: str | None = None,
+) -> RingPlan:
+    """The plan of a call that ``hop`` forwards, after ``forwarded``: the target
+    user's own plan (their forwardings too), or the external number alone."""
+    chain = (*forwarded, hop)
+    if not is_external_number(hop.target):
+        return resolve_plan(snapshot, rules, hop.target, caller, presence, call, node, chain)
+    user = snapshot.users.get(hop.extension)
+    name = user.name if user is not None else None
+    workplace_id = snapshot.logins.get(hop.extension)
+    template = rules.defaults.external_endpoint
+    if template is None:  # a user's own forwarding; the rules refuse theirs
+        problem = f"{hop}: external numbers need defaults.external_endpoint"
+        return RingPlan(
+            hop.extension, name, workplace_id, PlanStatus.NO_PHONES, (), (problem,), forwarded=chain
+        )
+    leg = Leg(expand_external(template, hop.target), 0.0, rules.defaults.timeout, LegSource.FORWARD)
+    return RingPlan(hop.extension, name, workplace_id, PlanStatus.OK, (leg,), forwarded=chain)
+
+
+def _may_follow(hop: ForwardHop, forwarded: tuple[ForwardHop, ...], warnings: list[str]) -> bool:
+    """A chain stops after MAX_FORWARD_HOPS, and where it would come back to a user
+    it passed: that user's own phones ring instead."""
+    if len(forwarded) >= MAX_FORWARD_HOPS:
+        warnings.append(f"forwarding stopped after {MAX_FORWARD_HOPS} hops: {hop}")
+        return False
+    passed = {h.extension for h in forwarded} | {hop.extension}
+    if hop.target in passed:
+        warnings.append(f"forwarding stopped, it would loop: {hop}")
+        return False
+    return True
+
+
+def _forwardings(
+    snapshot: DirectorySnapshot,
+    rules: RingRules,
+    extension: str,
+    call: CallContext,
+    skipped: list[str],
+    warnings: list[str],
+) -> dict[str, ForwardHop]:
+    """``extension``'s forwardings in force for ``call``, by kind: the user's own,
+    where the admin lets them, else the first step of the rules that applies."""
+    own = snapshot.forwards.get(extension)
+    rule = rules.users.get(extension)
+    steps = rule.forward if rule is not None else None
+    if not own and (steps is None or not steps.any()):
+        return {}  # most users, on every call: nothing to work out
+    found: dict[str, ForwardHop] = {}
+    if own:
+        policy = user_forwarding(rules, extension)
+        for kind, target in own.items():
+            if policy == "off" or (is_external_number(target) and policy != "anywhere"):
+                warnings.append(
+                    f"user {extension}: own forwarding {kind} to {target} ignored "
+                    f"(user_forwarding: {policy})"
+                )
+                continue
+            found[kind] = ForwardHop(extension, kind, target, "user")
+    for kind, index, step in steps.steps() if steps is not None else ():
+        if kind in found:
+            continue
+        why = _not_applying(step, call, rules.schedules)
+        if why is not None:
+            skipped.append(f"user {extension} forward.{kind}[{index}]: {why}")
+            continue
+        found[kind] = ForwardHop(extension, kind, step.to, "admin")
+    return found
+
+
+def _ring_plan(
+    snapshot: DirectorySnapshot,
+    rules: RingRules,
+    user: User,
+    extension: str,
+    caller: str | None,
+    presence: PresenceView | None,
+    context: CallContext,
+    node: str | None,
+    warnings: list[str],
+    skipped: list[str],
+) -> RingPlan:
+    """The user's own phones and workplace, by their rules (no forwarding)."""
+    default_timeout = rules.defaults.timeout
+    template = rules.defaults.external_endpoint
+    legs: list[Leg] = []
     skipped_legs: list[Leg] = []  # what entries that do not apply would have rung
     workplace_applies = True
 
@@ -182,9 +336,9 @@ def resolve_plan(
 
 
 def _not_applying(
-    entry: RingEntry, call: CallContext, schedules: dict[str, Schedule]
+    entry: RingEntry | ForwardStep, call: CallContext, schedules: dict[str, Schedule]
 ) -> str | None:
-    """Why ``entry`` does not apply to ``call`` (None: it does)."""
+    """Why ``entry`` (or a forwarding step) does not apply to ``call`` (None: it does)."""
     if entry.calls == "internal" and not call.internal:
         return "internal calls only"
     if entry.calls == "external" and call.internal:

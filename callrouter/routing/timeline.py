@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from callrouter.routing.chain import PlanTree
 from callrouter.routing.plan import PlanStatus, RingPlan
 
 BAR_WIDTH = 40
@@ -19,11 +20,29 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
-def format_plan(plan: RingPlan) -> str:
+_WHEN = {"busy": "When busy", "no_answer": "When nobody answers"}
+
+
+def format_tree(tree: PlanTree, indent: str = "", hops_shown: int = 0) -> str:
+    """A plan, then (indented) where the call goes when it ends busy or unanswered."""
+    text = "".join(f"{indent}{line}\n" for line in format_plan(tree.plan, hops_shown).splitlines())
+    for kind, then in tree.then:
+        stop = f" (after {_seconds(tree.plan.stop)} s)" if kind == "no_answer" else ""
+        text += f"{indent}  {_WHEN[kind]}{stop}:\n"
+        text += format_tree(then, indent + "    ", len(tree.plan.forwarded))
+    return text
+
+
+def format_plan(plan: RingPlan, hops_shown: int = 0) -> str:
+    """The plan as a timeline; ``hops_shown``: forwardings already printed above."""
+    lines = [f"{hop}" for hop in plan.forwarded[hops_shown:]]
     if plan.status is PlanStatus.UNKNOWN_EXTENSION:
-        return f"Extension {plan.extension}: no such user (unknown-extension)\n"
+        return "".join(
+            f"{line}\n"
+            for line in [*lines, f"Extension {plan.extension}: no such user (unknown-extension)"]
+        )
     where = f", logged in at {plan.workplace}" if plan.workplace else ", not logged in"
-    lines = [f"Extension {plan.extension}: {plan.user}{where}"]
+    lines.append(f"Extension {plan.extension}: {plan.user}{where}")
     if plan.status in _NOTHING_RINGS:
         lines.append(f"  {_NOTHING_RINGS[plan.status]} ({plan.status.value})")
     else:

@@ -244,6 +244,9 @@ class Forwarding(_Strict):
     unreachable: ForwardSteps = ()
     dnd: ForwardSteps = ()
 
+    def any(self) -> bool:
+        return bool(self.always or self.busy or self.no_answer or self.unreachable or self.dnd)
+
     def steps(self) -> list[tuple[str, int, ForwardStep]]:
         """Every step with its kind and index, in the order of FORWARD_KINDS."""
         return [

@@ -274,6 +274,8 @@ def test_unknown_extension() -> None:
         "unreachable": [],
         "skipped": [],
         "elsewhere": [],
+        "forwarded": [],
+        "forward_on": {},
     }
 
 
