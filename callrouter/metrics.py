@@ -129,6 +129,15 @@ class Metrics:
             ),
             HAND_BACK_REASONS,
         )
+        self._forwards = _children(
+            Counter(
+                "callrouter_calls_forwarded",
+                "Calls forwarded while their phones rang (busy, no answer), by kind.",
+                ["kind"],
+                registry=r,
+            ),
+            ("busy", "no_answer"),
+        )
         self._call_errors = Counter(
             "callrouter_call_errors",
             "Call tasks that ended with an error (a bug; the next ARI resync takes "
@@ -290,6 +299,9 @@ class Metrics:
 
     def call_handed_back(self, reason: str) -> None:
         self._handed_back[reason].inc()
+
+    def call_forwarded(self, kind: str) -> None:
+        self._forwards[kind].inc()
 
     def call_error(self) -> None:
         self._call_errors.inc()

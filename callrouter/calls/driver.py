@@ -24,6 +24,7 @@ from callrouter.ari.events import AriEvent
 from callrouter.calls.flow import (
     CallFlow,
     CallPhase,
+    CallResult,
     Command,
     Connect,
     ContinueInDialplan,
@@ -36,7 +37,7 @@ from callrouter.calls.flow import (
     StopLeg,
 )
 from callrouter.metrics import Metrics
-from callrouter.routing.plan import RingPlan
+from callrouter.routing.plan import ForwardHop, RingPlan
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ LEG_APP_ARG = "leg"
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
 GONE_EVENTS = frozenset({"StasisEnd", "ChannelDestroyed"})
+# A plan that ends so goes on by the forwarding of this kind, if it has one.
+_FORWARD_KIND = {CallResult.NOANSWER: "no_answer", CallResult.BUSY: "busy"}
 # The only event types the call path needs; the app's event filter asks Asterisk for
 # these alone. A leg's end comes as ChannelDestroyed with its cause (17: busy), which
 # says what its Dial status (BUSY, CANCEL, ...) or ChannelHangupRequest would say too;
@@ -106,6 +109,7 @@ class CallDriver:
         metrics: Metrics | None = None,
         on_set_up: Callable[[], None] | None = None,
         on_round_trip: Callable[[float], None] | None = None,
+        next_plan: Callable[[ForwardHop, RingPlan], RingPlan] | None = None,
     ) -> None:
         self.ari = ari
         self.caller = caller
@@ -117,6 +121,11 @@ class CallDriver:
         # Every line about this call carries its id as a field too (JSON logs).
         self.log = logging.LoggerAdapter(log, {"call_id": caller.id})
         self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
+        # Forwarding at run time (busy, no answer): the plan a hop leads to, resolved
+        # when it is taken; the flows of the plans before, for clean-up and metrics.
+        self._next_plan = next_plan
+        self.earlier_flows: list[CallFlow] = []
+        self._routes: list[str] = []  # channel ids routed to this call's queue
         self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
         self.bridge_id: str | None = None
         # Transport only: leg id -> its originate request (the flow hears the outcome).
@@ -135,9 +144,7 @@ class CallDriver:
         return self.clock() - self._t0
 
     async def run(self) -> None:
-        ids = [self.caller.id, *self.flow.legs]
-        for channel_id in ids:
-            self.ari.route(channel_id, self.queue)
+        self._route([self.caller.id, *self.flow.legs])
         self._t0 = self.clock()
         try:
             await self._execute(self.flow.start(0.0))
@@ -158,10 +165,20 @@ class CallDriver:
             self._log_finished()
         finally:
             await self._clean_up()
-            for channel_id in ids:
+            for channel_id in self._routes:
                 self.ari.unroute(channel_id)
             if self.bridge_id is not None:
                 self.ari.unroute(self.bridge_id)
+
+    def _route(self, channel_ids: list[str]) -> None:
+        for channel_id in channel_ids:
+            self.ari.route(channel_id, self.queue)
+        self._routes += channel_ids
+
+    @property
+    def flows(self) -> list[CallFlow]:
+        """Every flow of this call: one per plan, the plans forwarding led to last."""
+        return [*self.earlier_flows, self.flow]
 
     async def _next_input(self) -> AriEvent | _HandBack | _Vanished:
         """The next queued input, or TimeoutError once the flow's next deadline is due
@@ -185,12 +202,16 @@ class CallDriver:
         """The one INFO line of a call (each line costs CPU on the call path): how it
         ended, for whom, how many legs, who answered, how long the router had it."""
         winner = self.flow.winner
+        forwarded = self.plan.forwarded
         self.log.info(
-            "call %s: finished, %s: %s (%s), %d leg(s)%s, status %s, %.2f s",
+            "call %s: finished, %s: %s (%s)%s, %d leg(s)%s, status %s, %.2f s",
             self.call_id,
             self.flow.result,
             self.plan.extension,
             self.plan.user or "?",
+            f", forwarded from {forwarded[0].extension} ({len(forwarded)} hop(s))"
+            if forwarded
+            else "",
             len(self.plan.legs),
             f", answered by {winner.leg.endpoint}" if winner is not None else "",
             self.plan.status.value,
@@ -218,7 +239,7 @@ class CallDriver:
 
     def channel_ids(self) -> set[str]:
         """The channels this call owns in Asterisk."""
-        return {self.caller.id, *self.flow.leg_channel_ids()}
+        return {self.caller.id, *(c for flow in self.flows for c in flow.leg_channel_ids())}
 
     def resync(self, alive: set[str]) -> None:
         """After an ARI reconnect: channels that went away while we were deaf."""
@@ -426,6 +447,11 @@ class CallDriver:
         await self._execute(self.flow.connected())
 
     async def _continue(self, command: ContinueInDialplan) -> None:
+        kind = _FORWARD_KIND.get(command.result)
+        hop = self.plan.forward_for(kind) if kind is not None else None
+        if hop is not None and self._next_plan is not None:
+            await self._forward(hop, self._next_plan(hop, self.plan))
+            return
         result = command.result.value
         self.log.debug("call %s: no connection, %s -> %s", self.call_id, result, RESULT_CONTEXT)
         try:
@@ -435,6 +461,20 @@ class CallDriver:
             )
         except AriError as exc:
             self.log.warning("call %s: could not continue in the dialplan: %s", self.call_id, exc)
+
+    async def _forward(self, hop: ForwardHop, plan: RingPlan) -> None:
+        """The plan ended busy or unanswered and forwards: the call goes on with the
+        plan ``hop`` leads to, as a new flow (the caller hears ringing throughout)."""
+        self.log.debug("call %s: %s", self.call_id, hop)
+        self.metrics.call_forwarded(hop.kind)
+        self.earlier_flows.append(self.flow)
+        self.plan = plan
+        self.flow = CallFlow(self.call_id, plan, lambda: self.ari.new_id(LEG_PREFIX))
+        self._route(list(self.flow.legs))
+        self._t0 = self.clock()  # the new plan's times count from now
+        for warning in plan.warnings:
+            self.log.warning("call %s: %s", self.call_id, warning)
+        await self._execute(c for c in self.flow.start(0.0) if not isinstance(c, IndicateRinging))
 
     async def _continue_in_fallback(self) -> None:
         self.log.info("call %s: handed back to the dialplan fallback", self.call_id)
@@ -460,9 +500,10 @@ class CallDriver:
             await asyncio.wait(pending)
         # A leg still "requested" here lost its outcome to a cancelled call task: it
         # is hung up by its id too (404 if it was refused).
-        for leg_id in self.flow.legs_to_clean_up():
-            if self.flow.leg_hangup_sent(leg_id):
-                await self._quietly(self.ari.hangup(leg_id))
+        for flow in self.flows:
+            for leg_id in flow.legs_to_clean_up():
+                if flow.leg_hangup_sent(leg_id):
+                    await self._quietly(self.ari.hangup(leg_id))
         if self.bridge_id is not None:
             await self._quietly(self.ari.destroy_bridge(self.bridge_id))
 

@@ -44,8 +44,8 @@ from callrouter.calls.overload import (
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.metrics import Metrics
-from callrouter.routing.plan import CallContext
-from callrouter.routing.resolver import PresenceView, resolve_plan
+from callrouter.routing.plan import CallContext, ForwardHop, RingPlan
+from callrouter.routing.resolver import PresenceView, resolve_forward, resolve_plan
 from callrouter.rules.model import RingRules
 from callrouter.tasks import TaskSet
 
@@ -155,15 +155,19 @@ class CallIntake:
             self._hand_back(channel.id, extension, reason)
             return
         snapshot, rules = self.routing_state()
+        caller = caller_endpoint(channel.name)
+        context = self.call_context(snapshot, channel, kind)
         plan = resolve_plan(
-            snapshot,
-            rules,
-            extension,
-            caller_endpoint(channel.name),
-            presence=self.presence,
-            call=self.call_context(snapshot, channel, kind),
-            node=self.node,
+            snapshot, rules, extension, caller, presence=self.presence, call=context, node=self.node
         )
+
+        def next_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
+            # The directory, rules and presence of the moment the call is forwarded.
+            snapshot, rules = self.routing_state()
+            return resolve_forward(
+                snapshot, rules, hop, previous.forwarded, caller, self.presence, context, self.node
+            )
+
         call_id = channel.id
         driver = CallDriver(
             self.ari,
@@ -172,6 +176,7 @@ class CallIntake:
             metrics=self.metrics,
             on_set_up=lambda: self._waiting.discard(call_id),
             on_round_trip=self._round_trip,
+            next_plan=next_plan,
         )
         self.calls[call_id] = driver
         self._waiting.add(call_id)
@@ -189,7 +194,8 @@ class CallIntake:
             self.metrics.call_finished(result.value.lower())
             if result is CallResult.HANDED_BACK:
                 self.metrics.call_handed_back("shutdown")  # an overloaded one never has a driver
-        self.metrics.legs_ended(leg_outcomes(driver.flow))
+        for flow in driver.flows:
+            self.metrics.legs_ended(leg_outcomes(flow))
 
     # --- overload -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from callrouter.ari import AriClient
 from callrouter.ari.events import Channel
 from callrouter.calls.driver import LEG_APP_ARG, CallDriver
 from callrouter.logs import JsonFormatter
-from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
+from callrouter.routing.plan import ForwardHop, Leg, LegSource, PlanStatus, RingPlan
 from tests.fakes import FakeAri, make_channel, make_event
 
 PW = "pw"
@@ -182,3 +182,77 @@ async def test_deadlines_come_from_the_injected_clock(fake):
         assert driver.flow.result.value == "NOANSWER"
         assert driver.flow.legs[leg].end.value == "timeout"
         assert fake.requests_to("DELETE", f"/channels/{leg}")
+
+
+def forwarding_plan(kind: str, timeout: float = 20.0) -> RingPlan:
+    legs = (Leg("PJSIP/anna", 0.0, timeout, LegSource.FOLLOWME),)
+    hop = ForwardHop("201", kind, "202", "admin")
+    return RingPlan("201", "Anna", None, PlanStatus.OK, legs, forward_on=(hop,))
+
+
+def boris_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
+    legs = (Leg("PJSIP/boris", 0.0, 0.3, LegSource.FOLLOWME),)
+    return RingPlan("202", "Boris", None, PlanStatus.OK, legs, forwarded=(*previous.forwarded, hop))
+
+
+async def test_a_busy_plan_forwards_to_the_next_plan_which_is_bridged_when_it_answers(fake):
+    fake.model.channels["caller-f1"] = make_channel("caller-f1")
+    asked: list[ForwardHop] = []
+
+    def next_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
+        asked.append(hop)
+        return boris_plan(hop, previous)
+
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(
+            ari, Channel(id="caller-f1"), forwarding_plan("busy"), next_plan=next_plan
+        )
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
+        anna = fake.requests_to("POST", "/channels")[0].params
+        assert anna["endpoint"] == "PJSIP/anna"
+        await fake.send_event(
+            make_event("ChannelDestroyed", cause=17, channel=make_channel(anna["channelId"]))
+        )
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 2)
+        boris = fake.requests_to("POST", "/channels")[1].params
+        assert boris["endpoint"] == "PJSIP/boris" and boris["originator"] == "caller-f1"
+        assert asked == [ForwardHop("201", "busy", "202", "admin")]
+        assert driver.plan.extension == "202" and len(driver.flows) == 2
+        # The caller was told ringing once; nothing sent it to the dialplan.
+        assert len(fake.requests_to("POST", "/channels/caller-f1/ring")) == 1
+        assert not fake.requests_to("POST", "/channels/caller-f1/continue")
+        await fake.send_event(
+            make_event("StasisStart", args=["leg"], channel=make_channel(boris["channelId"]))
+        )
+        await wait_for(lambda: any(r.path.endswith("/addChannel") for r in fake.requests))
+        add = next(r for r in fake.requests if r.path.endswith("/addChannel"))
+        assert add.params["channel"] == f"caller-f1,{boris['channelId']}"
+        await fake.send_event(make_event("ChannelDestroyed", channel=make_channel("caller-f1")))
+        await asyncio.wait_for(task, 3)
+        assert driver.flow.result is not None and driver.flow.result.value == "ANSWERED"
+
+
+async def test_an_unanswered_plan_forwards_after_its_time_and_the_last_one_reaches_the_dialplan(
+    fake,
+):
+    fake.model.channels["caller-f2"] = make_channel("caller-f2")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(
+            ari, Channel(id="caller-f2"), forwarding_plan("no_answer", 0.3), next_plan=boris_plan
+        )
+        await asyncio.wait_for(driver.run(), 5)
+        originated = fake.requests_to("POST", "/channels")
+        assert [r.params["endpoint"] for r in originated] == ["PJSIP/anna", "PJSIP/boris"]
+        anna = originated[0].params["channelId"]
+        # Anna's phone stopped ringing before Boris's started.
+        order = [(r.method, r.path) for r in fake.requests]
+        assert order.index(("DELETE", f"/channels/{anna}")) < order.index(("POST", "/channels"), 1)
+        # Boris's plan has no forwarding: the call reaches the dialplan as his.
+        var = fake.requests_to("POST", "/channels/caller-f2/variable")[0]
+        assert var.params == {"variable": "CALLROUTER_RESULT", "value": "NOANSWER"}
+        cont = fake.requests_to("POST", "/channels/caller-f2/continue")[0]
+        assert cont.params["extension"] == "202"
+        assert [f.result.value for f in driver.flows if f.result] == ["NOANSWER", "NOANSWER"]
