@@ -48,6 +48,7 @@ from callrouter.fallback.build import build as build_fallback
 from callrouter.logins.build import build as build_logins
 from callrouter.logs import register_secret, setup_logging
 from callrouter.metrics import Metrics, watch_loop_lag
+from callrouter.personal.build import build as build_personal
 from callrouter.presence.build import build as build_presence
 from callrouter.presence.live import AMI_EVENTS
 from callrouter.systemd import Notifier, keep_alive, watchdog_interval
@@ -112,7 +113,15 @@ class Router:
             node=settings.node,
         )
         # ARI checks that a FastAGI session is a real call on this Asterisk.
-        self.login_parts = build_logins(settings, live, self.ari, metrics=metrics)
+        # The users' own forwardings and switches; their feature codes share FastAGI.
+        self.personal = build_personal(settings, live)
+        self.login_parts = build_logins(
+            settings,
+            live,
+            self.ari,
+            metrics=metrics,
+            more_handlers=self.personal.feature_codes.handlers,
+        )
         self.logins = self.login_parts.service
         self.feature_codes = self.login_parts.feature_codes
         self.agi_server = self.login_parts.agi_server
@@ -131,6 +140,7 @@ class Router:
             metrics=metrics,
             role=lambda: (self.role.value, self.role_since),
             directory_changes=live.subscribe,  # the web client's live desk view
+            personal=self.personal.service,
         )
         metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)

@@ -9,11 +9,14 @@ from collections.abc import Callable
 from callrouter.api.app import create_api
 from callrouter.api.desk import DirectoryChanges, add_web_client
 from callrouter.api.operations import Readiness, operations_routes
+from callrouter.api.personal import add_personal
 from callrouter.api.server import ApiServer
 from callrouter.api.tokens import TokenSigner
 from callrouter.config import Settings
 from callrouter.logins.service import LoginService
+from callrouter.logins.sweeper import time_zone
 from callrouter.metrics import Metrics
+from callrouter.personal.service import PersonalService
 from callrouter.presence.live import PresenceService
 from callrouter.web.build import build as build_web
 
@@ -27,6 +30,7 @@ def build(
     metrics: Metrics | None = None,
     directory_changes: DirectoryChanges | None = None,
     role: Callable[[], tuple[str, float]] | None = None,
+    personal: PersonalService | None = None,
 ) -> ApiServer | None:
     if not settings.api_enabled:
         return None
@@ -45,6 +49,14 @@ def build(
         role=role,
     )
     api.include_router(operations_routes(readiness, metrics))
+    if personal is not None:
+        add_personal(
+            api,
+            personal,
+            presence=presence.tracker,
+            zone=lambda: time_zone(settings.timezone),
+            node=settings.node,
+        )
     add_web_client(
         api,
         build_web(settings),

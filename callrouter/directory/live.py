@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callrouter.directory.revisions import read_revisions
-from callrouter.directory.snapshot import load_logins, load_snapshot
+from callrouter.directory.snapshot import load_personal, load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.metrics import Metrics
 from callrouter.rules.loader import load_rules
@@ -124,18 +124,26 @@ class LiveDirectory:
             revision, content_revision = await read_revisions(self.engine)
         old = self.snapshot
         if not force and content_revision == old.content_revision and revision != old.revision:
-            # Only logins changed: read just those (a full reload of 100,000 users
-            # would hold up calls for most of a second).
+            # Only what users set for themselves changed (logins, own forwardings,
+            # switches): read just those (a full reload of 100,000 users would hold
+            # up calls for most of a second).
             started = time.perf_counter()
-            logins, revision, content_revision = await load_logins(self.engine)
+            personal = await load_personal(self.engine)
+            revision, content_revision = personal.revision, personal.content_revision
             if content_revision == old.content_revision:
-                self.snapshot = replace(old, logins=logins, revision=revision)
+                self.snapshot = replace(
+                    old,
+                    logins=personal.logins,
+                    forwards=personal.forwards,
+                    switched_off=personal.switched_off,
+                    revision=revision,
+                )
                 self._reloaded("logins", started)
-                log.info("logins reloaded at revision %d", revision)
+                log.info("logins and personal settings reloaded at revision %d", revision)
                 concerned = frozenset(
-                    ext
-                    for ext in logins.keys() | old.logins.keys()
-                    if logins.get(ext) != old.logins.get(ext)
+                    _changed_keys(personal.logins, old.logins)
+                    | _changed_keys(personal.forwards, old.forwards)
+                    | _changed_keys(personal.switched_off, old.switched_off)
                 )
                 changed = True
         if (
@@ -168,3 +176,7 @@ class LiveDirectory:
             return self.rules_path.stat().st_mtime
         except OSError:
             return None
+
+
+def _changed_keys(new: Mapping[str, object], old: Mapping[str, object]) -> set[str]:
+    return {key for key in new.keys() | old.keys() if new.get(key) != old.get(key)}

@@ -11,7 +11,9 @@ by the database itself, not only by the code that writes to it:
   each unique;
 * a phone belongs to at most one user *or* one workplace (``ck_phones_one_owner``);
 * a user is logged in at one workplace at most (``logins`` is keyed by user) and a
-  workplace holds one user at most (``uq_logins_workplace_id``).
+  workplace holds one user at most (``uq_logins_workplace_id``);
+* a user has one own forwarding per kind (``user_forwards`` is keyed by user and
+  kind) and a switch is off once (``switches_off``, by user and switch).
 
 Every change to the directory also bumps the single row of ``directory_revision``
 in the same transaction, so a router learns that it must reload its snapshot with
@@ -73,6 +75,9 @@ PIN_HASH_LENGTH = 255
 ACTION_LENGTH = 64
 ACTOR_LENGTH = 200
 CLIENT_STATUS_LENGTH = 16
+FORWARD_KIND_LENGTH = 16  # "unreachable", with room
+FORWARD_TARGET_COLUMN_LENGTH = 32  # "+" and 20 digits, with room
+SWITCH_NAME_LENGTH = 40  # rules.model.SwitchName
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -190,6 +195,41 @@ class LoginRow(Base):
     source: Mapped[str] = mapped_column(Text)  # "import", "admin", "phone", "api", ...
 
 
+class UserForwardRow(Base):
+    """A user's own forwarding of one kind (API, client, feature code), one per kind.
+
+    Personal like a login: a change bumps ``revision`` but not ``content_revision``.
+    The target is checked when it is set (``callrouter.personal``), by the rules in
+    force then; the resolver checks it again against the rules of each call.
+    """
+
+    __tablename__ = "user_forwards"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('always', 'busy', 'no_answer', 'unreachable', 'dnd')", name="kind"
+        ),
+    )
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(FORWARD_KIND_LENGTH), primary_key=True)
+    target: Mapped[str] = mapped_column(String(FORWARD_TARGET_COLUMN_LENGTH))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SwitchOffRow(Base):
+    """A switch (``switch:`` of a FollowMe entry) its user has turned off; on: no row."""
+
+    __tablename__ = "switches_off"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    switch: Mapped[str] = mapped_column(String(SWITCH_NAME_LENGTH), primary_key=True)
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class AuditRow(Base):
     """One change to the login state (and later other changes), kept after its subjects go.
 
@@ -275,3 +315,5 @@ audit: Table = metadata.tables["audit"]
 directory_revision: Table = metadata.tables["directory_revision"]
 pin_failures: Table = metadata.tables["pin_failures"]
 client_statuses: Table = metadata.tables["client_statuses"]
+user_forwards: Table = metadata.tables["user_forwards"]
+switches_off: Table = metadata.tables["switches_off"]

@@ -2,16 +2,19 @@
 
 ``load_snapshot`` reads everything in one consistent transaction, with a few Core
 queries straight into tuples and dicts (no ORM objects), so 100,000 users load in
-a second or two.  ``load_logins`` reads only the logins, for a router whose
-directory changed in nothing else (see ``callrouter.directory.revisions``).
+a second or two.  ``load_personal`` reads only what users set for themselves (logins,
+own forwardings, switches), for a router whose directory changed in nothing else
+(see ``callrouter.directory.revisions``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callrouter.directory import schema as s
 from callrouter.directory.database import begin_read
@@ -42,6 +45,7 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
             await conn.execute(select(p.c.endpoint, p.c.user_id, p.c.workplace_id, p.c.node))
         ).all()
         login_rows = (await conn.execute(select(lg.c.user_id, lg.c.workplace_id))).all()
+        forwards, switched_off = await _own_settings(conn)
 
     owned = phones_by_owner(phone_rows)
     user_phones, workplace_phones, unassigned = owned.users, owned.workplaces, owned.unassigned
@@ -87,13 +91,46 @@ async def load_snapshot(engine: AsyncEngine) -> DirectorySnapshot:
         logins=logins,
         unassigned_phones=tuple(sorted(unassigned)),
         phone_nodes={endpoint: intern(node) for endpoint, node in owned.nodes.items()},
+        forwards=forwards,
+        switched_off=switched_off,
         revision=revision,
         content_revision=content_revision,
     )
 
 
-async def load_logins(engine: AsyncEngine) -> tuple[dict[str, str], int, int]:
-    """Only the logins (extension -> workplace id), with the revisions they belong to."""
+@dataclass(frozen=True, slots=True)
+class PersonalState:
+    """What users set for themselves, with the revisions it belongs to."""
+
+    logins: dict[str, str]  # extension -> workplace id
+    forwards: Mapping[str, Mapping[str, str]]  # extension -> kind -> target
+    switched_off: Mapping[str, frozenset[str]]  # extension -> switch names
+    revision: int
+    content_revision: int
+
+
+async def _own_settings(
+    conn: AsyncConnection,
+) -> tuple[dict[str, dict[str, str]], dict[str, frozenset[str]]]:
+    """The users' own forwardings and the switches they turned off, by extension."""
+    u, f, so = s.users, s.user_forwards, s.switches_off
+    forwards: dict[str, dict[str, str]] = {}
+    rows = await conn.execute(
+        select(u.c.extension, f.c.kind, f.c.target).join_from(f, u, f.c.user_id == u.c.id)
+    )
+    for extension, kind, target in rows.all():
+        forwards.setdefault(str(extension), {})[sys.intern(str(kind))] = str(target)
+    off: dict[str, set[str]] = {}
+    rows = await conn.execute(
+        select(u.c.extension, so.c.switch).join_from(so, u, so.c.user_id == u.c.id)
+    )
+    for extension, switch in rows.all():
+        off.setdefault(str(extension), set()).add(str(switch))
+    return forwards, {ext: frozenset(names) for ext, names in off.items()}
+
+
+async def load_personal(engine: AsyncEngine) -> PersonalState:
+    """Logins, own forwardings and switches, read in one transaction."""
     lg, u, w = s.logins, s.users, s.workplaces
     async with begin_read(engine) as conn:
         revision, content_revision = await current_revisions(conn)
@@ -104,4 +141,12 @@ async def load_logins(engine: AsyncEngine) -> tuple[dict[str, str], int, int]:
                 .join(w, lg.c.workplace_id == w.c.id)
             )
         ).all()
-    return {str(e): sys.intern(str(slug)) for e, slug in rows}, revision, content_revision
+        forwards, switched_off = await _own_settings(conn)
+    logins = {str(e): sys.intern(str(slug)) for e, slug in rows}
+    return PersonalState(logins, forwards, switched_off, revision, content_revision)
+
+
+async def load_logins(engine: AsyncEngine) -> tuple[dict[str, str], int, int]:
+    """Only the logins (extension -> workplace id), with the revisions they belong to."""
+    state = await load_personal(engine)
+    return state.logins, state.revision, state.content_revision

@@ -3,9 +3,10 @@ automatic logout, counting wrong PINs in the directory database."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from callrouter.agi import AgiServer, ChannelCheck
+from callrouter.agi import AgiServer, ChannelCheck, Handler
 from callrouter.ari.rest import AriRest
 from callrouter.config import Settings
 from callrouter.directory.live import LiveDirectory
@@ -45,7 +46,12 @@ def ari_channel_check(ari: AriRest) -> ChannelCheck:
 
 
 def build(
-    settings: Settings, live: LiveDirectory, ari: AriRest, *, metrics: Metrics | None = None
+    settings: Settings,
+    live: LiveDirectory,
+    ari: AriRest,
+    *,
+    metrics: Metrics | None = None,
+    more_handlers: Mapping[str, Handler] | None = None,  # other features' AGI scripts
 ) -> Logins:
     service = LoginService(
         live.engine,
@@ -58,7 +64,7 @@ def build(
     feature_codes = FeatureCodes(service, settings.login_prefix)
     agi_server = (
         AgiServer(
-            feature_codes.handlers,
+            {**(more_handlers or {}), **feature_codes.handlers},
             host=settings.agi_host,
             port=settings.agi_port,
             channel_check=ari_channel_check(ari),

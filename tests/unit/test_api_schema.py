@@ -9,6 +9,7 @@ operation, a fixed seed) so it runs in seconds.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,25 @@ from starlette.types import Receive, Scope, Send
 
 from callrouter.api import TokenSigner, create_api
 from callrouter.api.desk import add_web_client
+from callrouter.api.personal import add_personal
 from callrouter.directory.database import create_engine, upgrade
 from callrouter.directory.importer import import_document
 from callrouter.directory.snapshot import load_snapshot
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.logins.service import LoginService
+from callrouter.personal.service import PersonalService
 from callrouter.presence.live import PresenceService
 from callrouter.presence.tracker import PresenceTracker
+from callrouter.rules.model import RingRules
 from callrouter.web.build import WebClient
 from callrouter.web.page import load_files, page_routes
 from callrouter.web.sessions import WebSessions
 from tests.unit.test_directory_store import document
 
 ADMIN_TOKEN = "admin-token-0123456789"
+PERSONAL_RULES: dict[str, Any] = {
+    "users": {"201": {"followme": [{"ring": ["PJSIP/anna-soft"], "switch": "softphone"}]}}
+}
 MAX_EXAMPLES = 50
 CHECKS = [
     not_a_server_error,
@@ -50,9 +57,14 @@ CHECKS = [
 
 
 def with_web_client(api: FastAPI, service: LoginService, presence: PresenceService) -> FastAPI:
-    """The API as the daemon serves it: the web client's routes too."""
+    """The API as the daemon serves it: the web client's and personal routes too."""
     web = WebClient(WebSessions(), page_routes(load_files()), secure_cookie=False)
     add_web_client(api, web, service=service, presence=presence)
+    rules = RingRules.model_validate(PERSONAL_RULES)
+    personal = PersonalService(
+        service.engine, lambda: service.snapshot, lambda: rules, on_change=service._on_change
+    )
+    add_personal(api, personal, presence=presence.tracker, zone=lambda: UTC)
     return api
 
 

@@ -45,6 +45,8 @@ TABLES = {
     "pin_failures",
     "role_workplaces",
     "roles",
+    "switches_off",
+    "user_forwards",
     "users",
     "workplaces",
 }
