@@ -257,6 +257,14 @@ def _desk_routes(
     if directory_changes is not None:
         directory_changes(lambda _concerned: everyone.wake(""))
 
+    def personal_of(snapshot: DirectorySnapshot, extension: str) -> dict[str, object]:
+        # My own forwardings and switched-off switches: the page fetches the views
+        # (/api/v1/me/forwarding, /me/switches) again when these change.
+        return {
+            "forwards": dict(snapshot.forwards.get(extension, {})),
+            "switched_off": sorted(snapshot.switched_off.get(extension, ())),
+        }
+
     async def stream(extension: str, request: Request) -> AsyncIterator[str]:
         wake = asyncio.Event()
         wake.set()  # the first round sends everything
@@ -293,6 +301,7 @@ def _desk_routes(
                 for name, data in (
                     ("desk", view.model_dump_json()),
                     ("seats", json.dumps(seats(snapshot))),
+                    ("personal", json.dumps(personal_of(snapshot, extension))),
                 ):
                     if sent.get(name) != data:
                         sent[name] = data
@@ -314,7 +323,8 @@ def _desk_routes(
     async def desk_events(extension: User, request: Request) -> StreamingResponse:
         """Server-Sent Events: ``desk`` (a DeskView) whenever mine changes (a login by
         phone, API or admin, a phone's state, my status), ``seats`` (who sits where,
-        by extension) whenever that does; a comment line every 15 s."""
+        by extension) whenever that does, ``personal`` (my own forwardings and
+        switched-off switches) whenever they do; a comment line every 15 s."""
         return StreamingResponse(
             stream(extension, request),
             media_type="text/event-stream",

@@ -566,3 +566,75 @@ Promise.all([
     await expect(page.locator("#workplace-now")).to_have_text(
         "You sit at no workplace.", timeout=WAIT_MS
     )
+
+
+PERSONAL_RULES = """
+users:
+  "401":
+    followme:
+      - {ring: [PJSIP/rt-web-dora]}
+      - {ring: [PJSIP/rt-web-desk-b], switch: mobile}
+"""
+
+
+def forward_row(page: Page, kind: str) -> Locator:
+    return page.get_by_role("list", name="Forwarding", exact=True).locator(
+        f'li[data-kind="{kind}"]'
+    )
+
+
+async def test_forwarding_and_switches_set_by_keyboard_and_followed_live(desks: Desks) -> None:
+    router = desks.running.router
+    desks.rules.write_text(PERSONAL_RULES)
+    await until(lambda: router.live.rules.users.get("401") is not None, "the new rules")
+    page = await desks.page(viewport={"width": 390, "height": 844})  # a phone's screen
+    await sign_in(page, "401", "4711")
+
+    # My switches: the admin's name, on; Space turns it off (keyboard alone).
+    mobile = page.get_by_role("switch", name="mobile", exact=True)
+    await expect(mobile).to_be_checked(timeout=WAIT_MS)
+    await expect(page.locator('li[data-switch="mobile"]')).to_contain_text("rt-web-desk-b")
+    await mobile.focus()
+    await page.keyboard.press("Space")
+    await expect(page.locator("#switches-message")).to_have_text("mobile is off.", timeout=WAIT_MS)
+    await expect(mobile).not_to_be_checked()
+    await until(
+        lambda: router.live.snapshot.switched_off == {"401": frozenset({"mobile"})}, "switch off"
+    )
+    assert "switched off by the user (mobile)" in await planned(desks, "401")
+
+    # Forwarding: each kind off; type a target, Enter.
+    busy = forward_row(page, "busy")
+    await expect(busy).to_contain_text("When busy, off")
+    await page.get_by_label("Forward When busy to", exact=True).fill("402")
+    await page.keyboard.press("Enter")
+    await expect(busy).to_contain_text("to 402 (yours)", timeout=WAIT_MS)
+    await expect(page.locator("#forwarding-message")).to_have_text("When busy: forwarded to 402.")
+    assert router.live.snapshot.forwards == {"401": {"busy": "402"}}
+
+    # Refused: to oneself, and an external number (extensions only); nothing stored.
+    for target, words in (("401", "oneself"), ("+4930123456", "extensions only")):
+        await page.get_by_label("Forward Always to", exact=True).fill(target)
+        await page.get_by_role("button", name="Set: Always", exact=True).click()
+        await expect(page.locator("#forwarding-message")).to_contain_text(words, timeout=WAIT_MS)
+    assert router.live.snapshot.forwards == {"401": {"busy": "402"}}
+
+    # Changed elsewhere (here the admin's CLI would do the same): the page follows.
+    await router.personal.service.set_forward("401", "dnd", "402", actor="admin", source="test")
+    await expect(forward_row(page, "dnd")).to_contain_text("to 402 (yours)", timeout=WAIT_MS)
+
+    await busy.get_by_role("button", name="Clear: When busy", exact=True).click()
+    await expect(busy).to_contain_text("When busy, off", timeout=WAIT_MS)
+    assert router.live.snapshot.forwards == {"401": {"dnd": "402"}}
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, width
+
+    german = await desks.page(locale="de-DE")
+    await german.get_by_label("Durchwahl", exact=True).fill("401")
+    await german.get_by_label("PIN", exact=True).fill("4711")
+    await german.get_by_role("button", name="Anmelden", exact=True).click()
+    await expect(german.get_by_role("heading", name="Umleitung", exact=True)).to_be_visible(
+        timeout=WAIT_MS
+    )
+    await expect(german.get_by_role("heading", name="Meine Schalter", exact=True)).to_be_visible()
+    await expect(german.get_by_role("switch", name="mobile", exact=True)).not_to_be_checked()

@@ -143,6 +143,7 @@
     $("sign-out").hidden = false;
     notice("");
     renderDesk(reply.data);
+    loadPersonal();
     for (const radio of document.querySelectorAll("input[name=status]")) {
       radio.checked = radio.value === status;
     }
@@ -184,6 +185,8 @@
       deskEvents += 1;
       renderDesk(JSON.parse(event.data));
     });
+    // My forwardings or switches changed (here, by a feature code, another client).
+    mine.addEventListener("personal", () => loadPersonal());
     mine.addEventListener("seats", (event) => {
       seats = JSON.parse(event.data);
       renderColleagues();
@@ -324,6 +327,159 @@
     const before = deskEvents;
     const reply = await api("GET", "/api/v1/me/desk");
     if (reply.status === 200 && deskEvents === before) renderDesk(reply.data);
+  }
+
+  // --- my forwarding and my switches ----------------------------------------------
+  let personalLoads = 0;
+  async function loadPersonal() {
+    const mine = ++personalLoads; // only the newest answer is shown
+    const [forwarding, switches] = await Promise.all([
+      api("GET", "/api/v1/me/forwarding"),
+      api("GET", "/api/v1/me/switches"),
+    ]);
+    if (mine !== personalLoads) return;
+    if (forwarding.status === 200) renderForwarding(forwarding.data);
+    if (switches.status === 200) renderSwitches(switches.data);
+  }
+
+  function forwardState(kind) {
+    if (kind.set_by === "user") return t("forwardMine", { to: kind.own });
+    if (kind.set_by === "admin") {
+      const only = kind.admin.length === 1 && !kind.admin[0].calls && !kind.admin[0].when && !kind.admin[0].unless;
+      return only ? t("forwardAdmin", { to: kind.admin[0].to }) : t("forwardAdminSome");
+    }
+    return t("forwardOff");
+  }
+
+  function renderForwarding(view) {
+    $("forwarding-policy").textContent = t("policy_" + view.user_forwarding);
+    const allowed = view.user_forwarding !== "off";
+    keepingFocus(() => {
+      const list = $("forwards");
+      list.replaceChildren();
+      for (const kind of view.kinds) {
+        const name = t("kind_" + kind.kind);
+        const li = item([
+          ["name", name],
+          ["state", forwardState(kind)],
+          ["hint", kind.own_ignored ? t("forwardIgnored", { to: kind.own }) : ""],
+        ]);
+        li.dataset.kind = kind.kind;
+        const form = document.createElement("form");
+        form.className = "forward-form";
+        form.noValidate = true;
+        const input = document.createElement("input");
+        input.id = "forward-" + kind.kind;
+        input.name = "to";
+        input.maxLength = 21;
+        input.autocomplete = "off";
+        input.inputMode = view.user_forwarding === "anywhere" ? "tel" : "numeric";
+        input.value = kind.own || "";
+        input.disabled = !allowed;
+        input.dataset.focusKey = "forward-input:" + kind.kind;
+        const label = document.createElement("label");
+        label.htmlFor = input.id;
+        label.className = "visually-hidden";
+        label.textContent = t("forwardTo", { kind: name });
+        const set = document.createElement("button");
+        set.type = "submit";
+        set.textContent = t("forwardSet");
+        set.disabled = !allowed;
+        set.dataset.focusKey = "forward-set:" + kind.kind;
+        set.setAttribute("aria-label", t("forwardSet") + ": " + name);
+        form.append(label, input, set);
+        if (kind.own) {
+          const clear = document.createElement("button");
+          clear.type = "button";
+          clear.textContent = t("forwardClear");
+          clear.dataset.focusKey = "forward-clear:" + kind.kind;
+          clear.setAttribute("aria-label", t("forwardClear") + ": " + name);
+          clear.addEventListener("click", () => clearForward(kind.kind, name));
+          form.append(clear);
+        }
+        form.addEventListener("submit", (event) => {
+          event.preventDefault();
+          setForward(kind.kind, name, input.value.trim());
+        });
+        li.append(form);
+        list.append(li);
+      }
+    });
+  }
+
+  function personalProblem(element, reply) {
+    if (reply.status === 401) {
+      showSignIn(t("sessionEnded"));
+      return;
+    }
+    const detail = reply.data && typeof reply.data.detail === "string" ? reply.data.detail : "";
+    element.textContent = detail || (reply.status === 422 ? t("forwardBadTarget") : t("failed", { status: reply.status || "-" }));
+  }
+
+  async function setForward(kind, name, to) {
+    const message = $("forwarding-message");
+    if (!/^\+?[0-9]{1,20}$/.test(to)) {
+      message.textContent = t("forwardBadTarget");
+      return;
+    }
+    const reply = await api("PUT", "/api/v1/me/forwarding/" + kind, { to });
+    if (reply.status === 200) {
+      message.textContent = t("forwardSaved", { kind: name, to });
+      renderForwarding(reply.data);
+    } else {
+      personalProblem(message, reply);
+    }
+  }
+
+  async function clearForward(kind, name) {
+    const message = $("forwarding-message");
+    const reply = await api("DELETE", "/api/v1/me/forwarding/" + kind);
+    if (reply.status === 200) {
+      message.textContent = t("forwardCleared", { kind: name });
+      renderForwarding(reply.data);
+      const again = document.querySelector(`[data-focus-key="forward-input:${kind}"]`);
+      if (again) again.focus(); // the clear button is gone
+    } else {
+      personalProblem(message, reply);
+    }
+  }
+
+  function renderSwitches(view) {
+    $("no-switches").hidden = view.length > 0;
+    keepingFocus(() => {
+      const list = $("switches");
+      list.replaceChildren();
+      for (const entry of view) {
+        const li = document.createElement("li");
+        const label = document.createElement("label");
+        label.className = "switch";
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.setAttribute("role", "switch");
+        box.checked = entry.on;
+        box.dataset.focusKey = "switch:" + entry.name;
+        box.addEventListener("change", () => setSwitch(entry.name, box.checked));
+        label.append(box, entry.name);
+        const rings = document.createElement("span");
+        rings.className = "hint";
+        rings.textContent = t("switchRings", { rings: entry.rings.join(", ") });
+        li.append(label, rings);
+        li.dataset.switch = entry.name;
+        list.append(li);
+      }
+    });
+  }
+
+  async function setSwitch(name, on) {
+    const message = $("switches-message");
+    const reply = await api("PUT", "/api/v1/me/switches/" + encodeURIComponent(name), { on });
+    if (reply.status === 200) {
+      message.textContent = on ? t("switchOn", { name }) : t("switchOff", { name });
+      renderSwitches(reply.data);
+    } else {
+      personalProblem(message, reply);
+      loadPersonal();
+    }
   }
 
   // --- colleagues --------------------------------------------------------------------
