@@ -50,6 +50,14 @@ def check_rules(rules: RingRules, snapshot: DirectorySnapshot) -> list[Problem]:
             frozenset(user.phones),
             f"user {extension}",
         )
+        for kind, index, step in user_rule.forward.steps():
+            if not is_external_number(step.to) and step.to not in snapshot.users:
+                checker.problems.append(
+                    Problem(
+                        ("users", extension, "forward", kind, index, "to"),
+                        f"forwarding target {step.to} is no user of the directory",
+                    )
+                )
     for workplace_id, workplace_rule in rules.workplaces.items():
         workplace = snapshot.workplaces.get(workplace_id)
         if workplace is None:
