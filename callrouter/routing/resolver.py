@@ -106,19 +106,25 @@ def resolve_plan(
             skipped=tuple(skipped),
             forwarded=forwarded,
         )
+    # Busy and no answer are known only once the phones rang: the driver follows them.
+    later = (
+        tuple(
+            hop
+            for kind in ("busy", "no_answer")
+            if (hop := forwards.get(kind)) is not None and _may_follow(hop, forwarded, warnings)
+        )
+        if forwards
+        else ()
+    )
     plan = _ring_plan(
         snapshot, rules, user, extension, caller, presence, context, node, warnings, skipped
     )
     unreachable = plan.status in (PlanStatus.UNREACHABLE, PlanStatus.NO_PHONES)
     if unreachable and (elsewhere := follow("unreachable")) is not None:
         return elsewhere
-    # Busy and no answer are known only once the phones rang: the driver follows them.
-    later = tuple(
-        hop
-        for kind in ("busy", "no_answer")
-        if (hop := forwards.get(kind)) is not None and _may_follow(hop, forwarded, warnings)
-    )
-    return replace(plan, warnings=tuple(warnings), forwarded=forwarded, forward_on=later)
+    if forwarded or later:
+        return replace(plan, warnings=tuple(warnings), forwarded=forwarded, forward_on=later)
+    return plan
 
 
 def resolve_forward(
