@@ -157,3 +157,32 @@ async def test_a_confirm_leg_that_presses_2_is_dropped_at_once(
     assert desk.matching("CANCEL") == [] and call.state in ("calling", "early")
     await call.hangup()
     await desk.wait_for("CANCEL")
+
+
+async def test_the_astdb_fallback_leaves_a_confirm_phone_out(
+    asterisk: AsteriskSandbox,
+    start_router: StartRouter,  # noqa: F811 (the fixture imported above)
+    make_phones: MakePhones,
+) -> None:
+    """Dial() cannot confirm one leg while the others ring: with the router down, the
+    mobile (a voicemail that answers at once) is not rung, and the desk takes the call."""
+    caller, desk, mobile = await make_phones("cf-caller4", "cf-desk4", "cf-mobile4")
+    desk.answer(after=0.5)
+    mobile.answer()
+    running = await start_router(
+        directory("""
+        - {extension: "864", name: Nina, phones: [PJSIP/cf-desk4, PJSIP/cf-mobile4]}
+    """),
+        rules("cf-desk4", "cf-mobile4").replace('"861"', '"864"'),
+    )
+    await until(lambda: asterisk.db_get("callrouter", "864"), "the fallback entry")
+    assert asterisk.db_get("callrouter", "864") == "PJSIP/cf-desk4"
+    await running.shut_down()
+    call = await caller.call("864", asterisk.sip_port)
+    await call.wait_answered(timeout=10)
+    assert desk.matching("200", direction="out", method="INVITE")
+    assert mobile.matching("INVITE") == []
+    await call.hangup()
+    await desk.wait_for("BYE")
+    asterisk.db_del("callrouter", "864")
+    asterisk.db_del("callrouter-timeout", "864")
