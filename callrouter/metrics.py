@@ -59,7 +59,7 @@ ROLES = ("active", "standby")
 # tests/unit/test_metrics.py holds them together).
 OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
 # "started" counts every leg asked for; the others how each started leg ended.
-LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled")
+LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled", "unconfirmed")
 # A login attempt, counted once by how it ended (logins.service maps the refusals).
 LOGIN_OUTCOMES = (
     "ok",

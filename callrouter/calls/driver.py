@@ -22,6 +22,7 @@ from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError, AriHttpError
 from callrouter.ari.events import AriEvent
 from callrouter.calls.flow import (
+    AskToConfirm,
     CallFlow,
     CallPhase,
     CallResult,
@@ -73,7 +74,13 @@ _FORWARD_KIND = {CallResult.NOANSWER: "no_answer", CallResult.BUSY: "busy"}
 # two-phone call's events (two as each leg starts, two RINGING, one ANSWER, one
 # CANCEL), each costing both sides CPU, and told the flow only that a leg rang. The
 # driver still reads a Dial when one comes (an Asterisk that refused the filter).
-ARI_EVENTS = frozenset({"StasisStart", *GONE_EVENTS})
+# ChannelDtmfReceived: the 1 (or 2) of a confirm leg's party; Asterisk sends it only
+# for channels in the app (answered legs, the caller), so ringing calls cost nothing.
+ARI_EVENTS = frozenset({"StasisStart", "ChannelDtmfReceived", *GONE_EVENTS})
+PLAYBACK_PREFIX = "cr-pb"
+# What a confirm leg's party hears: the prompt, a pause, the prompt again; then
+# silence until 1 or its deadline.
+_CONFIRM_PAUSE = "silence/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,8 @@ class CallDriver:
         on_set_up: Callable[[], None] | None = None,
         on_round_trip: Callable[[float], None] | None = None,
         next_plan: Callable[[ForwardHop, RingPlan], RingPlan] | None = None,
+        confirm_prompt: str = "followme/options",
+        confirm_timeout: float = 10.0,
     ) -> None:
         self.ari = ari
         self.caller = caller
@@ -120,7 +129,10 @@ class CallDriver:
         self.call_id = caller.id
         # Every line about this call carries its id as a field too (JSON logs).
         self.log = logging.LoggerAdapter(log, {"call_id": caller.id})
-        self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
+        self.flow = CallFlow(
+            caller.id, plan, lambda: ari.new_id(LEG_PREFIX), confirm_timeout=confirm_timeout
+        )
+        self.confirm_prompt = confirm_prompt  # a sound name, checked by the rules model
         # Forwarding at run time (busy, no answer): the plan a hop leads to, resolved
         # when it is taken; the flows of the plans before, for clean-up and metrics.
         self._next_plan = next_plan
@@ -130,6 +142,7 @@ class CallDriver:
         self.bridge_id: str | None = None
         # Transport only: leg id -> its originate request (the flow hears the outcome).
         self._originates: dict[str, asyncio.Task[StartOutcome]] = {}
+        self._prompts: dict[str, str] = {}  # leg id -> its confirm prompt's playback id
         self._ring_timeout_cap = ring_timeout_cap
         self._first_leg_asked = False
         self._t0 = 0.0
@@ -308,9 +321,11 @@ class CallDriver:
         if event.type == "StasisStart":
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
-            return self.flow.leg_answered(leg_id)
+            return self.flow.leg_answered(leg_id, self.now())
         if event.type in GONE_EVENTS:
             return self.flow.leg_gone(leg_id, self.now(), event.cause)
+        if event.type == "ChannelDtmfReceived":
+            return self.flow.leg_digit(leg_id, event.digit or "", self.now())
         return []
 
     def _on_dial_status(self, leg_id: str, status: str) -> list[Command]:
@@ -348,6 +363,8 @@ class CallDriver:
         for command in commands:
             if isinstance(command, StopLeg):
                 await self._stop_leg(command.leg_id)
+            elif isinstance(command, AskToConfirm):
+                await self._ask_to_confirm(command.leg_id)
             elif isinstance(command, Connect):
                 await self._connect(command)
             elif isinstance(command, ContinueInDialplan):
@@ -425,14 +442,33 @@ class CallDriver:
         self.log.debug("call %s: stopping leg %s", self.call_id, leg_id)
         await self._quietly(self.ari.hangup(leg_id))
 
+    async def _ask_to_confirm(self, leg_id: str) -> None:
+        """Play the prompt to a confirm leg's party; the flow keeps its deadline. A
+        prompt that cannot be played is logged: 1 still takes the call."""
+        playback_id = self.ari.new_id(PLAYBACK_PREFIX)
+        self._prompts[leg_id] = playback_id
+        prompt = f"sound:{self.confirm_prompt}"
+        self.log.debug("call %s: leg %s must press 1 (%s)", self.call_id, leg_id, prompt)
+        try:
+            await self.ari.play(
+                leg_id, [prompt, f"sound:{_CONFIRM_PAUSE}", prompt], playback_id=playback_id
+            )
+        except AriError as exc:
+            self.log.warning("call %s: confirm prompt for leg %s: %s", self.call_id, leg_id, exc)
+
     async def _connect(self, command: Connect) -> None:
         answered = self.clock() - self.arrived
         self.bridge_id = self.ari.new_id(BRIDGE_PREFIX)
         self.ari.route(self.bridge_id, self.queue)
+        # A confirmed leg's prompt stops first: Asterisk runs a channel's requests in
+        # turn, so its addChannel would wait for the playback to end.
+        prompt = self._prompts.pop(command.leg_id, None)
+        stop_prompt = [self._quietly(self.ari.stop_playback(prompt))] if prompt else []
         try:
             await asyncio.gather(
                 self.ari.answer(self.caller.id),
                 self.ari.create_bridge(self.bridge_id, type="mixing"),
+                *stop_prompt,
             )
             await self.ari.add_channel(self.bridge_id, [self.caller.id, command.leg_id])
         except AriError as exc:
@@ -469,7 +505,12 @@ class CallDriver:
         self.metrics.call_forwarded(hop.kind)
         self.earlier_flows.append(self.flow)
         self.plan = plan
-        self.flow = CallFlow(self.call_id, plan, lambda: self.ari.new_id(LEG_PREFIX))
+        self.flow = CallFlow(
+            self.call_id,
+            plan,
+            lambda: self.ari.new_id(LEG_PREFIX),
+            confirm_timeout=self.flow.confirm_timeout,
+        )
         self._route(list(self.flow.legs))
         self._t0 = self.clock()  # the new plan's times count from now
         for warning in plan.warnings:

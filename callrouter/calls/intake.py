@@ -177,6 +177,8 @@ class CallIntake:
             on_set_up=lambda: self._waiting.discard(call_id),
             on_round_trip=self._round_trip,
             next_plan=next_plan,
+            confirm_prompt=rules.defaults.confirm_prompt,
+            confirm_timeout=rules.defaults.confirm_timeout,
         )
         self.calls[call_id] = driver
         self._waiting.add(call_id)
