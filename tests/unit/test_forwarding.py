@@ -21,9 +21,8 @@ from callrouter.routing.plan import CallContext, ForwardHop, LegSource, PlanStat
 from callrouter.routing.resolver import resolve_forward, resolve_plan
 from callrouter.routing.timeline import format_tree
 from callrouter.rules.check import check_rules
-from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules
-from callrouter.yamlfile import YamlFileError
+from tests.unit.test_rules_loader import rules_errors
 
 USERS = {
     ext: User(ext, name, "staff" if ext != "204" else "trainee", phones)
@@ -307,11 +306,7 @@ BAD = [
 def test_bad_forwarding_rules_name_the_file_line_and_field(
     tmp_path: Path, text: str, error: str
 ) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text(text)
-    with pytest.raises(YamlFileError) as caught:
-        load_rules(path)
-    lines = ["rules.yaml:" + e.removeprefix(f"{path}:") for e in caught.value.errors]
+    lines = rules_errors(tmp_path, text)
     assert len(lines) == 1 and lines[0].startswith(error), lines
 
 
