@@ -10,6 +10,8 @@ state of the call and of each leg's channel.
 Phases:   RINGING ──leg answers──▶ CONNECTING ──bridged──▶ CONNECTED ──hang-up──▶ FINISHED
              │                         └──── bridge failed (FAILED) ─────────────▶ FINISHED
              └──── caller hangs up / every leg ended / hand-back ────────────────▶ FINISHED
+A pickup (*8 + extension, ``picked_up``) is a phone answering from outside the plan: it
+wins from RINGING like an answering leg.
 
 Results (``CallResult``): the dialplan sees NOANSWER, BUSY, UNKNOWN, NOPHONES, DND (in
 [callrouter-result]) in CALLROUTER_RESULT; an ANSWERED call is set nothing (Asterisk's
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from callrouter.routing.plan import Leg, PlanStatus, RingPlan
+from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +280,18 @@ class CallFlow:
             self._leg_to(run, LegPhase.RINGING, "ringing")
         return []
 
+    def picked_up(self, picker_id: str, endpoint: str) -> list[Command]:
+        """A phone picked the call up (*8 + extension): its channel ``picker_id``, which
+        the driver answered already, wins like an answering leg (every other leg is
+        cancelled, the caller is bridged with it). Nothing unless a phone rings now:
+        the driver refuses the pickup then."""
+        if not self.ringing() or picker_id in self.legs:
+            return []
+        leg = Leg(endpoint, 0.0, 0.0, LegSource.PICKUP)
+        run = LegRun(leg, picker_id, 0.0, 0.0, LegPhase.RINGING, channel=LegChannel.CREATED)
+        self.legs[picker_id] = run
+        return self.leg_answered(picker_id)
+
     def leg_answered(self, leg_id: str) -> list[Command]:
         run = self.legs.get(leg_id)
         if run is None or not run.active:
@@ -340,6 +354,10 @@ class CallFlow:
         times = [r.start_at for r in self.legs.values() if r.phase is LegPhase.PENDING]
         times += [r.stop_at for r in self.legs.values() if r.active]
         return min(times, default=None)
+
+    def ringing(self) -> bool:
+        """Whether the call rings at least one phone now (a pickup may take it)."""
+        return self.phase is CallPhase.RINGING and any(r.active for r in self.legs.values())
 
     @property
     def finished(self) -> bool:
