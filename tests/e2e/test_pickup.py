@@ -130,3 +130,14 @@ async def test_nothing_ringing_ends_the_pickers_call_cleanly(
     assert phones["desk"].matching("INVITE") == []
     assert not running.router.intake.calls
     await assert_nothing_left(asterisk)  # no channel of a phone, no leg, no bridge
+
+
+async def test_with_the_router_not_running_the_picker_hears_try_later(
+    asterisk: AsteriskSandbox, make_phones: MakePhones
+) -> None:
+    (bert,) = await make_phones("rt-pk-bert")
+    pickup = await bert.call("*8201", asterisk.sip_port)
+    with pytest.raises(CallFailed) as failed:
+        await pickup.wait_answered(timeout=20)
+    assert failed.value.status == 503  # Stasis failed: "please try later", cause 34
+    await assert_nothing_left(asterisk)
