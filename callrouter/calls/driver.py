@@ -322,6 +322,11 @@ class CallDriver:
         except AriError as exc:
             self.log.info("call %s: pickup by %s failed: %s", self.call_id, pickup.endpoint, exc)
             won = False
+        except asyncio.CancelledError:  # the call's task ends meanwhile (shutdown)
+            self.ari.unroute(pickup.picker_id)
+            if not pickup.reply.done():
+                pickup.reply.set_result(False)
+            raise
         else:
             won = not pickup.reply.done()  # done: the intake gave up, it ends the picker
         if not won:

@@ -27,9 +27,9 @@ from callrouter.calls.flow import (
     StopLeg,
 )
 from callrouter.calls.intake import CallIntake, leg_outcomes
-from callrouter.calls.pickup import PhoneUsers, Picker, pickup_refusal
+from callrouter.calls.pickup import PhoneUsers, Picker, PickupResult, pickup_refusal
 from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
-from callrouter.metrics import Metrics
+from callrouter.metrics import PICKUP_OUTCOMES, Metrics
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 from callrouter.rules.model import RingRules
 from tests.fakes import FakeAri, make_channel, make_event
@@ -209,6 +209,12 @@ def test_a_users_own_rule_wins_and_the_callee_may_always_pick_up_their_own_calls
     assert pickup_refusal(SNAPSHOT, rules, "202", picker("PJSIP/bert")) is None  # own
     own_elsewhere = Picker("PJSIP/lobby", "201")
     assert pickup_refusal(SNAPSHOT, rules, "201", own_elsewhere) is None
+
+
+def test_the_pickup_metric_labels_are_the_results() -> None:
+    assert set(PICKUP_OUTCOMES) == {r.value.lower() for r in PickupResult}
+    found = samples(Metrics())
+    assert all(found["callrouter_pickups_total", (("outcome", o),)] == 0 for o in PICKUP_OUTCOMES)
 
 
 # --- on the fake ARI: the driver and the intake --------------------------------------
