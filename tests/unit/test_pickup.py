@@ -31,7 +31,9 @@ from callrouter.calls.pickup import PhoneUsers, Picker, PickupResult, pickup_ref
 from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
 from callrouter.metrics import PICKUP_OUTCOMES, Metrics
 from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
+from callrouter.rules.check import check_rules
 from callrouter.rules.model import RingRules
+from callrouter.yamlfile import Problem
 from tests.fakes import FakeAri, make_channel, make_event
 from tests.unit.test_metrics import samples
 
@@ -215,6 +217,26 @@ def test_the_pickup_metric_labels_are_the_results() -> None:
     assert set(PICKUP_OUTCOMES) == {r.value.lower() for r in PickupResult}
     found = samples(Metrics())
     assert all(found["callrouter_pickups_total", (("outcome", o),)] == 0 for o in PICKUP_OUTCOMES)
+
+
+def test_rules_check_names_a_role_in_picked_up_by_the_directory_does_not_have() -> None:
+    rules = RingRules.model_validate(
+        {
+            "defaults": {"picked_up_by": ["staff", "stuff"]},
+            "users": {"201": {"picked_up_by": ["x"]}},
+        }
+    )
+    assert check_rules(rules, SNAPSHOT) == [
+        Problem(
+            ("defaults", "picked_up_by", 1),
+            "no role is named stuff (the directory's: intern, staff)",
+        ),
+        Problem(
+            ("users", "201", "picked_up_by", 0),
+            "no role is named x (the directory's: intern, staff)",
+        ),
+    ]
+    assert check_rules(STAFF_ONLY, SNAPSHOT) == []
 
 
 # --- on the fake ARI: the driver and the intake --------------------------------------
