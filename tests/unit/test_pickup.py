@@ -30,7 +30,7 @@ from callrouter.calls.intake import CallIntake, leg_outcomes
 from callrouter.calls.pickup import PhoneUsers, Picker, PickupResult, pickup_refusal
 from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
 from callrouter.metrics import PICKUP_OUTCOMES, Metrics
-from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
+from callrouter.routing.plan import ForwardHop, Leg, LegSource, PlanStatus, RingPlan
 from callrouter.rules.check import check_rules
 from callrouter.rules.model import RingRules
 from callrouter.yamlfile import Problem
@@ -501,3 +501,52 @@ async def test_pickups_still_queued_when_the_call_ends_get_false() -> None:
         assert late is False
         await asyncio.wait_for(task, 3)
         assert not fake.requests_to("POST", "/channels/picker-1/answer")
+
+
+async def test_a_forwarded_call_is_picked_up_by_the_extension_it_rings_for_now() -> None:
+    async with (
+        FakeAri(password=PW) as fake,
+        AriClient(fake.base_url, fake.user, PW, fake.app) as ari,
+    ):
+        await ari.wait_connected(3)
+        fake.model.channels["caller-1"] = make_channel("caller-1")
+        fake.model.channels["picker-1"] = make_channel("picker-1")
+        hop = ForwardHop("201", "busy", "202", "admin")
+        anna = RingPlan(
+            "201",
+            "Anna",
+            None,
+            PlanStatus.OK,
+            (Leg("PJSIP/anna", 0, 20, LegSource.FOLLOWME),),
+            forward_on=(hop,),
+        )
+        boris = RingPlan(
+            "202",
+            "Boris",
+            None,
+            PlanStatus.OK,
+            (Leg("PJSIP/boris", 0, 20, LegSource.FOLLOWME),),
+            forwarded=(hop,),
+        )
+        driver = CallDriver(
+            ari,
+            Channel(id="caller-1", name="PJSIP/c-00000001"),
+            anna,
+            next_plan=lambda hop, previous: boris,
+        )
+        task = asyncio.ensure_future(driver.run())
+        await until(lambda: driver.ringing_for("201"))
+        (first,) = (r.params["channelId"] for r in fake.requests_to("POST", "/channels"))
+        await fake.send_event(make_event("ChannelDestroyed", cause=17, channel=make_channel(first)))
+        await until(lambda: driver.ringing_for("202"))
+        assert not driver.ringing_for("201")  # Anna's plan is over: *8201 finds nothing
+        assert await asyncio.wait_for(driver.pick_up("picker-1", "PJSIP/x", "203"), 3)
+        await until(lambda: any(r.path.endswith("/addChannel") for r in fake.requests))
+        add = next(r for r in fake.requests if r.path.endswith("/addChannel"))
+        assert add.params["channel"] == "caller-1,picker-1"
+        second = fake.requests_to("POST", "/channels")[1].params["channelId"]
+        assert fake.requests_to("DELETE", f"/channels/{second}")  # Boris's phone stops
+        await fake.send_event(make_event("ChannelDestroyed", channel=make_channel("caller-1")))
+        await asyncio.wait_for(task, 3)
+        assert fake.requests_to("DELETE", "/channels/picker-1")
+        assert not ari.is_routed("picker-1")
