@@ -550,3 +550,32 @@ async def test_a_forwarded_call_is_picked_up_by_the_extension_it_rings_for_now()
         await asyncio.wait_for(task, 3)
         assert fake.requests_to("DELETE", "/channels/picker-1")
         assert not ari.is_routed("picker-1")
+
+
+async def test_twenty_pickers_at_once_exactly_one_wins(rig: Rig) -> None:
+    await rig.call("caller-1", "201")
+    await rig.ringing("caller-1", 2)
+    pickers = [f"picker-{i}" for i in range(20)]
+    for picker_id in pickers:
+        await rig.dial_pickup(picker_id, "PJSIP/bert")
+    await until(lambda: all(rig.result_of(p) is not None for p in pickers[1:]), timeout=10)
+    assert rig.bridged() == [["caller-1", "picker-0"]]  # the first to reach the call
+    assert {rig.result_of(p) for p in pickers[1:]} == {"NOCALL"}
+    assert rig.count("picked_up") == 1 and rig.count("nocall") == 19
+
+
+async def test_a_local_channel_or_an_oversized_extension_gets_nowhere(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="callrouter.calls")
+    await rig.call("caller-1", "201")
+    desk, soft = await rig.ringing("caller-1", 2)
+    # A Local channel names no phone: whoever set it up is no phone of the directory.
+    chan = make_channel("picker-1", name="Local/201@phones-00000001;2")
+    rig.fake.model.channels["picker-1"] = chan
+    await rig.fake.send_event(make_event("StasisStart", args=["201", "pickup"], channel=chan))
+    await until(lambda: rig.result_of("picker-1") == "REFUSED")
+    await rig.dial_pickup("picker-2", "PJSIP/bert", extension="2" * 10_000)
+    await until(lambda: rig.result_of("picker-2") == "NOCALL")
+    assert not rig.deleted(desk) and not rig.deleted(soft)
+    assert max(len(r.getMessage()) for r in caplog.records) < 300  # no 10,000 digits logged
