@@ -89,6 +89,16 @@ class _HandBack:
 
 
 @dataclass(frozen=True, slots=True)
+class _PickUp:
+    """A phone picks the call up (*8 + extension): ``reply`` says whether it won."""
+
+    picker_id: str  # its channel, in the app, not answered yet
+    endpoint: str
+    user: str | None  # the user at that phone (for the log)
+    reply: asyncio.Future[bool]
+
+
+@dataclass(frozen=True, slots=True)
 class _Vanished:
     """After a reconnect, these channels were no longer in Asterisk's list."""
 
@@ -98,6 +108,8 @@ class _Vanished:
 class Caller(Protocol):
     @property
     def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
     @property
     def caller_name(self) -> str | None: ...
     @property
@@ -138,7 +150,7 @@ class CallDriver:
         self._next_plan = next_plan
         self.earlier_flows: list[CallFlow] = []
         self._routes: list[str] = []  # channel ids routed to this call's queue
-        self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
+        self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished | _PickUp] = asyncio.Queue()
         self.bridge_id: str | None = None
         # Transport only: leg id -> its originate request (the flow hears the outcome).
         self._originates: dict[str, asyncio.Task[StartOutcome]] = {}
@@ -146,6 +158,7 @@ class CallDriver:
         self._ring_timeout_cap = ring_timeout_cap
         self._first_leg_asked = False
         self._t0 = 0.0
+        self._picker: _PickUp | None = None  # the pickup that won the call
         self._detached = False  # see detach()
         self._abandoned = False  # see abandon()
         # For the overload signals (calls/overload.py): once, when the call stops
@@ -173,6 +186,8 @@ class CallDriver:
                         await self._execute(self._on_hand_back())
                     elif isinstance(event, _Vanished):
                         await self._execute(self._on_vanished(event.channel_ids))
+                    elif isinstance(event, _PickUp):
+                        await self._on_pick_up(event)
                     else:
                         await self._execute(self._on_event(event))
             self._log_finished()
@@ -182,6 +197,7 @@ class CallDriver:
                 self.ari.unroute(channel_id)
             if self.bridge_id is not None:
                 self.ari.unroute(self.bridge_id)
+            self._end_pickups()
 
     def _route(self, channel_ids: list[str]) -> None:
         for channel_id in channel_ids:
@@ -193,7 +209,7 @@ class CallDriver:
         """Every flow of this call: one per plan, the plans forwarding led to last."""
         return [*self.earlier_flows, self.flow]
 
-    async def _next_input(self) -> AriEvent | _HandBack | _Vanished:
+    async def _next_input(self) -> AriEvent | _HandBack | _Vanished | _PickUp:
         """The next queued input, or TimeoutError once the flow's next deadline is due
         (a due deadline first). An input already queued is taken without a timer;
         ``asyncio.timeout`` rather than ``wait_for``, which costs a task per input on
@@ -214,7 +230,6 @@ class CallDriver:
     def _log_finished(self) -> None:
         """The one INFO line of a call (each line costs CPU on the call path): how it
         ended, for whom, how many legs, who answered, how long the router had it."""
-        winner = self.flow.winner
         forwarded = self.plan.forwarded
         self.log.info(
             "call %s: finished, %s: %s (%s)%s, %d leg(s)%s, status %s, %.2f s",
@@ -226,10 +241,18 @@ class CallDriver:
             if forwarded
             else "",
             len(self.plan.legs),
-            f", answered by {winner.leg.endpoint}" if winner is not None else "",
+            self._answered_by(),
             self.plan.status.value,
             self.clock() - self.arrived,
         )
+
+    def _answered_by(self) -> str:
+        winner, picker = self.flow.winner, self._picker
+        if winner is None:
+            return ""
+        if picker is not None and winner.leg_id == picker.picker_id:
+            return f", picked up by {picker.endpoint} ({picker.user or 'no user'})"
+        return f", answered by {winner.leg.endpoint}"
 
     def _log_start(self) -> None:
         """The call's plan (DEBUG) and its warnings."""
@@ -260,6 +283,20 @@ class CallDriver:
         if gone:
             self.queue.put_nowait(_Vanished(gone))
 
+    def ringing_for(self, extension: str) -> bool:
+        """Whether this call rings a phone for ``extension`` now: its current flow's
+        plan is that extension's (a pickup of it may take the call)."""
+        return self.flow.plan.extension == extension and self.flow.ringing()
+
+    async def pick_up(self, picker_id: str, endpoint: str, user: str | None) -> bool:
+        """A phone picks the call up: queued behind the call's own events, so the
+        answering legs, other pickers and the caller's hang-up are taken in the order
+        they came. True once it won (answered, the other legs cancelled, the bridge
+        under way); False when nothing rang any more or the picker was gone."""
+        reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_PickUp(picker_id, endpoint, user, reply))
+        return await reply
+
     async def hand_back(self) -> None:
         """Ask the call to hand its caller back to the dialplan (shutdown)."""
         self.queue.put_nowait(_HandBack())
@@ -283,6 +320,46 @@ class CallDriver:
         for channel_id in gone:
             commands += self.flow.leg_gone(channel_id, now)
         return commands
+
+    async def _on_pick_up(self, pickup: _PickUp) -> None:
+        if pickup.reply.done():
+            return  # the intake gave up waiting
+        if not self.flow.ringing():
+            pickup.reply.set_result(False)
+            return
+        # Its events come here from now on (a hang-up while it is bridged ends the call).
+        self.ari.route(pickup.picker_id, self.queue)
+        try:
+            # First: a picker that hung up meanwhile must not cancel the ringing.
+            await self.ari.answer(pickup.picker_id)
+        except AriError as exc:
+            self.log.info("call %s: pickup by %s failed: %s", self.call_id, pickup.endpoint, exc)
+            won = False
+        except asyncio.CancelledError:  # the call's task ends meanwhile (shutdown)
+            self.ari.unroute(pickup.picker_id)
+            if not pickup.reply.done():
+                pickup.reply.set_result(False)
+            raise
+        else:
+            won = not pickup.reply.done()  # done: the intake gave up, it ends the picker
+        if not won:
+            self.ari.unroute(pickup.picker_id)
+            if not pickup.reply.done():
+                pickup.reply.set_result(False)
+            return
+        # Nothing else ran since the check above: this call's inputs wait in the queue.
+        self._picker = pickup
+        pickup.reply.set_result(True)
+        await self._execute(self.flow.picked_up(pickup.picker_id, pickup.endpoint))
+
+    def _end_pickups(self) -> None:
+        """The call is over: pickups still queued get False (nothing to pick up)."""
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, _PickUp) and not item.reply.done():
+                item.reply.set_result(False)
+        if self._picker is not None:
+            self.ari.unroute(self._picker.picker_id)
 
     def _on_hand_back(self) -> list[Command]:
         commands = self.flow.hand_back()

@@ -10,6 +10,8 @@ state of the call and of each leg's channel.
 Phases:   RINGING ──leg answers──▶ CONNECTING ──bridged──▶ CONNECTED ──hang-up──▶ FINISHED
              │                         └──── bridge failed (FAILED) ─────────────▶ FINISHED
              └──── caller hangs up / every leg ended / hand-back ────────────────▶ FINISHED
+A pickup (*8 + extension, ``picked_up``) is a phone answering from outside the plan: it
+wins from RINGING like an answering leg.
 
 A confirm leg (``Leg.confirm``, rules ``confirm: true``) that answers does not win at
 once: it is CONFIRMING (the call still RINGING, the caller still hears ringing, the
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from callrouter.routing.plan import Leg, PlanStatus, RingPlan
+from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +316,18 @@ class CallFlow:
             self._leg_to(run, LegPhase.RINGING, "ringing")
         return []
 
+    def picked_up(self, picker_id: str, endpoint: str) -> list[Command]:
+        """A phone picked the call up (*8 + extension): its channel ``picker_id``, which
+        the driver answered already, wins like an answering leg (every other leg is
+        cancelled, the caller is bridged with it). Nothing unless a phone rings now:
+        the driver refuses the pickup then."""
+        if not self.ringing() or picker_id in self.legs:
+            return []
+        leg = Leg(endpoint, 0.0, 0.0, LegSource.PICKUP)
+        run = LegRun(leg, picker_id, 0.0, 0.0, LegPhase.RINGING, channel=LegChannel.CREATED)
+        self.legs[picker_id] = run
+        return self.leg_answered(picker_id)
+
     def leg_answered(self, leg_id: str, now: float | None = None) -> list[Command]:
         """A leg's phone answered (its StasisStart). ``now`` is needed for a confirm
         leg, whose party then has ``confirm_timeout`` seconds to press 1."""
@@ -400,6 +414,10 @@ class CallFlow:
         times += [r.stop_at for r in self.legs.values() if r.active]
         times += [r.confirm_by for r in self.legs.values() if r.confirm_by is not None and r.live]
         return min(times, default=None)
+
+    def ringing(self) -> bool:
+        """Whether the call rings at least one phone now (a pickup may take it)."""
+        return self.phase is CallPhase.RINGING and any(r.active for r in self.legs.values())
 
     @property
     def finished(self) -> bool:
