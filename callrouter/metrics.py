@@ -59,7 +59,9 @@ ROLES = ("active", "standby")
 # tests/unit/test_metrics.py holds them together).
 OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
 # "started" counts every leg asked for; the others how each started leg ended.
-LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled")
+LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled", "unconfirmed")
+# A pickup (*8 + extension), by how it ended (calls/pickup.py's PickupResult, lower-case).
+PICKUP_OUTCOMES = ("picked_up", "nocall", "refused")
 # A login attempt, counted once by how it ended (logins.service maps the refusals).
 LOGIN_OUTCOMES = (
     "ok",
@@ -155,6 +157,15 @@ class Metrics:
                 registry=r,
             ),
             LEG_OUTCOMES,
+        )
+        self._pickups = _children(
+            Counter(
+                "callrouter_pickups",
+                "Pickups (*8 + extension): picked up, nothing ringing, or refused.",
+                ["outcome"],
+                registry=r,
+            ),
+            PICKUP_OUTCOMES,
         )
         self._setup = Histogram(
             "callrouter_call_setup_seconds",
@@ -312,6 +323,9 @@ class Metrics:
     def legs_ended(self, outcomes: Iterable[str]) -> None:
         for outcome in outcomes:
             self._legs[outcome].inc()
+
+    def pickup(self, outcome: str) -> None:
+        self._pickups[outcome].inc()
 
     def call_setup(self, seconds: float) -> None:
         self._setup.observe(seconds)

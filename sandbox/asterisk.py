@@ -50,7 +50,9 @@ ROOTFS_MARKER = ".callrouter-rootfs-complete"
 #: Inside the chroot: one folder per running sandbox.
 RUN_ROOT_IN_CHROOT = "/run-callrouter"
 DEBIAN_SUITE = "sid"
-ASTERISK_PACKAGES = ("asterisk", "asterisk-modules")
+# asterisk depends on the English core sounds already; named here because the router
+# plays one of them (followme/options, to confirm legs) and the e2e tests hear it.
+ASTERISK_PACKAGES = ("asterisk", "asterisk-modules", "asterisk-core-sounds-en-gsm")
 
 #: Defaults of the files in asterisk-config/ (Docker uses them as they are).
 DEFAULT_HTTP_PORT = 18088

@@ -35,8 +35,9 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 
+from callrouter.routing.chain import plan_tree  # noqa: E402
 from callrouter.routing.resolver import resolve_plan  # noqa: E402
-from callrouter.routing.timeline import format_plan  # noqa: E402
+from callrouter.routing.timeline import format_tree  # noqa: E402
 from sandbox.asterisk import AsteriskSandbox, SandboxUnavailable, ensure_rootfs  # noqa: E402
 from sandbox.phones import (  # noqa: E402
     Answer,
@@ -153,7 +154,14 @@ def scenarios(scale: float) -> list[Scenario]:
             before=emma_logs_in_at_hotdesk_2,
         ),
         Scenario(
-            "(g) presence: Emma sets do-not-disturb in her client app -> DND at once, "
+            "(g) forwarding: Emma, still at hot desk 2, does not answer; after "
+            f"{20 * s:g} s her call goes to Reception (rules: forward no_answer), "
+            "whose DECT answers",
+            "205",
+            {"reception-dect": Answer(after=1.0)},
+        ),
+        Scenario(
+            "(h) presence: Emma sets do-not-disturb in her client app -> DND at once, "
             "no phone rings",
             "205",
             before=emma_sets_dnd,
@@ -332,8 +340,14 @@ async def demo(asterisk: AsteriskSandbox, rules_path: Path, workdir: Path, scale
                     presence=running.router.presence.tracker,
                 )
                 print(f"  $ callrouter plan {sc.extension} --caller PJSIP/{CALLER}")
-                print("    " + format_plan(plan).rstrip("\n").replace("\n", "\n    "))
-                stop_at = plan.stop if plan.legs else 0
+                tree = plan_tree(live.snapshot, live.rules, plan, f"PJSIP/{CALLER}")
+                print("    " + format_tree(tree).rstrip("\n").replace("\n", "\n    "))
+                # Long enough for the plan and every plan its forwardings lead to.
+                stop_at, node = 0.0, tree
+                while node.then:
+                    stop_at += node.plan.stop
+                    node = max((t for _, t in node.then), key=lambda t: t.plan.stop)
+                stop_at += node.plan.stop
                 await place_call(sc, caller, bank, asterisk.sip_port, stop_at + 10, collect)
                 print()
         finally:
@@ -354,10 +368,10 @@ async def failover(
     bank: PhoneBank,
     scale: float,
 ) -> None:
-    """(h) Two routers on a PostgreSQL directory; the active one is killed (SIGKILL)
+    """(i) Two routers on a PostgreSQL directory; the active one is killed (SIGKILL)
     while a call rings, and the standby takes the call over."""
     print(
-        "(h) active and standby: two `callrouter serve` on a PostgreSQL directory; "
+        "(i) active and standby: two `callrouter serve` on a PostgreSQL directory; "
         "the active one is killed (kill -9) while Reception's phones ring"
     )
     async with throwaway_postgres() as url:

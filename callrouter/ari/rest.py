@@ -183,6 +183,31 @@ class AriRest:
             raise
         return True
 
+    async def play(
+        self,
+        channel_id: str,
+        media: str | Iterable[str],
+        *,
+        playback_id: str | None = None,
+        lang: str | None = None,
+    ) -> None:
+        """``POST /channels/{id}/play``: play media (``sound:NAME``; several in turn)."""
+        await self.request(
+            "POST",
+            f"/channels/{_seg(channel_id)}/play",
+            params={"media": media, "playbackId": playback_id, "lang": lang},
+        )
+
+    async def stop_playback(self, playback_id: str) -> bool:
+        """``DELETE /playbacks/{id}``; False if it was over already (404)."""
+        try:
+            await self.request("DELETE", f"/playbacks/{_seg(playback_id)}")
+        except AriHttpError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def get_channel(self, channel_id: str) -> Channel | None:
         """``GET /channels/{id}``; None if there is no such channel."""
         try:

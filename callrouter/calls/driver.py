@@ -22,6 +22,7 @@ from callrouter.ari.client import AriClient
 from callrouter.ari.errors import AriError, AriHttpError
 from callrouter.ari.events import AriEvent
 from callrouter.calls.flow import (
+    AskToConfirm,
     CallFlow,
     CallPhase,
     CallResult,
@@ -73,12 +74,28 @@ _FORWARD_KIND = {CallResult.NOANSWER: "no_answer", CallResult.BUSY: "busy"}
 # two-phone call's events (two as each leg starts, two RINGING, one ANSWER, one
 # CANCEL), each costing both sides CPU, and told the flow only that a leg rang. The
 # driver still reads a Dial when one comes (an Asterisk that refused the filter).
-ARI_EVENTS = frozenset({"StasisStart", *GONE_EVENTS})
+# ChannelDtmfReceived: the 1 (or 2) of a confirm leg's party; Asterisk sends it only
+# for channels in the app (answered legs, the caller), so ringing calls cost nothing.
+ARI_EVENTS = frozenset({"StasisStart", "ChannelDtmfReceived", *GONE_EVENTS})
+PLAYBACK_PREFIX = "cr-pb"
+# What a confirm leg's party hears: the prompt, a pause, the prompt again; then
+# silence until 1 or its deadline.
+_CONFIRM_PAUSE = "silence/2"
 
 
 @dataclass(frozen=True, slots=True)
 class _HandBack:
     """Router shutting down: stop ringing, give the caller to the dialplan fallback."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PickUp:
+    """A phone picks the call up (*8 + extension): ``reply`` says whether it won."""
+
+    picker_id: str  # its channel, in the app, not answered yet
+    endpoint: str
+    user: str | None  # the user at that phone (for the log)
+    reply: asyncio.Future[bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +108,8 @@ class _Vanished:
 class Caller(Protocol):
     @property
     def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
     @property
     def caller_name(self) -> str | None: ...
     @property
@@ -110,6 +129,8 @@ class CallDriver:
         on_set_up: Callable[[], None] | None = None,
         on_round_trip: Callable[[float], None] | None = None,
         next_plan: Callable[[ForwardHop, RingPlan], RingPlan] | None = None,
+        confirm_prompt: str = "followme/options",
+        confirm_timeout: float = 10.0,
     ) -> None:
         self.ari = ari
         self.caller = caller
@@ -120,19 +141,24 @@ class CallDriver:
         self.call_id = caller.id
         # Every line about this call carries its id as a field too (JSON logs).
         self.log = logging.LoggerAdapter(log, {"call_id": caller.id})
-        self.flow = CallFlow(caller.id, plan, lambda: ari.new_id(LEG_PREFIX))
+        self.flow = CallFlow(
+            caller.id, plan, lambda: ari.new_id(LEG_PREFIX), confirm_timeout=confirm_timeout
+        )
+        self.confirm_prompt = confirm_prompt  # a sound name, checked by the rules model
         # Forwarding at run time (busy, no answer): the plan a hop leads to, resolved
         # when it is taken; the flows of the plans before, for clean-up and metrics.
         self._next_plan = next_plan
         self.earlier_flows: list[CallFlow] = []
         self._routes: list[str] = []  # channel ids routed to this call's queue
-        self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished] = asyncio.Queue()
+        self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished | _PickUp] = asyncio.Queue()
         self.bridge_id: str | None = None
         # Transport only: leg id -> its originate request (the flow hears the outcome).
         self._originates: dict[str, asyncio.Task[StartOutcome]] = {}
+        self._prompts: dict[str, str] = {}  # leg id -> its confirm prompt's playback id
         self._ring_timeout_cap = ring_timeout_cap
         self._first_leg_asked = False
         self._t0 = 0.0
+        self._picker: _PickUp | None = None  # the pickup that won the call
         self._detached = False  # see detach()
         self._abandoned = False  # see abandon()
         # For the overload signals (calls/overload.py): once, when the call stops
@@ -160,6 +186,8 @@ class CallDriver:
                         await self._execute(self._on_hand_back())
                     elif isinstance(event, _Vanished):
                         await self._execute(self._on_vanished(event.channel_ids))
+                    elif isinstance(event, _PickUp):
+                        await self._on_pick_up(event)
                     else:
                         await self._execute(self._on_event(event))
             self._log_finished()
@@ -169,6 +197,7 @@ class CallDriver:
                 self.ari.unroute(channel_id)
             if self.bridge_id is not None:
                 self.ari.unroute(self.bridge_id)
+            self._end_pickups()
 
     def _route(self, channel_ids: list[str]) -> None:
         for channel_id in channel_ids:
@@ -180,7 +209,7 @@ class CallDriver:
         """Every flow of this call: one per plan, the plans forwarding led to last."""
         return [*self.earlier_flows, self.flow]
 
-    async def _next_input(self) -> AriEvent | _HandBack | _Vanished:
+    async def _next_input(self) -> AriEvent | _HandBack | _Vanished | _PickUp:
         """The next queued input, or TimeoutError once the flow's next deadline is due
         (a due deadline first). An input already queued is taken without a timer;
         ``asyncio.timeout`` rather than ``wait_for``, which costs a task per input on
@@ -201,7 +230,6 @@ class CallDriver:
     def _log_finished(self) -> None:
         """The one INFO line of a call (each line costs CPU on the call path): how it
         ended, for whom, how many legs, who answered, how long the router had it."""
-        winner = self.flow.winner
         forwarded = self.plan.forwarded
         self.log.info(
             "call %s: finished, %s: %s (%s)%s, %d leg(s)%s, status %s, %.2f s",
@@ -213,10 +241,18 @@ class CallDriver:
             if forwarded
             else "",
             len(self.plan.legs),
-            f", answered by {winner.leg.endpoint}" if winner is not None else "",
+            self._answered_by(),
             self.plan.status.value,
             self.clock() - self.arrived,
         )
+
+    def _answered_by(self) -> str:
+        winner, picker = self.flow.winner, self._picker
+        if winner is None:
+            return ""
+        if picker is not None and winner.leg_id == picker.picker_id:
+            return f", picked up by {picker.endpoint} ({picker.user or 'no user'})"
+        return f", answered by {winner.leg.endpoint}"
 
     def _log_start(self) -> None:
         """The call's plan (DEBUG) and its warnings."""
@@ -247,6 +283,20 @@ class CallDriver:
         if gone:
             self.queue.put_nowait(_Vanished(gone))
 
+    def ringing_for(self, extension: str) -> bool:
+        """Whether this call rings a phone for ``extension`` now: its current flow's
+        plan is that extension's (a pickup of it may take the call)."""
+        return self.flow.plan.extension == extension and self.flow.ringing()
+
+    async def pick_up(self, picker_id: str, endpoint: str, user: str | None) -> bool:
+        """A phone picks the call up: queued behind the call's own events, so the
+        answering legs, other pickers and the caller's hang-up are taken in the order
+        they came. True once it won (answered, the other legs cancelled, the bridge
+        under way); False when nothing rang any more or the picker was gone."""
+        reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_PickUp(picker_id, endpoint, user, reply))
+        return await reply
+
     async def hand_back(self) -> None:
         """Ask the call to hand its caller back to the dialplan (shutdown)."""
         self.queue.put_nowait(_HandBack())
@@ -270,6 +320,46 @@ class CallDriver:
         for channel_id in gone:
             commands += self.flow.leg_gone(channel_id, now)
         return commands
+
+    async def _on_pick_up(self, pickup: _PickUp) -> None:
+        if pickup.reply.done():
+            return  # the intake gave up waiting
+        if not self.flow.ringing():
+            pickup.reply.set_result(False)
+            return
+        # Its events come here from now on (a hang-up while it is bridged ends the call).
+        self.ari.route(pickup.picker_id, self.queue)
+        try:
+            # First: a picker that hung up meanwhile must not cancel the ringing.
+            await self.ari.answer(pickup.picker_id)
+        except AriError as exc:
+            self.log.info("call %s: pickup by %s failed: %s", self.call_id, pickup.endpoint, exc)
+            won = False
+        except asyncio.CancelledError:  # the call's task ends meanwhile (shutdown)
+            self.ari.unroute(pickup.picker_id)
+            if not pickup.reply.done():
+                pickup.reply.set_result(False)
+            raise
+        else:
+            won = not pickup.reply.done()  # done: the intake gave up, it ends the picker
+        if not won:
+            self.ari.unroute(pickup.picker_id)
+            if not pickup.reply.done():
+                pickup.reply.set_result(False)
+            return
+        # Nothing else ran since the check above: this call's inputs wait in the queue.
+        self._picker = pickup
+        pickup.reply.set_result(True)
+        await self._execute(self.flow.picked_up(pickup.picker_id, pickup.endpoint))
+
+    def _end_pickups(self) -> None:
+        """The call is over: pickups still queued get False (nothing to pick up)."""
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, _PickUp) and not item.reply.done():
+                item.reply.set_result(False)
+        if self._picker is not None:
+            self.ari.unroute(self._picker.picker_id)
 
     def _on_hand_back(self) -> list[Command]:
         commands = self.flow.hand_back()
@@ -308,9 +398,11 @@ class CallDriver:
         if event.type == "StasisStart":
             # An originated leg enters the app when its phone answers (ChannelStateChange
             # to Up comes just before, but bridging it then would fail with 422).
-            return self.flow.leg_answered(leg_id)
+            return self.flow.leg_answered(leg_id, self.now())
         if event.type in GONE_EVENTS:
             return self.flow.leg_gone(leg_id, self.now(), event.cause)
+        if event.type == "ChannelDtmfReceived":
+            return self.flow.leg_digit(leg_id, event.digit or "", self.now())
         return []
 
     def _on_dial_status(self, leg_id: str, status: str) -> list[Command]:
@@ -348,6 +440,8 @@ class CallDriver:
         for command in commands:
             if isinstance(command, StopLeg):
                 await self._stop_leg(command.leg_id)
+            elif isinstance(command, AskToConfirm):
+                await self._ask_to_confirm(command.leg_id)
             elif isinstance(command, Connect):
                 await self._connect(command)
             elif isinstance(command, ContinueInDialplan):
@@ -425,14 +519,33 @@ class CallDriver:
         self.log.debug("call %s: stopping leg %s", self.call_id, leg_id)
         await self._quietly(self.ari.hangup(leg_id))
 
+    async def _ask_to_confirm(self, leg_id: str) -> None:
+        """Play the prompt to a confirm leg's party; the flow keeps its deadline. A
+        prompt that cannot be played is logged: 1 still takes the call."""
+        playback_id = self.ari.new_id(PLAYBACK_PREFIX)
+        self._prompts[leg_id] = playback_id
+        prompt = f"sound:{self.confirm_prompt}"
+        self.log.debug("call %s: leg %s must press 1 (%s)", self.call_id, leg_id, prompt)
+        try:
+            await self.ari.play(
+                leg_id, [prompt, f"sound:{_CONFIRM_PAUSE}", prompt], playback_id=playback_id
+            )
+        except AriError as exc:
+            self.log.warning("call %s: confirm prompt for leg %s: %s", self.call_id, leg_id, exc)
+
     async def _connect(self, command: Connect) -> None:
         answered = self.clock() - self.arrived
         self.bridge_id = self.ari.new_id(BRIDGE_PREFIX)
         self.ari.route(self.bridge_id, self.queue)
+        # A confirmed leg's prompt stops first: Asterisk runs a channel's requests in
+        # turn, so its addChannel would wait for the playback to end.
+        prompt = self._prompts.pop(command.leg_id, None)
+        stop_prompt = [self._quietly(self.ari.stop_playback(prompt))] if prompt else []
         try:
             await asyncio.gather(
                 self.ari.answer(self.caller.id),
                 self.ari.create_bridge(self.bridge_id, type="mixing"),
+                *stop_prompt,
             )
             await self.ari.add_channel(self.bridge_id, [self.caller.id, command.leg_id])
         except AriError as exc:
@@ -469,7 +582,12 @@ class CallDriver:
         self.metrics.call_forwarded(hop.kind)
         self.earlier_flows.append(self.flow)
         self.plan = plan
-        self.flow = CallFlow(self.call_id, plan, lambda: self.ari.new_id(LEG_PREFIX))
+        self.flow = CallFlow(
+            self.call_id,
+            plan,
+            lambda: self.ari.new_id(LEG_PREFIX),
+            confirm_timeout=self.flow.confirm_timeout,
+        )
         self._route(list(self.flow.legs))
         self._t0 = self.clock()  # the new plan's times count from now
         for warning in plan.warnings:

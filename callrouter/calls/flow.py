@@ -10,6 +10,16 @@ state of the call and of each leg's channel.
 Phases:   RINGING ──leg answers──▶ CONNECTING ──bridged──▶ CONNECTED ──hang-up──▶ FINISHED
              │                         └──── bridge failed (FAILED) ─────────────▶ FINISHED
              └──── caller hangs up / every leg ended / hand-back ────────────────▶ FINISHED
+A pickup (*8 + extension, ``picked_up``) is a phone answering from outside the plan: it
+wins from RINGING like an answering leg.
+
+A confirm leg (``Leg.confirm``, rules ``confirm: true``) that answers does not win at
+once: it is CONFIRMING (the call still RINGING, the caller still hears ringing, the
+other legs ring on) and its party hears the prompt (``AskToConfirm``). Digit 1 within
+``confirm_timeout`` seconds of its answer makes it the winner, as if it had answered
+then; 2, its hang-up or the deadline drops it (``LegEnd.UNCONFIRMED``) and the
+timeline goes on without it. Another leg that answers meanwhile wins, and the
+confirming one is hung up.
 
 Results (``CallResult``): the dialplan sees NOANSWER, BUSY, UNKNOWN, NOPHONES, DND (in
 [callrouter-result]) in CALLROUTER_RESULT; an ANSWERED call is set nothing (Asterisk's
@@ -27,11 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from callrouter.routing.plan import Leg, PlanStatus, RingPlan
+from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 
 log = logging.getLogger(__name__)
 
 CAUSE_USER_BUSY = 17  # Q.850 hang-up cause of a busy phone (AST_CAUSE_USER_BUSY)
+# What a confirm leg's party presses to take the call, or to reject it (app_followme's).
+CONFIRM_DIGIT = "1"
+REJECT_DIGIT = "2"
 
 
 class CallPhase(StrEnum):
@@ -45,6 +58,7 @@ class LegPhase(StrEnum):
     PENDING = "pending"  # not started yet
     DIALLING = "dialling"  # channel asked for, INVITE on its way
     RINGING = "ringing"  # the phone signalled ringing
+    CONFIRMING = "confirming"  # answered, but its party must press 1 first
     ANSWERED = "answered"  # the winner
     ENDED = "ended"
 
@@ -54,6 +68,7 @@ class LegEnd(StrEnum):
     BUSY = "busy"
     FAILED = "failed"  # unreachable, rejected, congestion, a REST error, no bridge
     CANCELLED = "cancelled"  # another leg won, the caller hung up, or a hand-back
+    UNCONFIRMED = "unconfirmed"  # a confirm leg answered but did not press 1 in time
 
 
 class LegChannel(StrEnum):
@@ -125,6 +140,13 @@ class StopLeg:
 
 
 @dataclass(frozen=True, slots=True)
+class AskToConfirm:
+    """Play the confirm prompt to a confirm leg that answered; its party must press 1."""
+
+    leg_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Connect:
     """Answer the caller and bridge it with the winning leg."""
 
@@ -153,6 +175,7 @@ Command = (
     IndicateRinging
     | StartLeg
     | StopLeg
+    | AskToConfirm
     | Connect
     | ContinueInDialplan
     | ContinueInFallback
@@ -169,16 +192,30 @@ class LegRun:
     phase: LegPhase = LegPhase.PENDING
     end: LegEnd | None = None
     channel: LegChannel = LegChannel.NONE
+    confirm_by: float | None = None  # CONFIRMING: dropped unless 1 comes before this
 
     @property
     def active(self) -> bool:
         return self.phase in (LegPhase.DIALLING, LegPhase.RINGING)
 
+    @property
+    def live(self) -> bool:
+        """Ringing, or answered and confirming: the call waits for it."""
+        return self.active or self.phase is LegPhase.CONFIRMING
+
 
 class CallFlow:
-    def __init__(self, call_id: str, plan: RingPlan, new_leg_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        call_id: str,
+        plan: RingPlan,
+        new_leg_id: Callable[[], str],
+        *,
+        confirm_timeout: float = 10.0,  # rules: defaults.confirm_timeout
+    ) -> None:
         self.call_id = call_id
         self.plan = plan
+        self.confirm_timeout = confirm_timeout
         self.phase = CallPhase.RINGING
         self.result: CallResult | None = None
         self.winner: LegRun | None = None
@@ -206,6 +243,7 @@ class CallFlow:
         for run in self.legs.values():
             if run.active and run.stop_at <= now:
                 commands += self._end_leg(run, LegEnd.TIMEOUT, stop=True)
+        commands += self._drop_unconfirmed(now)
         for run in self.legs.values():
             if run.phase is LegPhase.PENDING and run.start_at <= now:
                 if run.stop_at <= now:  # its whole window has passed
@@ -262,7 +300,7 @@ class CallFlow:
         refused = outcome is StartOutcome.REFUSED
         channel = LegChannel.GONE if refused else LegChannel.UNCERTAIN
         self._channel_to(run, channel, outcome.value)
-        ends_here = run.active
+        ends_here = run.live
         if ends_here:
             self._end_leg(run, LegEnd.FAILED, stop=False)
         commands: list[Command] = []
@@ -278,19 +316,38 @@ class CallFlow:
             self._leg_to(run, LegPhase.RINGING, "ringing")
         return []
 
-    def leg_answered(self, leg_id: str) -> list[Command]:
+    def picked_up(self, picker_id: str, endpoint: str) -> list[Command]:
+        """A phone picked the call up (*8 + extension): its channel ``picker_id``, which
+        the driver answered already, wins like an answering leg (every other leg is
+        cancelled, the caller is bridged with it). Nothing unless a phone rings now:
+        the driver refuses the pickup then."""
+        if not self.ringing() or picker_id in self.legs:
+            return []
+        leg = Leg(endpoint, 0.0, 0.0, LegSource.PICKUP)
+        run = LegRun(leg, picker_id, 0.0, 0.0, LegPhase.RINGING, channel=LegChannel.CREATED)
+        self.legs[picker_id] = run
+        return self.leg_answered(picker_id)
+
+    def leg_answered(self, leg_id: str, now: float | None = None) -> list[Command]:
+        """A leg's phone answered (its StasisStart). ``now`` is needed for a confirm
+        leg, whose party then has ``confirm_timeout`` seconds to press 1."""
         run = self.legs.get(leg_id)
         if run is None or not run.active:
             return []
         if self.phase is not CallPhase.RINGING:
             # Lost the race against the winner: hang it up.
             return self._end_leg(run, LegEnd.CANCELLED, stop=True)
-        self._leg_to(run, LegPhase.ANSWERED, "answered")
+        if run.leg.confirm:
+            return self._ask_to_confirm(run, now)
+        return self._win(run, "answered")
+
+    def _win(self, run: LegRun, why: str) -> list[Command]:
+        self._leg_to(run, LegPhase.ANSWERED, why)
         self.winner = run
         self._to(CallPhase.CONNECTING, f"{run.leg.endpoint} answered")
         commands: list[Command] = []
         for other in self.legs.values():
-            if other.active:
+            if other.live:
                 commands += self._end_leg(other, LegEnd.CANCELLED, stop=True)
             elif other.phase is LegPhase.PENDING:
                 self._end_leg(other, LegEnd.CANCELLED, stop=False)
@@ -317,10 +374,26 @@ class CallFlow:
             if self.phase in (CallPhase.CONNECTING, CallPhase.CONNECTED):
                 return self._finish(CallResult.ANSWERED, [HangupCaller()])
             return []
+        if run.phase is LegPhase.CONFIRMING:
+            end = LegEnd.UNCONFIRMED  # its party hung up instead of pressing 1
         commands = self._end_leg(run, end, stop=False)
         if self.phase is CallPhase.RINGING:
             commands += self._settle(now)
         return commands
+
+    def leg_digit(self, leg_id: str, digit: str, now: float) -> list[Command]:
+        """A DTMF digit from a leg. Only a confirming leg's count: 1 takes the call
+        (it wins as if it answered now), 2 rejects it (as in app_followme)."""
+        run = self.legs.get(leg_id)
+        if run is None or run.phase is not LegPhase.CONFIRMING:
+            return []
+        if run.confirm_by is not None and now >= run.confirm_by:
+            return self.tick(now)  # too late: the deadline drops it
+        if digit == CONFIRM_DIGIT:
+            return self._win(run, "confirmed")
+        if digit == REJECT_DIGIT:
+            return self._end_leg(run, LegEnd.UNCONFIRMED, stop=True) + self._settle(now)
+        return []
 
     def leg_hangup_sent(self, leg_id: str) -> bool:
         """The driver hangs up a leg's channel now. False, and nothing to send, when
@@ -339,14 +412,19 @@ class CallFlow:
             return None
         times = [r.start_at for r in self.legs.values() if r.phase is LegPhase.PENDING]
         times += [r.stop_at for r in self.legs.values() if r.active]
+        times += [r.confirm_by for r in self.legs.values() if r.confirm_by is not None and r.live]
         return min(times, default=None)
+
+    def ringing(self) -> bool:
+        """Whether the call rings at least one phone now (a pickup may take it)."""
+        return self.phase is CallPhase.RINGING and any(r.active for r in self.legs.values())
 
     @property
     def finished(self) -> bool:
         return self.phase is CallPhase.FINISHED
 
     def live_legs(self) -> list[LegRun]:
-        return [r for r in self.legs.values() if r.active or r.phase is LegPhase.ANSWERED]
+        return [r for r in self.legs.values() if r.live or r.phase is LegPhase.ANSWERED]
 
     def leg_channel_ids(self) -> list[str]:
         """Leg channels that are or may be in Asterisk (hung up ones until they go)."""
@@ -359,21 +437,42 @@ class CallFlow:
 
     # --- internals ----------------------------------------------------------------
 
+    def _ask_to_confirm(self, run: LegRun, now: float | None) -> list[Command]:
+        if now is None:
+            raise ValueError(f"leg {run.leg_id} must confirm: its answer needs the time")
+        self._leg_to(run, LegPhase.CONFIRMING, "answered, must press 1")
+        run.confirm_by = now + self.confirm_timeout
+        return [AskToConfirm(run.leg_id)]
+
+    def _drop_unconfirmed(self, now: float) -> list[Command]:
+        """Confirm legs whose party did not press 1 in time are hung up."""
+        commands: list[Command] = []
+        for run in self.legs.values():
+            if (
+                run.phase is LegPhase.CONFIRMING
+                and run.confirm_by is not None
+                and run.confirm_by <= now
+            ):
+                commands += self._end_leg(run, LegEnd.UNCONFIRMED, stop=True)
+        return commands
+
     def _settle(self, now: float) -> list[Command]:
         """After legs ended: skip dead air, or finish when nothing is left to ring."""
-        if self.phase is not CallPhase.RINGING or any(r.active for r in self.legs.values()):
+        if self.phase is not CallPhase.RINGING or any(r.live for r in self.legs.values()):
             return []
         pending = [r for r in self.legs.values() if r.phase is LegPhase.PENDING]
         if not pending:
             ends = {r.end for r in self.legs.values()}
+            # A phone that rang out, or answered without pressing 1, was not busy.
+            answering = {LegEnd.TIMEOUT, LegEnd.UNCONFIRMED}
             result = (
                 CallResult.BUSY
-                if LegEnd.BUSY in ends and LegEnd.TIMEOUT not in ends
+                if LegEnd.BUSY in ends and not ends & answering
                 else CallResult.NOANSWER
             )
             return self._finish(result, [ContinueInDialplan(result)])
         ended_early = any(
-            r.phase is LegPhase.ENDED and r.end in (LegEnd.BUSY, LegEnd.FAILED)
+            r.phase is LegPhase.ENDED and r.end in (LegEnd.BUSY, LegEnd.FAILED, LegEnd.UNCONFIRMED)
             for r in self.legs.values()
         )
         next_start = min(r.start_at for r in pending)
@@ -394,7 +493,7 @@ class CallFlow:
         """End every leg that is not over yet; hang up those that ring or answered."""
         commands: list[Command] = []
         for run in self.legs.values():
-            if run.active or run.phase is LegPhase.ANSWERED:
+            if run.live or run.phase is LegPhase.ANSWERED:
                 commands += self._end_leg(run, end, stop=True)
             elif run.phase is LegPhase.PENDING:
                 self._end_leg(run, LegEnd.CANCELLED, stop=False)

@@ -12,6 +12,10 @@ Overload (``calls/overload.py``): the intake keeps the signals (calls waiting fo
 first leg, the event loop's latest lag, the ARI round trip) and, while the router is
 overloaded, sends a new caller straight to the dialplan's AstDB fallback with one
 request instead of routing it.
+
+Pickup (``calls/pickup.py``): a channel that enters the app with ``pickup`` as its
+second argument is no call but a phone picking one up; the intake checks who may,
+then asks the calls ringing for that extension, oldest first, to be picked up by it.
 """
 
 from __future__ import annotations
@@ -41,10 +45,18 @@ from callrouter.calls.overload import (
     OverloadReason,
     OverloadState,
 )
+from callrouter.calls.pickup import (
+    PICKUP_ARG,
+    PICKUP_RESULT_CONTEXT,
+    PhoneUsers,
+    PickupResult,
+    pickup_refusal,
+)
 from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
+from callrouter.domain.identifiers import is_extension
 from callrouter.metrics import Metrics
-from callrouter.routing.plan import CallContext, ForwardHop, RingPlan
+from callrouter.routing.plan import CallContext, ForwardHop, LegSource, RingPlan
 from callrouter.routing.resolver import PresenceView, resolve_forward, resolve_plan
 from callrouter.rules.model import RingRules
 from callrouter.tasks import TaskSet
@@ -52,6 +64,8 @@ from callrouter.tasks import TaskSet
 log = logging.getLogger(__name__)
 
 _HAND_BACK_TIME = 2.0  # seconds for the calls to stop ringing and leave the app
+# A safety net: a call's task answers a pickup within one of its own steps.
+_PICKUP_WAIT = 10.0
 
 
 class CallIntake:
@@ -86,6 +100,8 @@ class CallIntake:
         self.overload = OverloadState(overload or OverloadLimits(), clock)
         self._waiting: set[str] = set()
         self._adopted: set[str] = set()  # bridges of conversations another router connected
+        self._phone_users = PhoneUsers()
+        self._picking: set[str] = set()  # pickers' channels being decided (not yet a call's)
         self.loop_lag = 0.0
         self._ari_latency = LatencyAverage()
         self.metrics.track_overload(
@@ -104,7 +120,11 @@ class CallIntake:
         if channel.id.startswith(LEG_PREFIX) or channel.id in self.calls:
             return
         extension = event.args[0] if event.args else (channel.exten or "")
-        self.take_call(channel, extension, event.args[1] if len(event.args) > 1 else None)
+        kind = event.args[1] if len(event.args) > 1 else None
+        if kind == PICKUP_ARG:
+            self.pick_up(channel, extension)
+        else:
+            self.take_call(channel, extension, kind)
 
     def call_context(
         self, snapshot: DirectorySnapshot, channel: Channel, kind: str | None
@@ -177,6 +197,8 @@ class CallIntake:
             on_set_up=lambda: self._waiting.discard(call_id),
             on_round_trip=self._round_trip,
             next_plan=next_plan,
+            confirm_prompt=rules.defaults.confirm_prompt,
+            confirm_timeout=rules.defaults.confirm_timeout,
         )
         self.calls[call_id] = driver
         self._waiting.add(call_id)
@@ -196,6 +218,72 @@ class CallIntake:
                 self.metrics.call_handed_back("shutdown")  # an overloaded one never has a driver
         for flow in driver.flows:
             self.metrics.legs_ended(leg_outcomes(flow))
+
+    # --- pickup ---------------------------------------------------------------------
+
+    def pick_up(self, channel: Channel, extension: str) -> None:
+        """A phone dialled the pickup code for ``extension`` (its channel waits in the
+        app): pick up a call ringing for it now, or send the picker to the dialplan."""
+        self._picking.add(channel.id)
+        task = self.tasks.spawn(self._pick_up(channel, extension), f"pickup {channel.id}")
+        task.add_done_callback(lambda _: self._picking.discard(channel.id))
+
+    async def _pick_up(self, channel: Channel, extension: str) -> None:
+        result = await self._try_pick_up(channel, extension)
+        self.metrics.pickup(result.value.lower())
+        if result is PickupResult.PICKED_UP:
+            return
+        try:  # never leave the picker in the app
+            await self.ari.set_variable(channel.id, "CALLROUTER_RESULT", result.value)
+            await self.ari.continue_in_dialplan(channel.id, PICKUP_RESULT_CONTEXT, "s", 1)
+        except AriError as exc:  # it hung up (404), or Asterisk is gone
+            log.info(
+                "pickup %s: could not continue in the dialplan: %s",
+                channel.id,
+                exc,
+                extra={"call_id": channel.id},
+            )
+
+    async def _try_pick_up(self, channel: Channel, extension: str) -> PickupResult:
+        snapshot, rules = self.routing_state()
+        endpoint = caller_endpoint(channel.name)
+        shown = extension if is_extension(extension) else repr(extension[:40])
+        picker = self._phone_users.picker(snapshot, endpoint)
+        refusal = pickup_refusal(snapshot, rules, extension, picker)
+        if refusal is not None or picker is None:
+            log.info(
+                "pickup %s: %s may not pick up %s: %s",
+                channel.id,
+                endpoint or channel.name[:80],
+                shown,
+                refusal,
+                extra={"call_id": channel.id},
+            )
+            return PickupResult.REFUSED
+        ringing = sorted(
+            (
+                d
+                for d in self.calls.values()
+                if d.ringing_for(extension) and caller_endpoint(d.caller.name) != endpoint
+            ),
+            key=lambda d: d.arrived,
+        )
+        for driver in ringing:
+            try:
+                async with asyncio.timeout(_PICKUP_WAIT):
+                    won = await driver.pick_up(channel.id, picker.endpoint, picker.user)
+            except TimeoutError:
+                won = False
+            if won:
+                return PickupResult.PICKED_UP
+        log.info(
+            "pickup %s: nothing rings for %s (%s asked)",
+            channel.id,
+            shown,
+            picker.endpoint,
+            extra={"call_id": channel.id},
+        )
+        return PickupResult.NOCALL
 
     # --- overload -------------------------------------------------------------------
 
@@ -270,7 +358,7 @@ class CallIntake:
             driver.resync(alive)
             owned |= driver.channel_ids()
         for channel in channels:
-            if channel.id in owned:
+            if channel.id in owned or channel.id in self._picking:
                 continue
             if channel.id.startswith(LEG_PREFIX):
                 log.info("resync: hanging up orphaned leg %s", channel.id)
@@ -279,13 +367,15 @@ class CallIntake:
             app, _, args = (channel.app_data or "").partition(",")
             if channel.app_name == "Stasis" and app == self.ari.app:
                 # A caller waiting in our app that no task owns (the router restarted).
-                log.info("resync: taking over waiting call %s", channel.id)
                 parts = args.split(",") if args else []
-                self.take_call(
-                    channel,
-                    parts[0] if parts else channel.exten or "",
-                    parts[1] if len(parts) > 1 else None,
-                )
+                extension = parts[0] if parts else channel.exten or ""
+                kind = parts[1] if len(parts) > 1 else None
+                if kind == PICKUP_ARG:  # a phone picking up, not a call: try again
+                    log.info("resync: pickup %s waiting, trying it again", channel.id)
+                    self.pick_up(channel, extension)
+                    continue
+                log.info("resync: taking over waiting call %s", channel.id)
+                self.take_call(channel, extension, kind)
         for bridge in bridges:
             if (
                 bridge.id.startswith(BRIDGE_PREFIX)
@@ -362,8 +452,8 @@ def leg_outcomes(flow: CallFlow) -> list[str]:
     when its call's task was cancelled counts as "cancelled"."""
     outcomes = []
     for run in flow.legs.values():
-        if run.channel is LegChannel.NONE:
-            continue  # never asked for
+        if run.channel is LegChannel.NONE or run.leg.source is LegSource.PICKUP:
+            continue  # never asked for (a picker's channel was the phone's own call)
         if run is flow.winner:
             outcomes.append("answered")
         else:

@@ -21,6 +21,9 @@ class LegSource(StrEnum):
     FOLLOWME = "followme"  # the user's own timeline: direct phones and external numbers
     WORKPLACE = "workplace"  # the workplace the user is logged in to
     FORWARD = "forward"  # an external number a forwarding sends the call to
+    # A phone that picked the call up (*8 + extension): never in a plan, only ever a
+    # call's winner (calls/flow.py CallFlow.picked_up).
+    PICKUP = "pickup"
 
 
 @dataclass(frozen=True, slots=True)

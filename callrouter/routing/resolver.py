@@ -82,43 +82,45 @@ def resolve_plan(
         )
 
     workplace_id = snapshot.logins.get(extension)
+
+    def nothing_rings(status: PlanStatus) -> RingPlan:
+        return RingPlan(
+            extension,
+            user.name,
+            workplace_id,
+            status,
+            warnings=tuple(warnings),
+            skipped=tuple(skipped),
+            forwarded=forwarded,
+        )
+
     state = presence.user(extension) if presence is not None else None
     # Do not disturb beats every forwarding but one made for it.
     if state is not None and state.client is ClientStatus.DND:
-        return follow("dnd") or RingPlan(
-            extension,
-            user.name,
-            workplace_id,
-            PlanStatus.DND,
-            warnings=tuple(warnings),
-            skipped=tuple(skipped),
-            forwarded=forwarded,
-        )
+        return follow("dnd") or nothing_rings(PlanStatus.DND)
     if (always := follow("always")) is not None:
         return always
     if state is not None and state.phone.on_call and not call_waiting(rules, extension):
-        return follow("busy") or RingPlan(
-            extension,
-            user.name,
-            workplace_id,
-            PlanStatus.BUSY,
-            warnings=tuple(warnings),
-            skipped=tuple(skipped),
-            forwarded=forwarded,
+        return follow("busy") or nothing_rings(PlanStatus.BUSY)
+    # Busy and no answer are known only once the phones rang: the driver follows them.
+    later = (
+        tuple(
+            hop
+            for kind in ("busy", "no_answer")
+            if (hop := forwards.get(kind)) is not None and _may_follow(hop, forwarded, warnings)
         )
+        if forwards
+        else ()
+    )
     plan = _ring_plan(
         snapshot, rules, user, extension, caller, presence, context, node, warnings, skipped
     )
     unreachable = plan.status in (PlanStatus.UNREACHABLE, PlanStatus.NO_PHONES)
     if unreachable and (elsewhere := follow("unreachable")) is not None:
         return elsewhere
-    # Busy and no answer are known only once the phones rang: the driver follows them.
-    later = tuple(
-        hop
-        for kind in ("busy", "no_answer")
-        if (hop := forwards.get(kind)) is not None and _may_follow(hop, forwarded, warnings)
-    )
-    return replace(plan, warnings=tuple(warnings), forwarded=forwarded, forward_on=later)
+    if forwarded or later:
+        return replace(plan, warnings=tuple(warnings), forwarded=forwarded, forward_on=later)
+    return plan
 
 
 def resolve_forward(

@@ -59,6 +59,7 @@ def format_plan(plan: RingPlan, hops_shown: int = 0) -> str:
             lines.append(
                 f"  {_seconds(leg.start):>6} {_seconds(leg.stop):>6}  "
                 f"{leg.endpoint:<{width}}  {leg.source.value:<9}  {bar}"
+                + ("  confirm: press 1" if leg.confirm else "")
             )
     if plan.unreachable:
         lines.append(f"  not rung, unreachable now: {', '.join(plan.unreachable)}")

@@ -34,9 +34,11 @@ def check_rules(rules: RingRules, snapshot: DirectorySnapshot) -> list[Problem]:
     A rule for an extension or workplace the directory does not have; a phone in a
     FollowMe rule that is not one of the user's phones, or in a workplace rule that is
     not one of the workplace's (saying whose it is instead).  External numbers and the
-    ``workplace`` target need no directory entry.
+    ``workplace`` target need no directory entry.  A role in ``picked_up_by`` the
+    directory does not have.
     """
     checker = _Checker(snapshot)
+    checker.roles(("defaults", "picked_up_by"), rules.defaults.picked_up_by)
     for extension, user_rule in rules.users.items():
         user = snapshot.users.get(extension)
         if user is None:
@@ -44,12 +46,21 @@ def check_rules(rules: RingRules, snapshot: DirectorySnapshot) -> list[Problem]:
                 Problem(("users", extension), f"no user has the extension {extension}", at_key=True)
             )
             continue
+        checker.roles(("users", extension, "picked_up_by"), user_rule.picked_up_by)
         checker.entries(
             ("users", extension, "followme"),
             user_rule.followme,
             frozenset(user.phones),
             f"user {extension}",
         )
+        for kind, index, step in user_rule.forward.steps():
+            if not is_external_number(step.to) and step.to not in snapshot.users:
+                checker.problems.append(
+                    Problem(
+                        ("users", extension, "forward", kind, index, "to"),
+                        f"forwarding target {step.to} is no user of the directory",
+                    )
+                )
     for workplace_id, workplace_rule in rules.workplaces.items():
         workplace = snapshot.workplaces.get(workplace_id)
         if workplace is None:
@@ -92,6 +103,15 @@ class _Checker:
                     self.problems.append(
                         Problem((*path, i, "ring", j), self.whose(target, owner_name))
                     )
+
+    def roles(self, path: Path, roles: tuple[str, ...] | None) -> None:
+        # A misspelt role would silently refuse every pickup by that role's users.
+        for i, role in enumerate(roles or ()):
+            if role not in self.snapshot.roles:
+                known = ", ".join(sorted(self.snapshot.roles)) or "none"
+                self.problems.append(
+                    Problem((*path, i), f"no role is named {role} (the directory's: {known})")
+                )
 
     def whose(self, target: str, owner_name: str) -> str:
         owner = self.owners.get(target)

@@ -100,8 +100,21 @@ Weekdays = Annotated[
 ScheduleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
 # The name of a switch its user may turn an entry off and on by, e.g. mobile.
 SwitchName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+_SOUND_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+
+def _sound_name(value: Any) -> Any:
+    # It ends up in an ARI media URI (sound:NAME): no commas, dots, spaces or schemes.
+    if isinstance(value, str) and (len(value) > 100 or not _SOUND_NAME.fullmatch(value)):
+        raise ValueError(
+            f"{value[:40]!r} is not a sound name: up to 100 letters, digits, _ and -, "
+            "folders split by /, without an extension, e.g. followme/options"
+        )
+    return value
+
+
 # An Asterisk sound file, as Playback() names it: followme/options.
-SoundName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", max_length=100)]
+SoundName = Annotated[str, BeforeValidator(_sound_name)]
 CallKind = Literal["internal", "external"]
 
 
@@ -268,7 +281,8 @@ class Defaults(_Strict):
     # Confirmed legs (confirm: true): what the answering party hears, and how long
     # they have to press 1 before the leg is dropped.
     confirm_prompt: SoundName = "followme/options"
-    confirm_timeout: PositiveSeconds = 10
+    # At most two minutes: the caller hears ringing while a party decides.
+    confirm_timeout: Annotated[float, Field(gt=0, le=120)] = 10
     # Whose calls may be picked up (*8 + extension) by users of which roles; None:
     # by anyone at a phone of the directory.
     picked_up_by: tuple[RoleName, ...] | None = None

@@ -207,6 +207,10 @@ DRIVERS: dict[str, Callable[[AriClient], Awaitable[object]]] = {
     "ring": lambda ari: ari.ring("caller-1"),
     "ring_stop": lambda ari: ari.ring_stop("caller-1"),
     "answer": lambda ari: ari.answer("caller-1"),
+    "play": lambda ari: ari.play(
+        "caller-1", ["sound:followme/options", "sound:silence/2"], playback_id="pb-1", lang="en"
+    ),
+    "stop_playback": lambda ari: ari.stop_playback("pb-1"),
     "set_variable": lambda ari: ari.set_variable("caller-1", "CALLROUTER_RESULT", "BUSY"),
     "channel_var": lambda ari: ari.channel_var("caller-1", "CALLROUTER_RESULT"),
     "get_channel": lambda ari: ari.get_channel("leg-1"),

@@ -56,6 +56,14 @@ async def test_an_internal_only_entry_does_not_ring_for_an_external_call(
     assert lab.matching("INVITE") == []
     await call.hangup()
     await soft.wait_for("CANCEL")
+    # A comma in the dialled number cannot add a Stasis argument that claims the call
+    # is internal (the dialplan passes the digits alone).
+    soft.clear_events()
+    call = await outsider.call("891,internal", asterisk.sip_port)
+    await soft.wait_for("INVITE", timeout=5)
+    assert desk.matching("INVITE") == []
+    await call.hangup()
+    await soft.wait_for("CANCEL")
     # A colleague's phone calls: internal, so the desk rings (the softphone after 10 s).
     call = await colleague.call("891", asterisk.sip_port)
     await desk.wait_for("INVITE", timeout=10)

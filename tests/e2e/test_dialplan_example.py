@@ -68,6 +68,14 @@ def test_the_example_runs_as_the_sandbox_dialplan(example_asterisk: AsteriskSand
     assert extensions == EXAMPLE_EXTENSIONS_CONF.read_text(encoding="utf-8")
     included = example_asterisk.cli("dialplan show phones")
     assert "'callrouter-features'" in included and "'callrouter'" in included
+    # *8 + extension (pickup) reaches the Stasis app through the features' include,
+    # as a pickup, not as a call ([callrouter]'s _X. does not match a '*').
+    pickup = example_asterisk.cli("dialplan show *8601@phones")
+    assert "Stasis(callrouter,${FILTER(0-9,${EXTEN:2})},pickup)" in pickup, pickup
+    assert (
+        "'callrouter-pickup'" in pickup
+        and "Stasis(callrouter,${FILTER(0-9,${EXTEN})})" not in pickup
+    )
     with pytest.raises(SandboxError, match=r"does not include extensions_sandbox\.conf"):
         example_asterisk.set_dialplan("")  # it would be written and never read
 

@@ -4,7 +4,7 @@ One listening port serves both halves, as Asterisk does:
 
 * REST under ``/ari/...``: a tiny HTTP/1.1 server (keep-alive, Content-Length bodies)
   with basic auth. A small model of channels and bridges answers the calls the router
-  makes (create, dial, ring, answer, hangup, bridges, variables, lists); tests override
+  makes (create, dial, ring, answer, hangup, play, bridges, variables, lists); tests override
   any answer with :meth:`FakeAri.set_response`, optionally pushing events on the
   websocket *before* the HTTP answer, as Asterisk does with ``StasisStart``.
 * ``/ari/events``: the upgrade request is checked (auth, :meth:`FakeAri.refuse_websockets`)
@@ -35,6 +35,7 @@ __all__ = ["FakeAri", "RecordedRequest", "make_bridge", "make_channel", "make_ev
 
 _REASONS = {
     200: "OK",
+    201: "Created",
     204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
@@ -156,6 +157,8 @@ class _Model:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     bridges: dict[str, dict[str, Any]] = field(default_factory=dict)
     variables: dict[tuple[str, str], str] = field(default_factory=dict)
+    # POST /channels/{id}/play: playback id -> its ARI Playback object.
+    playbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # PUT /applications/{app}/eventFilter: the allowed event types (empty: all), applied
     # to send_event() as Asterisk applies it to what it sends the app.
     allowed_events: set[str] = field(default_factory=set)
@@ -470,11 +473,34 @@ class FakeAri:
                     return 200, {"value": model.variables.get(key, "")}
                 model.variables[key] = params.get("value", "")
                 return 204, None
+            if action == "play" and len(parts) == 3 and method == "POST":
+                if "media" not in params:
+                    return 400, {"message": "Field media is required"}
+                playback_id = params.get("playbackId") or f"fake-playback-{next(_counter)}"
+                media = params["media"].split(",")
+                playback = {
+                    "id": playback_id,
+                    "media_uri": media[0],
+                    "media_uris": media,
+                    "target_uri": f"channel:{chan_id}",
+                    "language": params.get("lang", "en"),
+                    "state": "queued",
+                }
+                model.playbacks[playback_id] = playback
+                return 201, playback
             if action in ("dial", "ring", "answer", "continue") and len(parts) == 3:
                 if action == "answer":
                     model.channels[chan_id]["state"] = "Up"
                 return 204, None
             return 404, not_found
+        if parts[0] == "playbacks" and len(parts) == 2:
+            if parts[1] not in model.playbacks:
+                return 404, {"message": "Playback not found"}
+            if method == "GET":
+                return 200, model.playbacks[parts[1]]
+            if method == "DELETE":
+                del model.playbacks[parts[1]]
+                return 204, None
         if parts[0] == "bridges":
             if len(parts) == 1 and method == "GET":
                 return 200, list(model.bridges.values())

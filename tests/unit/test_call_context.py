@@ -15,7 +15,7 @@ from callrouter.routing.plan import CallContext, LegSource
 from callrouter.routing.resolver import resolve_plan
 from callrouter.rules.loader import load_rules
 from callrouter.rules.model import RingRules, Schedule
-from callrouter.yamlfile import YamlFileError
+from tests.unit.test_rules_loader import rules_errors
 
 SNAPSHOT = DirectorySnapshot(
     users={"201": User("201", "Anna", phones=("PJSIP/desk", "PJSIP/soft"))},
@@ -153,11 +153,7 @@ BAD: list[tuple[str, str]] = [
 def test_bad_schedules_and_conditions_name_the_file_line_and_field(
     tmp_path: Path, text: str, error: str
 ) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text(text)
-    with pytest.raises(YamlFileError) as caught:
-        load_rules(path)
-    lines = ["rules.yaml:" + e.removeprefix(f"{path}:") for e in caught.value.errors]
+    lines = rules_errors(tmp_path, text)
     assert len(lines) == 1 and lines[0].startswith(error), lines
 
 

@@ -12,8 +12,11 @@ import pytest
 from callrouter.ari import AriClient
 from callrouter.ari.events import Channel
 from callrouter.calls.driver import LEG_APP_ARG, CallDriver
+from callrouter.calls.intake import CallIntake
+from callrouter.domain.directory import DirectorySnapshot, User
 from callrouter.logs import JsonFormatter
 from callrouter.routing.plan import ForwardHop, Leg, LegSource, PlanStatus, RingPlan
+from callrouter.rules.model import RingRules
 from tests.fakes import FakeAri, make_channel, make_event
 
 PW = "pw"
@@ -256,3 +259,115 @@ async def test_an_unanswered_plan_forwards_after_its_time_and_the_last_one_reach
         cont = fake.requests_to("POST", "/channels/caller-f2/continue")[0]
         assert cont.params["extension"] == "202"
         assert [f.result.value for f in driver.flows if f.result] == ["NOANSWER", "NOANSWER"]
+
+
+def confirm_plan() -> RingPlan:
+    legs = (
+        Leg("PJSIP/desk", 0.0, 20.0, LegSource.FOLLOWME),
+        Leg("PJSIP/+491701@trunk", 0.0, 20.0, LegSource.FOLLOWME, confirm=True),
+    )
+    return RingPlan("201", "Alice", None, PlanStatus.OK, legs)
+
+
+async def test_a_confirm_leg_hears_the_prompt_and_is_bridged_after_pressing_1(fake):
+    fake.model.channels["caller-7"] = make_channel("caller-7")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-7"), confirm_plan(), confirm_prompt="my/ask")
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 2)
+        desk, mobile = (r.params["channelId"] for r in fake.requests_to("POST", "/channels"))
+        await fake.send_event(
+            make_event("StasisStart", args=["leg"], channel=make_channel(mobile, state="Up"))
+        )
+        await wait_for(lambda: fake.requests_to("POST", f"/channels/{mobile}/play"))
+        (play,) = fake.requests_to("POST", f"/channels/{mobile}/play")
+        assert play.params["media"] == "sound:my/ask,sound:silence/2,sound:my/ask"
+        playback = play.params["playbackId"]
+        # Answered, but not the call's yet: nobody is bridged or cancelled.
+        assert not fake.requests_to("POST", "/bridges")
+        assert not fake.requests_to("DELETE", f"/channels/{desk}")
+        assert not fake.requests_to("POST", "/channels/caller-7/answer")
+        await fake.send_event(
+            make_event("ChannelDtmfReceived", digit="1", channel=make_channel(mobile, state="Up"))
+        )
+        await wait_for(lambda: any(r.path.endswith("/addChannel") for r in fake.requests))
+        # The prompt stopped before the bridge (Asterisk would run it to its end first).
+        paths = [(r.method, r.path) for r in fake.requests]
+        stop = paths.index(("DELETE", f"/playbacks/{playback}"))
+        assert stop < next(i for i, (_, p) in enumerate(paths) if p.endswith("/addChannel"))
+        add = next(r for r in fake.requests if r.path.endswith("/addChannel"))
+        assert add.params["channel"] == f"caller-7,{mobile}"
+        assert fake.requests_to("DELETE", f"/channels/{desk}")  # the desk phone stops
+        await fake.send_event(
+            make_event("ChannelDestroyed", cause=16, channel=make_channel(mobile))
+        )
+        await asyncio.wait_for(task, 3)
+        assert driver.flow.result.value == "ANSWERED"
+        assert driver.flow.winner is driver.flow.legs[mobile]
+
+
+async def test_a_confirm_leg_that_does_not_press_1_in_time_is_hung_up_and_the_rest_ring_on(fake):
+    fake.model.channels["caller-8"] = make_channel("caller-8")
+    now = [1000.0]
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(
+            ari, Channel(id="caller-8"), confirm_plan(), clock=lambda: now[0], confirm_timeout=5
+        )
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 2)
+        desk, mobile = (r.params["channelId"] for r in fake.requests_to("POST", "/channels"))
+        up = make_channel(mobile, state="Up")
+        await fake.send_event(make_event("StasisStart", args=["leg"], channel=up))
+        await wait_for(lambda: fake.requests_to("POST", f"/channels/{mobile}/play"))
+        now[0] += 4.0  # within its 5 s: a digit that is not 1 changes nothing
+        await fake.send_event(make_event("ChannelDtmfReceived", digit="5", channel=up))
+        now[0] += 2.0  # past its 5 s; the next event wakes the driver to see it
+        await fake.send_event(make_event("ChannelDtmfReceived", digit="1", channel=up))
+        await wait_for(lambda: fake.requests_to("DELETE", f"/channels/{mobile}"))
+        assert not fake.requests_to("POST", "/bridges")
+        assert not fake.requests_to("DELETE", f"/channels/{desk}")  # rings on
+        assert driver.flow.legs[mobile].end.value == "unconfirmed"
+        await fake.send_event(
+            make_event("StasisStart", args=["leg"], channel=make_channel(desk, state="Up"))
+        )
+        await wait_for(lambda: any(r.path.endswith("/addChannel") for r in fake.requests))
+        add = next(r for r in fake.requests if r.path.endswith("/addChannel"))
+        assert add.params["channel"] == f"caller-8,{desk}"
+        # The dropped leg's prompt ended with its channel; the desk phone had none.
+        assert not [r for r in fake.requests if r.path.startswith("/playbacks")]
+        await fake.send_event(make_event("ChannelDestroyed", cause=16, channel=make_channel(desk)))
+        await asyncio.wait_for(task, 3)
+        assert driver.flow.result.value == "ANSWERED"
+
+
+async def test_the_intake_gives_each_call_the_rules_confirm_prompt_and_time(fake):
+    snapshot = DirectorySnapshot(users={"201": User("201", "Alice", phones=("PJSIP/a",))})
+    rules = RingRules.model_validate(
+        {
+            "defaults": {"confirm_prompt": "custom/press-1", "confirm_timeout": 4},
+            "users": {"201": {"followme": [{"ring": ["PJSIP/a"], "confirm": True}]}},
+        }
+    )
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        intake = CallIntake(ari, lambda: (snapshot, rules))
+        ari.on_event = intake.on_event
+        await ari.wait_connected(3)
+        fake.model.channels["caller-9"] = make_channel("caller-9")
+        await fake.send_event(
+            make_event("StasisStart", args=["201"], channel=make_channel("caller-9"))
+        )
+        await wait_for(lambda: fake.requests_to("POST", "/channels"))
+        leg = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        await fake.send_event(
+            make_event("StasisStart", args=["leg"], channel=make_channel(leg, state="Up"))
+        )
+        await wait_for(lambda: fake.requests_to("POST", f"/channels/{leg}/play"))
+        (play,) = fake.requests_to("POST", f"/channels/{leg}/play")
+        assert play.params["media"].startswith("sound:custom/press-1,")
+        assert intake.calls["caller-9"].flow.confirm_timeout == 4
+        await fake.send_event(make_event("StasisEnd", channel=make_channel("caller-9")))
+        await wait_for(lambda: not intake.calls)
+        assert fake.requests_to("DELETE", f"/channels/{leg}")
+        await intake.stop(0.5)

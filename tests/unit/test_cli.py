@@ -270,3 +270,23 @@ def test_plan_at_a_time_and_for_an_external_call(cli) -> None:  # type: ignore[n
     assert code == 0 and mobile in out  # a day off
     code, _, err = cli("plan", "202", "--at", "tomorrow")
     assert code != 0 and "'tomorrow' is not a local time" in err
+
+
+def test_plan_shows_where_an_unanswered_call_is_forwarded(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("directory", "import", str(EXAMPLES / "directory.yaml"))[0] == 0
+    assert cli("login", "205", "office-2")[0] == 0
+    code, out, _ = cli("plan", "205", "--ignore-presence")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "Extension 205: Emma Fischer, logged in at office-2"
+    assert "  When busy:" in lines and "  When nobody answers (after 20 s):" in lines
+    after = lines[lines.index("  When nobody answers (after 20 s):") + 1 :]
+    assert after[0] == "    205 forwards no answer to 210 (rules)"
+    assert after[1].startswith("    Extension 210: Reception")
+    code, out, _ = cli("plan", "205", "--ignore-presence", "--json")
+    then = json.loads(out)["then"]
+    assert then["no_answer"]["extension"] == "210"
+    assert then["no_answer"]["forwarded"] == [
+        {"from": "205", "kind": "no_answer", "to": "210", "set_by": "admin"}
+    ]

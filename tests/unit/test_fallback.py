@@ -65,3 +65,32 @@ async def test_a_partial_publish_leaves_the_others_alone() -> None:
     ami.actions.clear()
     await publisher.publish(fallback_entries(logged_out, RULES, {"201"}), {"201"})
     assert ami.actions == []
+
+
+def test_phones_rung_only_after_confirming_are_left_out_of_the_fallback() -> None:
+    """Dial() cannot confirm one leg while the others ring: a confirm phone's voicemail
+    would take the call, so it is not in the dial string at all."""
+    rules = RingRules.model_validate(
+        {
+            "defaults": {"timeout": 25},
+            "users": {
+                "201": {
+                    "followme": [
+                        {"ring": ["PJSIP/anna-desk"]},
+                        # One confirm entry is enough, whatever its conditions.
+                        {"ring": ["PJSIP/anna-soft"], "confirm": True, "calls": "external"},
+                        {"ring": ["PJSIP/anna-soft"], "delay": 30},
+                    ]
+                },
+                "202": {"followme": [{"ring": ["PJSIP/boris-desk"], "confirm": True}]},
+            },
+            "workplaces": {
+                "office-1": {"ring": [{"ring": ["PJSIP/office1-desk"], "confirm": True}]}
+            },
+        }
+    )
+    entries = fallback_entries(SNAPSHOT, rules)
+    assert entries["201"].dial == "PJSIP/anna-desk"
+    # Every phone of Boris's and of Emma's workplace confirms: no entry, and the dialplan
+    # says NOPHONES rather than letting a voicemail answer.
+    assert set(entries) == {"201"}

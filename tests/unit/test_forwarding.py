@@ -20,9 +20,9 @@ from callrouter.routing.chain import plan_tree
 from callrouter.routing.plan import CallContext, ForwardHop, LegSource, PlanStatus, RingPlan
 from callrouter.routing.resolver import resolve_forward, resolve_plan
 from callrouter.routing.timeline import format_tree
-from callrouter.rules.loader import load_rules
+from callrouter.rules.check import check_rules
 from callrouter.rules.model import RingRules
-from callrouter.yamlfile import YamlFileError
+from tests.unit.test_rules_loader import rules_errors
 
 USERS = {
     ext: User(ext, name, "staff" if ext != "204" else "trainee", phones)
@@ -306,11 +306,7 @@ BAD = [
 def test_bad_forwarding_rules_name_the_file_line_and_field(
     tmp_path: Path, text: str, error: str
 ) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text(text)
-    with pytest.raises(YamlFileError) as caught:
-        load_rules(path)
-    lines = ["rules.yaml:" + e.removeprefix(f"{path}:") for e in caught.value.errors]
+    lines = rules_errors(tmp_path, text)
     assert len(lines) == 1 and lines[0].startswith(error), lines
 
 
@@ -365,3 +361,14 @@ def test_forwarding_never_loops_nor_goes_past_three_hops(
         assert all(h.kind == "dnd" for h in chain if h.extension in dnd)
         stack += [t for _, t in node.then]
     assert _depth(tree) <= MAX_FORWARD_HOPS + 1
+
+
+def test_rules_check_names_a_forwarding_target_that_is_no_user(tmp_path: Path) -> None:
+    r = rules({"201": forward(always="202", busy=["299", MOBILE])})
+    problems = check_rules(r, snapshot())
+    assert [(p.path, p.message) for p in problems] == [
+        (
+            ("users", "201", "forward", "busy", 0, "to"),
+            "forwarding target 299 is no user of the directory",
+        )
+    ]
