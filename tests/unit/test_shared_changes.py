@@ -46,6 +46,7 @@ from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.presence import ClientStatus, UserPresence
 from callrouter.logins.service import LoginService
 from callrouter.logins.store import clear_login, set_login
+from callrouter.personal import store as personal_store
 from callrouter.presence.build import listen_for_client_statuses
 from callrouter.presence.live import PresenceService
 from callrouter.presence.shared import ClientStatusStore
@@ -224,6 +225,23 @@ async def test_a_login_made_through_one_router_is_applied_by_the_other(
     await until(b.live, lambda snap: snap.logins.get("202") == "hotdesk-1")
     await clear_login(a.engine, "201", actor="201", source="api")
     await until(b.live, lambda snap: "201" not in snap.logins)
+
+
+async def test_own_forwardings_and_switches_made_through_one_router_reach_the_other(
+    routers: tuple[Router, Router],
+) -> None:
+    a, b = routers
+    users = b.live.snapshot.users
+    await personal_store.set_forward(a.engine, "201", "busy", "202", actor="201", source="api")
+    await personal_store.set_switch(a.engine, "201", "mobile", False, actor="201", source="api")
+    await until(
+        b.live,
+        lambda snap: (
+            snap.forwards == {"201": {"busy": "202"}}
+            and snap.switched_off == {"201": frozenset({"mobile"})}
+        ),
+    )
+    assert b.live.snapshot.users is users  # the personal reload, not a full one
 
 
 async def test_a_directory_change_through_one_router_is_applied_by_the_other(
