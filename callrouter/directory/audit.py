@@ -1,4 +1,5 @@
-"""The audit log of login changes, written in the same transaction as the change."""
+"""The audit log of login changes and of the users' own forwardings and switches,
+written in the same transaction as the change."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from callrouter.directory import schema as s
 
 @dataclass(slots=True)
 class AuditEntry:
-    action: str  # "login", "logout", "displaced"
+    # "login", "logout", "displaced"; "forward", "unforward", "switch_on", "switch_off"
+    # (callrouter.personal: what changed is in ``detail``, the workplaces are None)
+    action: str
     extension: str
     old_workplace: str | None
     new_workplace: str | None
