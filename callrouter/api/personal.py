@@ -19,6 +19,7 @@ from callrouter.api.app import Auth, Principal, _answers
 from callrouter.domain.forwarding import FORWARD_TARGET_LENGTH, ForwardKind
 from callrouter.domain.identifiers import Extension
 from callrouter.personal.service import KindView, PersonalRefused, PersonalService, Reason
+from callrouter.routing.chain import plan_tree
 from callrouter.routing.plan import CallContext
 from callrouter.routing.resolver import PresenceView, resolve_plan
 
@@ -207,7 +208,9 @@ def _routes(
             ),
         ] = None,
     ) -> dict[str, Any]:
-        """How a call to the user would ring now (or ``at``): the ring plan."""
+        """How a call to the user would ring now (or ``at``): the ring plan, the
+        forwardings that led to it (``forwarded``) and, under ``then``, the plan a
+        busy or unanswered call goes on with."""
         user = subject(who, extension)
         snapshot = service.snapshot
         if user not in snapshot.users:
@@ -222,14 +225,10 @@ def _routes(
                 raise HTTPException(
                     422, 'at: not a local time: "YYYY-MM-DD HH:MM", e.g. "2026-12-02 19:00"'
                 ) from None
-        result = resolve_plan(
-            snapshot,
-            service.rules,
-            user,
-            presence=presence,
-            call=CallContext(internal=not external, at=when),
-            node=node,
-        )
-        return result.to_json()
+        context = CallContext(internal=not external, at=when)
+        rules = service.rules
+        result = resolve_plan(snapshot, rules, user, presence=presence, call=context, node=node)
+        # With where the call goes on when it ends busy or unanswered ("then").
+        return plan_tree(snapshot, rules, result, None, presence, context, node).to_json()
 
     return router

@@ -409,3 +409,22 @@ async def test_api_admin_names_the_user_users_only_themselves(
     assert live.snapshot.forwards == {"201": {"busy": "202"}}
     reply = await client.get("/api/v1/me/forwarding")
     assert reply.status_code == 401
+
+
+async def test_api_plan_shows_the_users_own_forwarding_and_where_the_call_goes_on(
+    client: httpx.AsyncClient, live: Live
+) -> None:
+    anna = await session(client, "201", "4711")
+    reply = await client.put("/api/v1/me/forwarding/no_answer", json={"to": "202"}, headers=anna)
+    assert reply.status_code == 200, reply.text
+    plan = (await client.get("/api/v1/me/plan", headers=anna)).json()
+    assert plan["extension"] == "201" and plan["forwarded"] == []
+    hop = {"from": "201", "kind": "no_answer", "to": "202", "set_by": "user"}
+    assert plan["forward_on"] == {"no_answer": hop}
+    then = plan["then"]["no_answer"]
+    assert then["extension"] == "202" and then["forwarded"] == [hop]
+    reply = await client.put("/api/v1/me/forwarding/always", json={"to": "202"}, headers=anna)
+    assert reply.status_code == 200, reply.text
+    plan = (await client.get("/api/v1/me/plan", headers=anna)).json()
+    assert plan["extension"] == "202"
+    assert plan["forwarded"] == [{**hop, "kind": "always"}]
