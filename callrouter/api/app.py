@@ -127,7 +127,7 @@ class ClientStatusRequest(_Body):
 
 def workplace_views(snapshot: DirectorySnapshot, extension: str | None) -> list[WorkplaceView]:
     """The workplaces ``extension``'s role allows (None, the admin: all), by id."""
-    occupants = {wp: ext for ext, wp in snapshot.logins.items()}
+    occupants = snapshot.occupants
     user = None if extension is None else snapshot.users.get(extension)
     role = None if user is None or user.role is None else snapshot.roles.get(user.role)
     views = []

@@ -48,8 +48,8 @@ from callrouter.calls.overload import (
 from callrouter.calls.pickup import (
     PICKUP_ARG,
     PICKUP_RESULT_CONTEXT,
-    PhoneUsers,
     PickupResult,
+    picker_at,
     pickup_refusal,
 )
 from callrouter.domain.directory import DirectorySnapshot
@@ -95,12 +95,9 @@ class CallIntake:
         self.clock = clock
         # The wall-clock time that schedules (when:/unless:) are read in.
         self.local_time = local_time or (lambda: datetime.now().astimezone())
-        self._phones_key: tuple[object, ...] | None = None
-        self._phones: frozenset[str] = frozenset()
         self.overload = OverloadState(overload or OverloadLimits(), clock)
         self._waiting: set[str] = set()
         self._adopted: set[str] = set()  # bridges of conversations another router connected
-        self._phone_users = PhoneUsers()
         self._picking: set[str] = set()  # pickers' channels being decided (not yet a call's)
         self.loop_lag = 0.0
         self._ari_latency = LatencyAverage()
@@ -141,20 +138,8 @@ class CallIntake:
                     kind[:40],
                 )
             endpoint = caller_endpoint(channel.name)
-            internal = endpoint is not None and endpoint in self._directory_phones(snapshot)
+            internal = endpoint is not None and snapshot.is_phone(endpoint)
         return CallContext(internal=internal, at=self.local_time())
-
-    def _directory_phones(self, snapshot: DirectorySnapshot) -> frozenset[str]:
-        # Rebuilt when users or workplaces change, not on a login (it keeps both maps).
-        key = (snapshot.users, snapshot.workplaces, snapshot.unassigned_phones)
-        if self._phones_key is None or any(
-            a is not b for a, b in zip(key, self._phones_key, strict=True)
-        ):
-            self._phones_key = key
-            self._phones = frozenset(snapshot.phone_owners()) | frozenset(
-                snapshot.unassigned_phones
-            )
-        return self._phones
 
     def take_call(self, channel: Channel, extension: str, kind: str | None = None) -> None:
         if not self.accepting:
@@ -248,7 +233,7 @@ class CallIntake:
         snapshot, rules = self.routing_state()
         endpoint = caller_endpoint(channel.name)
         shown = extension if is_extension(extension) else repr(extension[:40])
-        picker = self._phone_users.picker(snapshot, endpoint)
+        picker = picker_at(snapshot, endpoint)
         refusal = pickup_refusal(snapshot, rules, extension, picker)
         if refusal is not None or picker is None:
             log.info(

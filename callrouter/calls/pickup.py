@@ -16,7 +16,6 @@ is the dialplan's ([callrouter-pickup-result], ``PickupResult``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -67,40 +66,9 @@ def pickup_refusal(
     return f"user {picker.user}'s role {role or '(none)'} is not in picked_up_by"
 
 
-class PhoneUsers:
-    """Who is at each phone of the directory, rebuilt only when the users, workplaces
-    or logins change: a pickup must not scan 100,000 users on the event loop."""
-
-    def __init__(self) -> None:
-        self._key: tuple[object, ...] | None = None
-        self._phones: dict[str, tuple[str, str]] = {}  # endpoint -> ("user"|"workplace", key)
-        self._logins_key: object | None = None
-        self._at_workplace: dict[str, str] = {}  # workplace id -> extension logged in
-
-    def picker(self, snapshot: DirectorySnapshot, endpoint: str | None) -> Picker | None:
-        """The picker at ``endpoint``, or None when it is no phone of the directory."""
-        if endpoint is None:
-            return None
-        self._refresh(snapshot)
-        owner = self._phones.get(endpoint)
-        if owner is None:
-            return Picker(endpoint, None) if endpoint in snapshot.unassigned_phones else None
-        kind, key = owner
-        if kind == "user":
-            return Picker(endpoint, key)
-        return Picker(endpoint, self._occupant(snapshot.logins, key))
-
-    def _refresh(self, snapshot: DirectorySnapshot) -> None:
-        key = (snapshot.users, snapshot.workplaces)
-        if self._key is None or any(a is not b for a, b in zip(key, self._key, strict=True)):
-            self._key = key
-            self._phones = {
-                endpoint: (owner.kind, owner.key)
-                for endpoint, owner in snapshot.phone_owners().items()
-            }
-
-    def _occupant(self, logins: Mapping[str, str], workplace_id: str) -> str | None:
-        if logins is not self._logins_key:
-            self._logins_key = logins
-            self._at_workplace = {wp: ext for ext, wp in logins.items()}
-        return self._at_workplace.get(workplace_id)
+def picker_at(snapshot: DirectorySnapshot, endpoint: str | None) -> Picker | None:
+    """The picker at ``endpoint``, or None when it is no phone of the directory (the
+    snapshot's phone index: a pickup never scans the users)."""
+    if endpoint is None or not snapshot.is_phone(endpoint):
+        return None
+    return Picker(endpoint, snapshot.user_at(endpoint))

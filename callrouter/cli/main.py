@@ -307,7 +307,7 @@ def plan(
         presence, why_not = _live_presence(snapshot, extension, router_url)
         if presence is None:
             click.echo(f"note: presence not applied ({why_not}); showing the rule alone", err=True)
-    internal = not external and (caller is None or caller in snapshot.phone_owners())
+    internal = not external and (caller is None or snapshot.is_phone(caller))
     context = CallContext(internal=internal, at=_local_time(at_text))
     result = resolve_plan(
         snapshot, ring_rules, extension, caller, presence=presence, call=context, node=node

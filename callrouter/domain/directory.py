@@ -46,6 +46,43 @@ class PhoneOwner:
     key: str
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PhoneIndex:
+    """Whose each phone is, built once per set of users and workplaces (a snapshot's
+    logins-only reload keeps it): routing asks per call whether the caller is a phone
+    of the directory, pickup and the phone's feature codes whose phone it is."""
+
+    users: Mapping[str, User]  # the maps it was built from, to tell when it is stale
+    workplaces: Mapping[str, Workplace]
+    unassigned_phones: tuple[str, ...]
+    user_phones: dict[str, str]  # endpoint -> the extension it is assigned to
+    workplace_phones: dict[str, str]  # endpoint -> the workplace id it belongs to
+    unassigned: frozenset[str]
+
+    @classmethod
+    def of(
+        cls,
+        users: Mapping[str, User],
+        workplaces: Mapping[str, Workplace],
+        unassigned: tuple[str, ...],
+    ) -> PhoneIndex:
+        return cls(
+            users,
+            workplaces,
+            unassigned,
+            {p: u.extension for u in users.values() for p in u.phones},
+            {p: w.id for w in workplaces.values() for p in w.phones},
+            frozenset(unassigned),
+        )
+
+    def built_from(self, snapshot: DirectorySnapshot) -> bool:
+        return (
+            self.users is snapshot.users
+            and self.workplaces is snapshot.workplaces
+            and self.unassigned_phones is snapshot.unassigned_phones
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
     users: Mapping[str, User] = field(default_factory=dict)  # by extension
@@ -63,6 +100,42 @@ class DirectorySnapshot:
     switched_off: Mapping[str, frozenset[str]] = field(default_factory=dict)
     revision: int = 0  # the directory's change counter when this snapshot was read
     content_revision: int = 0  # the last change to anything but the logins
+    # Derived, never given: whose each phone is (kept by a logins-only replace(), which
+    # passes it on with the same users and workplaces) and who sits at each workplace.
+    phone_index: PhoneIndex | None = field(default=None, compare=False, repr=False)
+    occupants: Mapping[str, str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index = self.phone_index
+        if index is None or not index.built_from(self):
+            index = PhoneIndex.of(self.users, self.workplaces, self.unassigned_phones)
+            object.__setattr__(self, "phone_index", index)
+        # workplace id -> the extension logged in there (one user per workplace).
+        object.__setattr__(self, "occupants", {wp: ext for ext, wp in self.logins.items()})
+
+    @property
+    def phones(self) -> PhoneIndex:
+        assert self.phone_index is not None  # set by __post_init__
+        return self.phone_index
+
+    def is_phone(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is a phone of the directory (assigned or not)."""
+        index = self.phones
+        return (
+            endpoint in index.user_phones
+            or endpoint in index.workplace_phones
+            or endpoint in index.unassigned
+        )
+
+    def user_at(self, endpoint: str) -> str | None:
+        """The extension of whoever is at the phone: its user, or the user logged in at
+        its workplace (None: nobody, or no phone of the directory)."""
+        index = self.phones
+        extension = index.user_phones.get(endpoint)
+        if extension is not None:
+            return extension
+        workplace_id = index.workplace_phones.get(endpoint)
+        return None if workplace_id is None else self.occupants.get(workplace_id)
 
     def workplace_of(self, extension: str) -> Workplace | None:
         """The workplace the user is logged in to now, if any."""
@@ -92,11 +165,7 @@ class DirectorySnapshot:
 
     def phone_owners(self) -> dict[str, PhoneOwner]:
         """Every assigned phone with its owner (computed; used for checks, not per call)."""
-        owners: dict[str, PhoneOwner] = {}
-        for user in self.users.values():
-            for endpoint in user.phones:
-                owners[endpoint] = PhoneOwner("user", user.extension)
-        for workplace in self.workplaces.values():
-            for endpoint in workplace.phones:
-                owners[endpoint] = PhoneOwner("workplace", workplace.id)
+        index = self.phones
+        owners = {p: PhoneOwner("user", ext) for p, ext in index.user_phones.items()}
+        owners.update((p, PhoneOwner("workplace", w)) for p, w in index.workplace_phones.items())
         return owners

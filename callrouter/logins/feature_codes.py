@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from callrouter.agi import AgiCommandFailed, AgiError, AgiHangup, AgiSession, Handler
-from callrouter.domain.directory import DirectorySnapshot, Workplace
+from callrouter.domain.directory import Workplace
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.domain.identifiers import EXTENSION_PATTERN, PIN_LENGTH
 from callrouter.logins.policy import Refusal
@@ -116,7 +116,6 @@ class FeatureCodes:
         self.prefix = prefix
         self.outcomes: deque[FeatureOutcome] = deque(maxlen=200)
         self.asking_pin: set[str] = set()  # channels at the PIN prompt right now
-        self._index: tuple[int, dict[str, Workplace]] | None = None
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -126,9 +125,8 @@ class FeatureCodes:
         if endpoint is None:
             return None
         snapshot = self.service.snapshot
-        if self._index is None or self._index[0] != id(snapshot):
-            self._index = (id(snapshot), _phone_index(snapshot))
-        return self._index[1].get(endpoint)
+        workplace_id = snapshot.phones.workplace_phones.get(endpoint)
+        return None if workplace_id is None else snapshot.workplaces.get(workplace_id)
 
     async def refuse_unverified(self, session: AgiSession) -> None:
         """A session whose channel was not verified: "not available", and hang up.
@@ -264,11 +262,3 @@ class _Call:
             tuple(self.prompts),
             tuple(self.failed_prompts),
         )
-
-
-def _phone_index(snapshot: DirectorySnapshot) -> dict[str, Workplace]:
-    return {
-        endpoint: workplace
-        for workplace in snapshot.workplaces.values()
-        for endpoint in workplace.phones
-    }

@@ -27,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from callrouter.agi import AgiCommandFailed, AgiError, AgiHangup, AgiSession, Handler
-from callrouter.domain.directory import DirectorySnapshot
 from callrouter.domain.endpoint import caller_endpoint
 from callrouter.domain.forwarding import FORWARD_KINDS
 from callrouter.personal.service import PersonalRefused, PersonalService
@@ -121,7 +120,6 @@ class PersonalCodes:
         self.forward_prefix = forward_prefix
         self.switch_prefix = switch_prefix
         self.outcomes: deque[PersonalOutcome] = deque(maxlen=200)
-        self._owners: tuple[int, dict[str, str], dict[str, str]] | None = None
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -131,17 +129,7 @@ class PersonalCodes:
         """The user the phone is assigned to, or who sits at its workplace."""
         if endpoint is None:
             return None
-        snapshot = self.service.snapshot
-        if self._owners is None or self._owners[0] != id(snapshot):
-            self._owners = (id(snapshot), *_owner_index(snapshot))
-        _, users, workplaces = self._owners
-        user = users.get(endpoint)
-        if user is not None:
-            return user
-        workplace = workplaces.get(endpoint)
-        if workplace is None:
-            return None
-        return next((ext for ext, wp in snapshot.logins.items() if wp == workplace), None)
+        return self.service.snapshot.user_at(endpoint)
 
     async def handle(self, session: AgiSession) -> None:
         request = session.request
@@ -252,10 +240,3 @@ class _Record:
             self.ok,
             tuple(self.prompts),
         )
-
-
-def _owner_index(snapshot: DirectorySnapshot) -> tuple[dict[str, str], dict[str, str]]:
-    """Phone -> user extension (assigned), phone -> workplace id."""
-    users = {p: u.extension for u in snapshot.users.values() for p in u.phones}
-    workplaces = {p: w.id for w in snapshot.workplaces.values() for p in w.phones}
-    return users, workplaces

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -27,7 +28,7 @@ from callrouter.calls.flow import (
     StopLeg,
 )
 from callrouter.calls.intake import CallIntake, leg_outcomes
-from callrouter.calls.pickup import PhoneUsers, Picker, PickupResult, pickup_refusal
+from callrouter.calls.pickup import Picker, PickupResult, picker_at, pickup_refusal
 from callrouter.domain.directory import DirectorySnapshot, Role, User, Workplace
 from callrouter.metrics import PICKUP_OUTCOMES, Metrics
 from callrouter.routing.plan import ForwardHop, Leg, LegSource, PlanStatus, RingPlan
@@ -161,7 +162,7 @@ STAFF_ONLY = RingRules.model_validate({"defaults": {"picked_up_by": ["staff"]}})
 
 
 def picker(endpoint: str, snapshot: DirectorySnapshot = SNAPSHOT) -> Picker | None:
-    return PhoneUsers().picker(snapshot, endpoint)
+    return picker_at(snapshot, endpoint)
 
 
 def test_the_picking_user_is_the_phones_user_or_whoever_is_logged_in_at_its_workplace() -> None:
@@ -173,14 +174,12 @@ def test_the_picking_user_is_the_phones_user_or_whoever_is_logged_in_at_its_work
     assert picker("PJSIP/hot", nobody_in) == Picker("PJSIP/hot", None)
 
 
-def test_phone_users_follow_a_login_without_a_rebuild_of_the_phones() -> None:
-    users = PhoneUsers()
-    assert users.picker(SNAPSHOT, "PJSIP/hot") == Picker("PJSIP/hot", "204")
-    moved = DirectorySnapshot(
-        SNAPSHOT.users, SNAPSHOT.workplaces, SNAPSHOT.roles, logins={"203": "hot-1"}
-    )
-    assert users.picker(moved, "PJSIP/hot") == Picker("PJSIP/hot", "203")
-    assert users.picker(moved, None) is None
+def test_the_picker_follows_a_login_without_a_rebuild_of_the_phones() -> None:
+    assert picker_at(SNAPSHOT, "PJSIP/hot") == Picker("PJSIP/hot", "204")
+    moved = replace(SNAPSHOT, logins={"203": "hot-1"})  # as a logins-only reload does
+    assert moved.phone_index is SNAPSHOT.phone_index
+    assert picker_at(moved, "PJSIP/hot") == Picker("PJSIP/hot", "203")
+    assert picker_at(moved, None) is None
 
 
 @pytest.mark.parametrize(
