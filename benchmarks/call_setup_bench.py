@@ -10,7 +10,7 @@ not load is measured:
 
 * router: the caller dials ``EXT`` -> [callrouter] -> Stasis() -> the router
   originates a leg to each of the user's two phones through ARI (``POST /channels``);
-* native: the caller dials ``*EXT`` -> [bench-native] -> Dial() of the same two
+* native: the caller dials ``**EXT`` -> [bench-native] -> Dial() of the same two
   phones, from the AstDB entry ``native/EXT``.
 
 Latency of a call: from the moment the caller phone sent its INVITE to the first
@@ -105,10 +105,10 @@ def instrument(router: Router, trace: RouterTrace) -> None:
     ari = router.ari
     originate = ari.originate
 
-    def timed_take_call(channel: Channel, extension: str) -> None:
+    def timed_take_call(channel: Channel, extension: str, kind: str | None = None) -> None:
         if trace.stasis is None:
             trace.stasis = time.monotonic()
-        take_call(channel, extension)
+        take_call(channel, extension, kind)
 
     async def timed_originate(*args: Any, **kwargs: Any) -> Any:
         trace.requests += 1

@@ -2,7 +2,7 @@
 
 Both call benchmarks (call_setup_bench, sipp_load) compare the router with Asterisk's
 own ``Dial()`` of the same phones: the router path is the user's extension into
-``[callrouter]``; the native path is ``*EXT`` -> ``[bench-native]`` (the sandbox's
+``[callrouter]``; the native path is ``**EXT`` -> ``[bench-native]`` (the sandbox's
 extensions.conf), which dials the AstDB entry ``native/EXT``.
 """
 
@@ -30,7 +30,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 def native_number(extension: str) -> str:
     """What a phone dials to reach ``extension`` through the native Dial()."""
-    return f"*{extension}"
+    return f"**{extension}"
 
 
 def native_dial_string(phones: Iterable[str]) -> str:

@@ -16,7 +16,7 @@ Two paths, the same scenario, only the dialled number differs:
 
 * router: the user's extension -> [callrouter] -> Stasis() -> the router rings both
   phones through ARI and bridges the caller to the one that answers;
-* native: ``*EXT`` -> [bench-native] -> Dial() of the same two phones.
+* native: ``**EXT`` -> [bench-native] -> Dial() of the same two phones.
 
 For each rate (calls per second, ``--seconds`` long) both paths run, one after the
 other (who goes first alternates), until both fall off; then an overload step of
