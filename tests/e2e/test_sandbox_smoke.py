@@ -169,13 +169,13 @@ async def test_second_sandbox_runs_beside_the_first_and_restarts(asterisk: Aster
         assert (await client.get("/asterisk/info")).status_code == 200
 
 
-async def test_star_prefix_reaches_native_dial_and_the_callee_hangs_up(
+async def test_two_stars_reach_native_dial_and_the_callee_hangs_up(
     asterisk: AsteriskSandbox, make_phones: MakePhones
 ) -> None:
     caller, callee = await make_phones("smoke-caller6", "smoke-callee6")
     callee.answer()
     asterisk.db_put("native", "706", "PJSIP/smoke-callee6")
-    call = await caller.call("*706", asterisk.sip_port)
+    call = await caller.call("**706", asterisk.sip_port)
     await call.wait_answered()
     incoming = await callee.wait_for_call()
     await callee.wait_for("ACK")
