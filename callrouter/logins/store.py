@@ -23,11 +23,11 @@ from callrouter.directory.audit import AuditEntry, write_audit
 from callrouter.directory.database import begin_read, begin_write
 from callrouter.directory.errors import (
     DirectoryError,
-    UnknownExtension,
     UnknownWorkplace,
     integrity_problem,
 )
 from callrouter.directory.revisions import bump_revision, current_revision
+from callrouter.directory.users import user_id_of
 from callrouter.domain.directory import Role
 from callrouter.logins.policy import OccupiedPolicy, Refusal, login_refusal
 
@@ -64,14 +64,6 @@ class LoginChange:
     @property
     def changed(self) -> bool:
         return self.old_workplace != self.new_workplace
-
-
-async def _user_id(conn: AsyncConnection, extension: str) -> int:
-    u = s.users
-    found = (await conn.execute(select(u.c.id).where(u.c.extension == extension))).scalar()
-    if found is None:
-        raise UnknownExtension(extension)
-    return int(found)
 
 
 async def _login_of(conn: AsyncConnection, user_id: int) -> str | None:
@@ -132,7 +124,7 @@ async def set_login(
     lg, u, w = s.logins, s.users, s.workplaces
     try:
         async with begin_write(engine) as conn:
-            user_id = await _user_id(conn, extension)
+            user_id = await user_id_of(conn, extension)
             found = (await conn.execute(select(w.c.id).where(w.c.slug == workplace_id))).scalar()
             if found is None:
                 raise UnknownWorkplace(workplace_id)
@@ -199,7 +191,7 @@ async def clear_login(
     at = now or datetime.now(UTC)
     lg = s.logins
     async with begin_write(engine) as conn:
-        user_id = await _user_id(conn, extension)
+        user_id = await user_id_of(conn, extension)
         old = await _login_of(conn, user_id)
         if old is None:
             return LoginChange(extension, None, None, None, await current_revision(conn))

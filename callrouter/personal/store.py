@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from callrouter.directory import schema as s
 from callrouter.directory.audit import AuditEntry, write_audit
 from callrouter.directory.database import begin_write
-from callrouter.directory.errors import DirectoryError, UnknownExtension
+from callrouter.directory.errors import DirectoryError
 from callrouter.directory.revisions import bump_revision, current_revision
+from callrouter.directory.users import user_id_of
 from callrouter.domain.endpoint import is_external_number
 
 
@@ -60,14 +61,6 @@ class SwitchChange:
         return self.was_on != self.on
 
 
-async def _user_id(conn: AsyncConnection, extension: str) -> int:
-    u = s.users
-    found = (await conn.execute(select(u.c.id).where(u.c.extension == extension))).scalar()
-    if found is None:
-        raise UnknownExtension(extension)
-    return int(found)
-
-
 async def _forwards_of(conn: AsyncConnection, user_id: int) -> dict[str, str]:
     f = s.user_forwards
     rows = await conn.execute(select(f.c.kind, f.c.target).where(f.c.user_id == user_id))
@@ -96,7 +89,7 @@ async def set_forward(
     at = now or datetime.now(UTC)
     f = s.user_forwards
     async with begin_write(engine) as conn:
-        user_id = await _user_id(conn, extension)
+        user_id = await user_id_of(conn, extension)
         old = (await _forwards_of(conn, user_id)).get(kind)
         if old == target:
             return ForwardChange(extension, kind, old, target, await current_revision(conn))
@@ -134,7 +127,7 @@ async def clear_forwards(
     at = now or datetime.now(UTC)
     f = s.user_forwards
     async with begin_write(engine) as conn:
-        user_id = await _user_id(conn, extension)
+        user_id = await user_id_of(conn, extension)
         old = await _forwards_of(conn, user_id)
         if not old:
             return []
@@ -167,7 +160,7 @@ async def set_switch(
     at = now or datetime.now(UTC)
     so = s.switches_off
     async with begin_write(engine) as conn:
-        user_id = await _user_id(conn, extension)
+        user_id = await user_id_of(conn, extension)
         row = (
             await conn.execute(
                 select(so.c.user_id).where(so.c.user_id == user_id, so.c.switch == switch)
