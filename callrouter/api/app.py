@@ -159,6 +159,17 @@ class Principal:
     def actor(self) -> str:
         return self.extension or ADMIN
 
+    def acting_on(self, extension: str | None, forbidden: str) -> str:
+        """Whom a request acts on: users themselves (``forbidden``, 403, for anyone
+        else); the admin whoever they name."""
+        if self.extension is None:
+            if extension is None:
+                raise HTTPException(422, "the admin must name the extension")
+            return extension
+        if extension is not None and extension != self.extension:
+            raise HTTPException(403, forbidden)
+        return self.extension
+
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -349,14 +360,7 @@ def create_api(
     api.state.source_of = source_of  # for the web client's sign-in (api/desk.py)
 
     def subject(who: Principal, extension: str | None) -> str:
-        """Whom a request acts on: users themselves; the admin whoever they name."""
-        if who.extension is None:
-            if extension is None:
-                raise HTTPException(422, "the admin must name the extension")
-            return extension
-        if extension is not None and extension != who.extension:
-            raise HTTPException(403, "users may only log themselves in and out")
-        return who.extension
+        return who.acting_on(extension, "users may only log themselves in and out")
 
     @api.exception_handler(LoginDenied)
     async def _denied(request: Request, exc: LoginDenied) -> JSONResponse:

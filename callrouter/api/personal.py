@@ -126,13 +126,7 @@ def _routes(
         return source(request)
 
     def subject(who: Principal, extension: str | None) -> str:
-        if who.extension is None:
-            if extension is None:
-                raise HTTPException(422, "the admin must name the extension")
-            return extension
-        if extension is not None and extension != who.extension:
-            raise HTTPException(403, "users may only change their own settings")
-        return who.extension
+        return who.acting_on(extension, "users may only change their own settings")
 
     def forwarding_of(extension: str) -> ForwardingView:
         return ForwardingView(
