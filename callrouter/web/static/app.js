@@ -517,8 +517,11 @@
   async function loadPlan() {
     if (!desk) return;
     const mine = ++planLoads; // only the newest answer is shown
-    const external = $("plan-external").checked;
-    const reply = await api("GET", "/api/v1/me/plan?external=" + external);
+    const query = new URLSearchParams({ external: String($("plan-external").checked) });
+    // The picker's "YYYY-MM-DDTHH:MM" as the API's local "YYYY-MM-DD HH:MM".
+    const at = $("plan-at").value.slice(0, 16).replace("T", " ");
+    if (at) query.set("at", at);
+    const reply = await api("GET", "/api/v1/me/plan?" + query);
     if (mine !== planLoads || !desk) return;
     if (reply.status === 200) {
       $("plan-message").textContent = "";
@@ -529,6 +532,12 @@
       $("plan-message").textContent = t("failed", { status: reply.status || "-" });
     }
   }
+
+  $("plan-at").addEventListener("change", () => loadPlan());
+  $("plan-now").addEventListener("click", () => {
+    $("plan-at").value = "";
+    loadPlan();
+  });
 
   for (const radio of document.querySelectorAll("input[name=plan-call]")) {
     radio.addEventListener("change", () => {
@@ -586,6 +595,17 @@
     return ul;
   }
 
+  // A list with a visible caption that is also its name.
+  let captions = 0;
+  function captioned(label, items) {
+    const caption = paragraph(label, "plan-caption");
+    caption.id = "plan-caption-" + ++captions;
+    const ul = list(label, items);
+    ul.removeAttribute("aria-label");
+    ul.setAttribute("aria-labelledby", caption.id);
+    return [caption, ul];
+  }
+
   function paragraph(text, cls) {
     const p = document.createElement("p");
     p.className = cls;
@@ -601,7 +621,7 @@
     const who = whoOf(plan);
     const hops = plan.forwarded.slice(before.length);
     if (hops.length > 0) {
-      parts.push(list(t("planForwarded", { who }), hops.map((hop) => item([["hop", hopText(hop)]]))));
+      parts.push(...captioned(t("planForwarded", { who }), hops.map((hop) => item([["hop", hopText(hop)]]))));
     }
     const problem = plan.status === "ok" ? "" : t("planStatus_" + plan.status.replace(/-/g, "_"), { extension: plan.extension });
     if (problem) parts.push(paragraph(problem, "plan-status"));
@@ -631,7 +651,7 @@
       ...plan.unreachable.map((endpoint) => item([["endpoint", endpoint], ["why", t("unreachableNow")]])),
       ...plan.elsewhere.map((endpoint) => item([["endpoint", endpoint], ["why", t("elsewhereNow")]])),
     ];
-    if (notNow.length > 0) parts.push(list(t("planNotNow", { who }), notNow));
+    if (notNow.length > 0) parts.push(...captioned(t("planNotNow", { who }), notNow));
     for (const [kind, next] of Object.entries(plan.then || {})) {
       const hop = plan.forward_on[kind];
       const to = hop && next.extension === hop.to ? whoOf(next) : hop ? hop.to : next.extension;
