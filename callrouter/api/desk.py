@@ -254,8 +254,17 @@ def _desk_routes(
     presence.subscribe(lambda state: by_user.wake(state.extension))
     if presence.ami is not None:
         presence.ami.subscribe(lambda event: _on_device(event, by_phone))
+    # Directory and rules changes so far: a page asks for its ring plan again when
+    # this grows, as anyone's change may reach the plan (a forwarding target's phones).
+    changes = 0
+
+    def directory_changed(_concerned: frozenset[str] | None) -> None:
+        nonlocal changes
+        changes += 1
+        everyone.wake("")
+
     if directory_changes is not None:
-        directory_changes(lambda _concerned: everyone.wake(""))
+        directory_changes(directory_changed)
 
     def personal_of(snapshot: DirectorySnapshot, extension: str) -> dict[str, object]:
         # My own forwardings and switched-off switches: the page fetches the views
@@ -302,6 +311,7 @@ def _desk_routes(
                     ("desk", view.model_dump_json()),
                     ("seats", json.dumps(seats(snapshot))),
                     ("personal", json.dumps(personal_of(snapshot, extension))),
+                    ("directory", json.dumps({"changes": changes})),
                 ):
                     if sent.get(name) != data:
                         sent[name] = data
@@ -324,7 +334,8 @@ def _desk_routes(
         """Server-Sent Events: ``desk`` (a DeskView) whenever mine changes (a login by
         phone, API or admin, a phone's state, my status), ``seats`` (who sits where,
         by extension) whenever that does, ``personal`` (my own forwardings and
-        switched-off switches) whenever they do; a comment line every 15 s."""
+        switched-off switches) whenever they do, ``directory`` (a count of directory
+        and rules changes) whenever anything there changed; a comment line every 15 s."""
         return StreamingResponse(
             stream(extension, request),
             media_type="text/event-stream",

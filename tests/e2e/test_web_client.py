@@ -638,3 +638,137 @@ async def test_forwarding_and_switches_set_by_keyboard_and_followed_live(desks: 
     )
     await expect(german.get_by_role("heading", name="Meine Schalter", exact=True)).to_be_visible()
     await expect(german.get_by_role("switch", name="mobile", exact=True)).not_to_be_checked()
+
+
+# Dora's plan: her desk phone; an external-only entry; her mobile, which she may
+# switch off and which must confirm; an office line in office hours only (alongside
+# the desk phone, so that whether it rings now changes no other leg's times); and
+# Emil when nobody answers.
+PLAN_RULES = """
+defaults: {timeout: 20, external_endpoint: "PJSIP/{number}@trunk"}
+schedules:
+  office-hours: {days: [mon-fri], hours: ["08:00-18:00"]}
+users:
+  "401":
+    followme:
+      - {ring: [PJSIP/rt-web-dora], timeout: 15}
+      - {ring: ["+4930111222"], calls: external, delay: 5}
+      - {ring: ["+4917012345678"], switch: mobile, delay: 10, confirm: true}
+      - {ring: ["+4930999888"], when: office-hours, timeout: 15}
+    forward: {no_answer: "402"}
+"""
+
+
+def legs_of(page: Page, who: str) -> Locator:
+    return page.get_by_role("list", name=f"Phones that ring for {who}", exact=True).get_by_role(
+        "listitem"
+    )
+
+
+async def test_how_my_calls_ring_internal_external_switched_off_and_then(desks: Desks) -> None:
+    router = desks.running.router
+    desks.rules.write_text(PLAN_RULES)
+    await until(lambda: router.live.rules.users.get("401") is not None, "the new rules")
+    page = await desks.page(viewport={"width": 390, "height": 844})  # a phone's screen
+    await sign_in(page, "401", "4711")
+    await expect(page.get_by_role("heading", name="How my calls ring", exact=True)).to_be_visible(
+        timeout=WAIT_MS
+    )
+    dora = legs_of(page, "Dora Lang (401)")
+    mobile_leg = dora.filter(has_text="PJSIP/+4917012345678@trunk")
+    external_leg = dora.filter(has_text="PJSIP/+4930111222@trunk")
+    not_now = page.get_by_role("list", name="Not ringing now for Dora Lang (401)", exact=True)
+
+    # An internal call (the default): the desk phone and the mobile (press 1); the
+    # external-only entry does not apply, and says why.
+    internal = page.get_by_role("radio", name="Internal call", exact=True)
+    external = page.get_by_role("radio", name="External call", exact=True)
+    await expect(internal).to_be_checked()
+    await expect(dora.filter(has_text="PJSIP/rt-web-dora")).to_have_text(
+        "PJSIP/rt-web-dora, 0\N{EN DASH}15 s, own phone", timeout=WAIT_MS
+    )
+    await expect(mobile_leg).to_have_text(
+        "PJSIP/+4917012345678@trunk, 10\N{EN DASH}30 s, own phone, answer by pressing 1"
+    )
+    await expect(external_leg).to_have_count(0)
+    await expect(not_now).to_contain_text("entry 2: external calls only")
+
+    # An external call, by the keyboard: the external-only entry rings too.
+    await internal.focus()
+    await page.keyboard.press("ArrowRight")
+    await expect(external).to_be_checked()
+    await expect(external_leg).to_have_text(
+        "PJSIP/+4930111222@trunk, 5\N{EN DASH}25 s, own phone", timeout=WAIT_MS
+    )
+    await expect(not_now).not_to_contain_text("external calls only")
+
+    # When nobody answers: on to Emil, by his plan (his own phone).
+    then = page.get_by_role("heading", name=re.compile("^When nobody answers"))
+    await expect(then).to_have_text("When nobody answers: on to Emil Roth (402)")
+    await expect(legs_of(page, "Emil Roth (402)")).to_have_text(
+        ["PJSIP/rt-web-emil, 0\N{EN DASH}20 s, own phone"]
+    )
+
+    # The switch turned off on the page: the mobile's leg is gone and says why.
+    await page.get_by_role("switch", name="mobile", exact=True).click()
+    await expect(page.locator("#switches-message")).to_have_text("mobile is off.", timeout=WAIT_MS)
+    await expect(mobile_leg).to_have_count(0, timeout=WAIT_MS)
+    await expect(not_now).to_contain_text("entry 3: switched off by the user (mobile)")
+    await expect(external_leg).to_be_visible()  # still the external call's plan
+
+    # Another time: on a Sunday the office line does not ring, on a Wednesday
+    # morning it does; "Now" goes back to the present.
+    office_leg = dora.filter(has_text="PJSIP/+4930999888@trunk")
+    at = page.get_by_label("At another time (optional)", exact=True)
+    await at.fill("2026-12-06T12:00")
+    await expect(not_now).to_contain_text(
+        "entry 4: when office-hours: not in the schedule (Sun 12:00)", timeout=WAIT_MS
+    )
+    await expect(office_leg).to_have_count(0)
+    await at.fill("2026-12-02T10:00")
+    await expect(office_leg).to_have_text(
+        "PJSIP/+4930999888@trunk, 0\N{EN DASH}15 s, own phone", timeout=WAIT_MS
+    )
+    await expect(not_now).not_to_contain_text("office-hours")
+    await page.get_by_role("button", name="Show the plan for now", exact=True).click()
+    await expect(at).to_have_value("")
+
+    # Changed elsewhere, for someone else: Emil sits down at Desk B, and Dora's page
+    # shows his plan with the workplace's phone (told by the stream's directory event).
+    await router.logins.login("402", "desk-b", actor="admin", source="test")
+    await expect(legs_of(page, "Emil Roth (402)").filter(has_text="rt-web-desk-b")).to_contain_text(
+        "workplace", timeout=WAIT_MS
+    )
+
+    # Forwarded always, on the page: the plan is Emil's, and says how it got there.
+    await page.get_by_label("Forward Always to", exact=True).fill("402")
+    await page.get_by_role("button", name="Set: Always", exact=True).click()
+    forwarded = page.get_by_role("list", name="Forwarded to Emil Roth (402)", exact=True)
+    await expect(forwarded).to_have_text("401 forwards always to 402 (yours)", timeout=WAIT_MS)
+    await expect(dora).to_have_count(0)
+    await page.get_by_role("button", name="Clear: Always", exact=True).click()
+    await expect(forwarded).to_have_count(0, timeout=WAIT_MS)
+    await expect(dora.filter(has_text="PJSIP/rt-web-dora")).to_be_visible()
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, width
+
+    german = await desks.page(locale="de-DE")
+    await german.get_by_label("Durchwahl", exact=True).fill("401")
+    await german.get_by_label("PIN", exact=True).fill("4711")
+    await german.get_by_role("button", name="Anmelden", exact=True).click()
+    await expect(
+        german.get_by_role("heading", name="Wie meine Anrufe klingeln", exact=True)
+    ).to_be_visible(timeout=WAIT_MS)
+    await german.get_by_role("radio", name="Externer Anruf", exact=True).check()
+    german_legs = german.get_by_role(
+        "list", name="Telefone, die für Dora Lang (401) klingeln", exact=True
+    )
+    await expect(german_legs.get_by_role("listitem").filter(has_text="+4930111222")).to_have_text(
+        "PJSIP/+4930111222@trunk, 5\N{EN DASH}25 s, eigenes Telefon", timeout=WAIT_MS
+    )
+    await expect(
+        german.get_by_role("list", name="Klingelt jetzt nicht für Dora Lang (401)", exact=True)
+    ).to_contain_text("Eintrag 3: vom Benutzer ausgeschaltet (mobile)")
+    await expect(
+        german.get_by_role("heading", name="Wenn niemand annimmt: weiter zu Emil Roth (402)")
+    ).to_be_visible()

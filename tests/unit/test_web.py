@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from html.parser import HTMLParser
 
 import httpx
@@ -19,9 +19,11 @@ from callrouter.api.desk import add_web_client
 from callrouter.api.server import ApiServer
 from callrouter.directory.importer import import_document
 from callrouter.directory.revisions import read_revision
+from callrouter.domain.forwarding import FORWARD_KINDS
 from callrouter.logins.service import LoginService
 from callrouter.presence.live import PresenceService
 from callrouter.presence.tracker import PresenceTracker
+from callrouter.routing.plan import LegSource, PlanStatus
 from callrouter.web.build import WebClient
 from callrouter.web.page import CONTENT_SECURITY_POLICY, load_files, page_routes
 from callrouter.web.sessions import COOKIE, CSRF_HEADER, WebSessions
@@ -210,6 +212,47 @@ async def test_the_end_of_a_session_ends_its_open_streams(
         await server.close()
 
 
+async def test_the_desk_stream_tells_of_every_directory_change(live: Live) -> None:
+    """The page asks for its ring plan again on ``directory``: sent first, then after
+    each change of the directory or the rules (anyone's may reach the plan)."""
+    listeners: list[Callable[[frozenset[str] | None], None]] = []
+
+    def subscribe(listener: Callable[[frozenset[str] | None], None]) -> Callable[[], None]:
+        listeners.append(listener)
+        return lambda: None
+
+    service = LoginService(live.engine, lambda: live.snapshot, on_change=live.refresh)
+    presence = PresenceService(PresenceTracker(live.snapshot), ami=None)
+    api = create_api(service, TokenSigner(b"k" * 32), "admin-token-0123456789", presence=presence)
+    web = WebClient(WebSessions(ttl=3600), page_routes(load_files()), secure_cookie=False)
+    add_web_client(api, web, service=service, presence=presence, directory_changes=subscribe)
+    server = ApiServer(api, "127.0.0.1", 0)
+    await server.start()
+
+    async def next_directory(lines: AsyncIterator[str]) -> str:
+        async for line in lines:
+            if line == "event: directory":
+                return await anext(lines)
+        raise AssertionError("the stream ended")
+
+    try:
+        async with (
+            asyncio.timeout(20),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as http,
+        ):
+            await sign_in(http)
+            async with http.stream("GET", "/api/v1/me/events") as desk:
+                lines = desk.aiter_lines()
+                assert await next_directory(lines) == 'data: {"changes": 0}'
+                assert len(listeners) == 1
+                listeners[0](frozenset({"202"}))  # someone else's change
+                assert await next_directory(lines) == 'data: {"changes": 1}'
+                listeners[0](None)  # new rules
+                assert await next_directory(lines) == 'data: {"changes": 2}'
+    finally:
+        await server.close()
+
+
 async def test_a_pin_change_ends_the_session(client: httpx.AsyncClient, live: Live) -> None:
     anna = await sign_in(client)
     other = await sign_in(client, "202", "0815")
@@ -375,4 +418,10 @@ def test_every_string_is_in_both_languages_and_every_key_used_exists() -> None:
     used |= {f"state_{s}" for s in ("free", "ringing", "on_call", "dnd", "away", "offline")}
     used |= {"reachable", "ringing", "on_call", "unreachable"}  # PhoneView.state
     used |= {"online", "away", "dnd", "offline"}  # ClientStatus
+    used |= {
+        f"planStatus_{s.value.replace('-', '_')}" for s in PlanStatus if s is not PlanStatus.OK
+    }
+    used |= {f"legSource_{s.value}" for s in LegSource if s is not LegSource.PICKUP}
+    used |= {f"hopKind_{kind}" for kind in FORWARD_KINDS}
+    used |= {"then_busy", "then_no_answer"}  # PlanTree.then, RingPlan.forward_on
     assert used <= english, used - english

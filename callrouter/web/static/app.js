@@ -71,6 +71,7 @@
   let seats = {}; // extension -> name of the workplace they sit at
   let streams = [];
   let heartbeat = null;
+  let planTimer = null;
 
   function notice(text) {
     $("notice").textContent = text || "";
@@ -83,6 +84,8 @@
     $("desk-view").hidden = true;
     $("sign-out").hidden = true;
     $("who").textContent = "";
+    $("plan").replaceChildren();
+    planKey = null;
     $("sign-in-view").hidden = false;
     $("sign-in-error").textContent = message || "";
     $("pin").value = "";
@@ -130,6 +133,8 @@
     streams = [];
     clearTimeout(heartbeat);
     heartbeat = null;
+    clearInterval(planTimer);
+    planTimer = null;
   }
 
   async function enter() {
@@ -143,7 +148,10 @@
     $("sign-out").hidden = false;
     notice("");
     renderDesk(reply.data);
-    loadPersonal();
+    loadPersonal(); // and renderDesk asked for the plan
+    // Schedules (when:) change the plan as the day goes on.
+    clearInterval(planTimer);
+    planTimer = setInterval(loadPlan, 60_000);
     for (const radio of document.querySelectorAll("input[name=status]")) {
       radio.checked = radio.value === status;
     }
@@ -186,7 +194,13 @@
       renderDesk(JSON.parse(event.data));
     });
     // My forwardings or switches changed (here, by a feature code, another client).
-    mine.addEventListener("personal", () => loadPersonal());
+    mine.addEventListener("personal", () => {
+      loadPersonal();
+      loadPlan();
+    });
+    // Anything in the directory or the rules changed: it may reach my plan (the
+    // phones of whom I forward to, a new rule).
+    mine.addEventListener("directory", () => loadPlan());
     mine.addEventListener("seats", (event) => {
       seats = JSON.parse(event.data);
       renderColleagues();
@@ -242,6 +256,17 @@
 
   function renderDesk(view) {
     desk = view;
+    // What the plan depends on (where I sit, my status, which phones are reachable
+    // or busy): a phone that only starts or stops ringing does not change it.
+    const key = JSON.stringify([
+      view.workplace,
+      view.client,
+      view.phones.map((p) => [p.endpoint, p.state === "ringing" ? "reachable" : p.state]),
+    ]);
+    if (key !== planKey) {
+      planKey = key;
+      loadPlan();
+    }
     $("who").textContent = t("signedInAs", { name: view.name, extension: view.extension });
     showMerged(view.client);
     const here = view.workplaces.find((w) => w.id === view.workplace);
@@ -426,6 +451,7 @@
     if (reply.status === 200) {
       message.textContent = t("forwardSaved", { kind: name, to });
       renderForwarding(reply.data);
+      loadPlan();
     } else {
       personalProblem(message, reply);
     }
@@ -437,6 +463,7 @@
     if (reply.status === 200) {
       message.textContent = t("forwardCleared", { kind: name });
       renderForwarding(reply.data);
+      loadPlan();
       const again = document.querySelector(`[data-focus-key="forward-input:${kind}"]`);
       if (again) again.focus(); // the clear button is gone
     } else {
@@ -476,10 +503,166 @@
     if (reply.status === 200) {
       message.textContent = on ? t("switchOn", { name }) : t("switchOff", { name });
       renderSwitches(reply.data);
+      loadPlan();
     } else {
       personalProblem(message, reply);
       loadPersonal();
     }
+  }
+
+
+  // --- how my calls ring: the ring plan of /api/v1/me/plan ---------------------------
+  let planKey = null;
+  let planLoads = 0;
+  async function loadPlan() {
+    if (!desk) return;
+    const mine = ++planLoads; // only the newest answer is shown
+    const query = new URLSearchParams({ external: String($("plan-external").checked) });
+    // The picker's "YYYY-MM-DDTHH:MM" as the API's local "YYYY-MM-DD HH:MM".
+    const at = $("plan-at").value.slice(0, 16).replace("T", " ");
+    if (at) query.set("at", at);
+    const reply = await api("GET", "/api/v1/me/plan?" + query);
+    if (mine !== planLoads || !desk) return;
+    if (reply.status === 200) {
+      $("plan-message").textContent = "";
+      $("plan").replaceChildren(...planParts(reply.data, [], 3));
+    } else if (reply.status === 401) {
+      showSignIn(t("sessionEnded"));
+    } else {
+      $("plan-message").textContent = t("failed", { status: reply.status || "-" });
+    }
+  }
+
+  $("plan-at").addEventListener("change", () => loadPlan());
+  $("plan-now").addEventListener("click", () => {
+    $("plan-at").value = "";
+    loadPlan();
+  });
+
+  for (const radio of document.querySelectorAll("input[name=plan-call]")) {
+    radio.addEventListener("change", () => {
+      if (radio.checked) loadPlan();
+    });
+  }
+
+  const seconds = (n) => String(Math.round(n * 10) / 10);
+
+  function whoOf(plan) {
+    return plan.user ? t("planFor", { name: plan.user, extension: plan.extension }) : plan.extension;
+  }
+
+  function hopText(hop) {
+    const me = desk && hop.from === desk.extension;
+    const by = hop.set_by === "admin" ? t("hopByAdmin") : me ? t("hopByYou") : t("hopByUser");
+    return t("hop", { from: hop.from, kind: t("hopKind_" + hop.kind), to: hop.to, by });
+  }
+
+  // The resolver says why an entry does not apply in the words of the rules
+  // ("user 401 followme[1]: external calls only"); the page says it in the user's.
+  const SKIPPED = /^(?:user|workplace) (\S+) (followme|ring|forward\.(\w+))\[(\d+)\]: (.*)$/;
+  function skippedText(text) {
+    const parts = SKIPPED.exec(text);
+    if (!parts) return text;
+    const [, owner, list, kind, index, why] = parts;
+    const n = Number(index) + 1;
+    const where =
+      list === "followme"
+        ? t("skipFollowme", { n })
+        : list === "ring"
+          ? t("skipWorkplace", { workplace: (desk && desk.workplaces.find((w) => w.id === owner) || {}).name || owner, n })
+          : t("skipForward", { kind: t("hopKind_" + kind), n });
+    return where + ": " + reasonText(why);
+  }
+
+  function reasonText(why) {
+    let parts;
+    if (why === "internal calls only") return t("why_internal");
+    if (why === "external calls only") return t("why_external");
+    if ((parts = /^switched off by the user \((.+)\)$/.exec(why))) return t("why_switch", { name: parts[1] });
+    if ((parts = /^when (\S+): not in the schedule at (.+)$/.exec(why)))
+      return t("why_when_not", { schedule: parts[1], at: parts[2] });
+    if ((parts = /^unless (\S+): in the schedule at (.+)$/.exec(why)))
+      return t("why_unless_in", { schedule: parts[1], at: parts[2] });
+    if ((parts = /^(?:when|unless) (\S+): the time of the call is not known$/.exec(why)))
+      return t("why_no_time", { schedule: parts[1] });
+    return why;
+  }
+
+  function list(label, items) {
+    const ul = document.createElement("ul");
+    ul.setAttribute("aria-label", label);
+    ul.append(...items);
+    return ul;
+  }
+
+  // A list with a visible caption that is also its name.
+  let captions = 0;
+  function captioned(label, items) {
+    const caption = paragraph(label, "plan-caption");
+    caption.id = "plan-caption-" + ++captions;
+    const ul = list(label, items);
+    ul.removeAttribute("aria-label");
+    ul.setAttribute("aria-labelledby", caption.id);
+    return [caption, ul];
+  }
+
+  function paragraph(text, cls) {
+    const p = document.createElement("p");
+    p.className = cls;
+    p.textContent = text;
+    return p;
+  }
+
+  // One plan as elements: the forwardings that led to it (those after ``before``),
+  // its legs, what does not ring now and why, and under a heading per kind where the
+  // call goes on when it ends busy or unanswered, nested as far as the chain goes.
+  function planParts(plan, before, level) {
+    const parts = [];
+    const who = whoOf(plan);
+    const hops = plan.forwarded.slice(before.length);
+    if (hops.length > 0) {
+      parts.push(...captioned(t("planForwarded", { who }), hops.map((hop) => item([["hop", hopText(hop)]]))));
+    }
+    const problem = plan.status === "ok" ? "" : t("planStatus_" + plan.status.replace(/-/g, "_"), { extension: plan.extension });
+    if (problem) parts.push(paragraph(problem, "plan-status"));
+    if (plan.legs.length > 0) {
+      const stop = Math.max(...plan.legs.map((leg) => leg.stop));
+      parts.push(paragraph(t("planRingsFor", { who, stop: seconds(stop) }), "plan-status"));
+      parts.push(
+        list(
+          t("planLegs", { who }),
+          plan.legs.map((leg) => {
+            const li = item([
+              ["endpoint", leg.endpoint],
+              ["time", t("fromTo", { start: seconds(leg.start), stop: seconds(leg.stop) })],
+              ["source", t("legSource_" + leg.source)],
+              ["confirm", leg.confirm ? t("pressOne") : ""],
+            ]);
+            li.dataset.source = leg.source;
+            return li;
+          }),
+        ),
+      );
+    } else if (!problem) {
+      parts.push(paragraph(t("planNoLegs"), "plan-status"));
+    }
+    const notNow = [
+      ...plan.skipped.map((why) => item([["why", skippedText(why)]])),
+      ...plan.unreachable.map((endpoint) => item([["endpoint", endpoint], ["why", t("unreachableNow")]])),
+      ...plan.elsewhere.map((endpoint) => item([["endpoint", endpoint], ["why", t("elsewhereNow")]])),
+    ];
+    if (notNow.length > 0) parts.push(...captioned(t("planNotNow", { who }), notNow));
+    for (const [kind, next] of Object.entries(plan.then || {})) {
+      const hop = plan.forward_on[kind];
+      const to = hop && next.extension === hop.to ? whoOf(next) : hop ? hop.to : next.extension;
+      const block = document.createElement("div");
+      block.className = "plan-then";
+      const heading = document.createElement("h" + Math.min(level, 6));
+      heading.textContent = t("then_" + kind, { to });
+      block.append(heading, ...planParts(next, [...plan.forwarded, hop], level + 1));
+      parts.push(block);
+    }
+    return parts;
   }
 
   // --- colleagues --------------------------------------------------------------------
