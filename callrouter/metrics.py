@@ -62,6 +62,9 @@ OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
 LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled", "unconfirmed")
 # A pickup (*8 + extension), by how it ended (calls/pickup.py's PickupResult, lower-case).
 PICKUP_OUTCOMES = ("picked_up", "nocall", "refused")
+# Forwardings a call's driver follows while its phones ring (the others are resolved
+# before any phone rings, into the plan itself).
+FORWARD_KINDS = ("busy", "no_answer")
 # A login attempt, counted once by how it ended (logins.service maps the refusals).
 LOGIN_OUTCOMES = (
     "ok",
@@ -138,7 +141,7 @@ class Metrics:
                 ["kind"],
                 registry=r,
             ),
-            ("busy", "no_answer"),
+            FORWARD_KINDS,
         )
         self._call_errors = Counter(
             "callrouter_call_errors",

@@ -21,10 +21,12 @@ from callrouter.app import Router, run_router
 from callrouter.metrics import (
     CALL_RESULTS,
     CHANGE_KINDS,
+    FORWARD_KINDS,
     HAND_BACK_REASONS,
     LEG_OUTCOMES,
     LOGIN_OUTCOMES,
     OVERLOAD_REASONS,
+    PICKUP_OUTCOMES,
     RELOAD_KINDS,
     ROLES,
 )
@@ -152,8 +154,8 @@ async def test_metrics_count_real_calls_and_logins_and_name_nobody(
     allowed = {
         "result": set(CALL_RESULTS),
         "reason": set(HAND_BACK_REASONS) | set(OVERLOAD_REASONS),
-        "outcome": set(LEG_OUTCOMES) | set(LOGIN_OUTCOMES),
-        "kind": set(RELOAD_KINDS) | set(CHANGE_KINDS),
+        "outcome": set(LEG_OUTCOMES) | set(LOGIN_OUTCOMES) | set(PICKUP_OUTCOMES),
+        "kind": set(RELOAD_KINDS) | set(CHANGE_KINDS) | set(FORWARD_KINDS),
         "role": set(ROLES),
     }
     for name, labels in after:
