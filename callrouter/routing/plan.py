@@ -121,6 +121,7 @@ class RingPlan:
             "unreachable": list(self.unreachable),
             "skipped": list(self.skipped),
             "elsewhere": list(self.elsewhere),
+            "warnings": list(self.warnings),
             "forwarded": [hop.to_json() for hop in self.forwarded],
             "forward_on": {hop.kind: hop.to_json() for hop in self.forward_on},
         }

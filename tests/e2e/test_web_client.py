@@ -746,6 +746,16 @@ async def test_how_my_calls_ring_internal_external_switched_off_and_then(desks: 
     forwarded = page.get_by_role("list", name="Forwarded to Emil Roth (402)", exact=True)
     await expect(forwarded).to_have_text("401 forwards always to 402 (yours)", timeout=WAIT_MS)
     await expect(dora).to_have_count(0)
+    # Emil forwards back to Dora: the chain stops at him, and the page says why.
+    personal = router.personal.service
+    await personal.set_forward("402", "always", "401", actor="402", source="test")
+    warnings = page.get_by_role("list", name="Warnings", exact=True)
+    await expect(warnings).to_contain_text(
+        "forwarding stopped, it would loop: 402 forwards always to 401", timeout=WAIT_MS
+    )
+    await expect(forwarded).to_have_text("401 forwards always to 402 (yours)")
+    await personal.clear_forward("402", "always", actor="402", source="test")
+    await expect(warnings).to_have_count(0, timeout=WAIT_MS)
     await page.get_by_role("button", name="Clear: Always", exact=True).click()
     await expect(forwarded).to_have_count(0, timeout=WAIT_MS)
     await expect(dora.filter(has_text="PJSIP/rt-web-dora")).to_be_visible()

@@ -41,7 +41,7 @@ def test_import_plan_export_round_trip(cli, tmp_path: Path) -> None:  # type: ig
     plan = json.loads(out)
     assert set(plan) == {
         "extension", "user", "workplace", "status", "legs", "unreachable", "skipped", "elsewhere",
-        "forwarded", "forward_on", "then",
+        "warnings", "forwarded", "forward_on", "then",
     }  # fmt: skip
     assert plan["extension"] == "201" and plan["status"] == "ok"
     assert plan["legs"] == sorted(plan["legs"], key=lambda leg: (leg["start"], leg["endpoint"]))

@@ -136,6 +136,7 @@ def test_a_loop_stops_where_it_would_come_back_and_that_user_rings() -> None:
     assert plan.extension == "202" and endpoints(plan) == ["PJSIP/boris"]
     assert hops(plan) == [("201", "always", "202")]
     assert any("would loop" in w and "202 forwards always to 201" in w for w in plan.warnings)
+    assert plan.to_json()["warnings"] == list(plan.warnings)  # for the API and the page
 
 
 def test_a_chain_stops_after_three_hops() -> None:

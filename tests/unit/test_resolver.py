@@ -274,6 +274,7 @@ def test_unknown_extension() -> None:
         "unreachable": [],
         "skipped": [],
         "elsewhere": [],
+        "warnings": [],
         "forwarded": [],
         "forward_on": {},
     }

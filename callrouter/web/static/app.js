@@ -652,6 +652,10 @@
       ...plan.elsewhere.map((endpoint) => item([["endpoint", endpoint], ["why", t("elsewhereNow")]])),
     ];
     if (notNow.length > 0) parts.push(...captioned(t("planNotNow", { who }), notNow));
+    // What the router warns of (a forwarding that would loop, a chain cut short),
+    // in the rules' words.
+    const warnings = (plan.warnings || []).map((text) => item([["why", text]]));
+    if (warnings.length > 0) parts.push(...captioned(t("planWarnings"), warnings));
     for (const [kind, next] of Object.entries(plan.then || {})) {
       const hop = plan.forward_on[kind];
       const to = hop && next.extension === hop.to ? whoOf(next) : hop ? hop.to : next.extension;
