@@ -29,6 +29,7 @@ from callrouter.personal import store
 from callrouter.personal.service import PersonalRefused, PersonalService
 from callrouter.rules.model import RingRules
 from tests.unit.conftest import Live
+from tests.unit.test_api import bearer, session
 
 ADMIN_TOKEN = "admin-token-0123456789"
 
@@ -295,16 +296,6 @@ async def client(live: Live, service: PersonalService) -> AsyncIterator[httpx.As
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def session(client: httpx.AsyncClient, extension: str, pin: str) -> dict[str, str]:
-    reply = await client.post("/api/v1/session", json={"extension": extension, "pin": pin})
-    assert reply.status_code == 200, reply.text
-    return bearer(reply.json()["token"])
 
 
 async def test_api_forwarding_set_show_clear(client: httpx.AsyncClient, live: Live) -> None:
