@@ -27,6 +27,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from callrouter.domain.forwarding import RUN_TIME_KINDS
+
 M = TypeVar("M", Counter, Histogram)
 
 # The ``*_created`` series double every counter's series in the text format, and
@@ -62,9 +64,6 @@ OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
 LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled", "unconfirmed")
 # A pickup (*8 + extension), by how it ended (calls/pickup.py's PickupResult, lower-case).
 PICKUP_OUTCOMES = ("picked_up", "nocall", "refused")
-# Forwardings a call's driver follows while its phones ring (the others are resolved
-# before any phone rings, into the plan itself).
-FORWARD_KINDS = ("busy", "no_answer")
 # A login attempt, counted once by how it ended (logins.service maps the refusals).
 LOGIN_OUTCOMES = (
     "ok",
@@ -141,7 +140,7 @@ class Metrics:
                 ["kind"],
                 registry=r,
             ),
-            FORWARD_KINDS,
+            RUN_TIME_KINDS,  # the others are resolved before any phone rings
         )
         self._call_errors = Counter(
             "callrouter_call_errors",

@@ -20,7 +20,7 @@ from callrouter.domain.forwarding import FORWARD_TARGET_LENGTH, ForwardKind
 from callrouter.domain.identifiers import Extension
 from callrouter.personal.service import KindView, PersonalRefused, PersonalService, Reason
 from callrouter.routing.chain import plan_tree
-from callrouter.routing.plan import CallContext
+from callrouter.routing.plan import CallContext, parse_local_time
 from callrouter.routing.resolver import PresenceView, resolve_plan
 
 _STATUS: dict[Reason, int] = {
@@ -34,7 +34,6 @@ _STATUS: dict[Reason, int] = {
     "no_external_endpoint": 403,
 }
 SWITCH_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"  # rules.model.SwitchName
-AT_FORMAT = "%Y-%m-%d %H:%M"
 # Module level, so that FastAPI can resolve the annotation (postponed evaluation).
 ForUser = Annotated[Extension | None, Query(description="The admin names the user; users omit it")]
 
@@ -214,11 +213,9 @@ def _routes(
             when = datetime.now(local)
         else:
             try:
-                when = datetime.strptime(at.strip(), AT_FORMAT).replace(tzinfo=local)
-            except ValueError:
-                raise HTTPException(
-                    422, 'at: not a local time: "YYYY-MM-DD HH:MM", e.g. "2026-12-02 19:00"'
-                ) from None
+                when = parse_local_time(at, local)
+            except ValueError as exc:
+                raise HTTPException(422, f"at: {exc}") from None
         context = CallContext(internal=not external, at=when)
         rules = service.rules
         result = resolve_plan(snapshot, rules, user, presence=presence, call=context, node=node)

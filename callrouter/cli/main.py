@@ -326,6 +326,8 @@ def _local_time(text: str | None) -> datetime:
     import os
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    from callrouter.routing.plan import parse_local_time
+
     name = os.environ.get("CALLROUTER_TIMEZONE")
     try:
         zone = ZoneInfo(name) if name else None
@@ -336,13 +338,9 @@ def _local_time(text: str | None) -> datetime:
     if text is None:
         return datetime.now(zone).astimezone(zone)
     try:
-        at = datetime.strptime(text.strip(), "%Y-%m-%d %H:%M")
-    except ValueError:
-        raise click.BadParameter(
-            f'{text[:40]!r} is not a local time: "YYYY-MM-DD HH:MM", e.g. "2026-12-02 19:00"',
-            param_hint="--at",
-        ) from None
-    return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
+        return parse_local_time(text, zone)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text[:40]!r} is {exc}", param_hint="--at") from None
 
 
 def _live_presence(snapshot: Any, extension: str, router_url: str) -> tuple[Any, str]:

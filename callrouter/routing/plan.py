@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -24,6 +24,19 @@ class LegSource(StrEnum):
     # A phone that picked the call up (*8 + extension): never in a plan, only ever a
     # call's winner (calls/flow.py CallFlow.picked_up).
     PICKUP = "pickup"
+
+
+LOCAL_TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
+def parse_local_time(text: str, zone: tzinfo | None) -> datetime:
+    """A wall-clock time as people write it ("2026-12-02 19:00"), in ``zone`` (None:
+    the machine's); ValueError with what is expected otherwise."""
+    try:
+        at = datetime.strptime(text.strip(), LOCAL_TIME_FORMAT)
+    except ValueError:
+        raise ValueError('not a local time: "YYYY-MM-DD HH:MM", e.g. "2026-12-02 19:00"') from None
+    return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
 
 
 @dataclass(frozen=True, slots=True)

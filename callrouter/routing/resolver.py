@@ -23,7 +23,7 @@ from typing import Protocol
 
 from callrouter.domain.directory import DirectorySnapshot, User, Workplace
 from callrouter.domain.endpoint import expand_external, is_external_number
-from callrouter.domain.forwarding import MAX_FORWARD_HOPS
+from callrouter.domain.forwarding import MAX_FORWARD_HOPS, RUN_TIME_KINDS
 from callrouter.domain.presence import ClientStatus, UserPresence
 from callrouter.routing.plan import (
     CallContext,
@@ -106,7 +106,7 @@ def resolve_plan(
     later = (
         tuple(
             hop
-            for kind in ("busy", "no_answer")
+            for kind in RUN_TIME_KINDS
             if (hop := forwards.get(kind)) is not None and _may_follow(hop, forwarded, warnings)
         )
         if forwards

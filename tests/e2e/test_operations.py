@@ -18,10 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from callrouter.app import Router, run_router
+from callrouter.domain.forwarding import RUN_TIME_KINDS
 from callrouter.metrics import (
     CALL_RESULTS,
     CHANGE_KINDS,
-    FORWARD_KINDS,
     HAND_BACK_REASONS,
     LEG_OUTCOMES,
     LOGIN_OUTCOMES,
@@ -155,7 +155,7 @@ async def test_metrics_count_real_calls_and_logins_and_name_nobody(
         "result": set(CALL_RESULTS),
         "reason": set(HAND_BACK_REASONS) | set(OVERLOAD_REASONS),
         "outcome": set(LEG_OUTCOMES) | set(LOGIN_OUTCOMES) | set(PICKUP_OUTCOMES),
-        "kind": set(RELOAD_KINDS) | set(CHANGE_KINDS) | set(FORWARD_KINDS),
+        "kind": set(RELOAD_KINDS) | set(CHANGE_KINDS) | set(RUN_TIME_KINDS),
         "role": set(ROLES),
     }
     for name, labels in after:
