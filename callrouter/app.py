@@ -141,6 +141,7 @@ class Router:
             role=lambda: (self.role.value, self.role_since),
             directory_changes=live.subscribe,  # the web client's live desk view
             personal=self.personal.service,
+            local_time=lambda: self.intake.local_time(),  # the calls' clock, so tests can set it
         )
         metrics.track_ari(lambda: self.ari.is_connected, lambda: self.ari.connection_count)
         metrics.track_ami(lambda: self.ami.connected, lambda: self.ami.connection_count)

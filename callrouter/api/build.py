@@ -5,6 +5,7 @@ the web client for the desks at ``/`` (callrouter.web, api/desk.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from callrouter.api.app import create_api
 from callrouter.api.desk import DirectoryChanges, add_web_client
@@ -14,7 +15,6 @@ from callrouter.api.server import ApiServer
 from callrouter.api.tokens import TokenSigner
 from callrouter.config import Settings
 from callrouter.logins.service import LoginService
-from callrouter.logins.sweeper import time_zone
 from callrouter.metrics import Metrics
 from callrouter.personal.service import PersonalService
 from callrouter.presence.live import PresenceService
@@ -31,7 +31,9 @@ def build(
     directory_changes: DirectoryChanges | None = None,
     role: Callable[[], tuple[str, float]] | None = None,
     personal: PersonalService | None = None,
+    local_time: Callable[[], datetime],
 ) -> ApiServer | None:
+    """``local_time``: the calls' clock, which the personal plan (``/me/plan``) reads."""
     if not settings.api_enabled:
         return None
     secret = settings.api_token_secret
@@ -54,7 +56,7 @@ def build(
             api,
             personal,
             presence=presence.tracker,
-            zone=lambda: time_zone(settings.timezone),
+            local_time=local_time,
             node=settings.node,
         )
     add_web_client(

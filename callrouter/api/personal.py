@@ -8,7 +8,7 @@ route lets the admin name one in its body).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, tzinfo
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
@@ -96,10 +96,13 @@ def add_personal(
     service: PersonalService,
     *,
     presence: PresenceView | None = None,
-    zone: Callable[[], tzinfo],
+    local_time: Callable[[], datetime],
     node: str | None = None,
 ) -> None:
-    """Add the ``/api/v1/me/forwarding``, ``/me/switches`` and ``/me/plan`` routes."""
+    """Add the ``/api/v1/me/forwarding``, ``/me/switches`` and ``/me/plan`` routes.
+
+    ``local_time``: the calls' own clock (in the router's zone), so the plan shows
+    what a call now would do."""
 
     @api.exception_handler(PersonalRefused)
     async def _refused(request: Request, exc: PersonalRefused) -> JSONResponse:
@@ -108,14 +111,14 @@ def add_personal(
             status_code=_STATUS[exc.reason],
         )
 
-    api.include_router(_routes(api, service, presence, zone, node))
+    api.include_router(_routes(api, service, presence, local_time, node))
 
 
 def _routes(
     api: FastAPI,
     service: PersonalService,
     presence: PresenceView | None,
-    zone: Callable[[], tzinfo],
+    local_time: Callable[[], datetime],
     node: str | None,
 ) -> APIRouter:
     router = APIRouter()
@@ -208,12 +211,10 @@ def _routes(
         snapshot = service.snapshot
         if user not in snapshot.users:
             raise HTTPException(404, f"no user has extension {user}")
-        local = zone()
-        if at is None:
-            when = datetime.now(local)
-        else:
+        when = local_time()
+        if at is not None:
             try:
-                when = parse_local_time(at, local)
+                when = parse_local_time(at, when.tzinfo)
             except ValueError as exc:
                 raise HTTPException(422, f"at: {exc}") from None
         context = CallContext(internal=not external, at=when)

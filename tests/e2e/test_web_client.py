@@ -16,6 +16,7 @@ import shutil
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -667,6 +668,8 @@ def legs_of(page: Page, who: str) -> Locator:
 
 async def test_how_my_calls_ring_internal_external_switched_off_and_then(desks: Desks) -> None:
     router = desks.running.router
+    # "Now" is a Wednesday evening, after office hours, whenever the test runs.
+    router.intake.local_time = lambda: datetime(2026, 12, 2, 19, 0).astimezone()
     desks.rules.write_text(PLAN_RULES)
     await until(lambda: router.live.rules.users.get("401") is not None, "the new rules")
     page = await desks.page(viewport={"width": 390, "height": 844})  # a phone's screen
@@ -692,6 +695,9 @@ async def test_how_my_calls_ring_internal_external_switched_off_and_then(desks: 
     )
     await expect(external_leg).to_have_count(0)
     await expect(not_now).to_contain_text("entry 2: external calls only")
+    await expect(not_now).to_contain_text(
+        "entry 4: when office-hours: not in the schedule (Wed 19:00)"
+    )
 
     # An external call, by the keyboard: the external-only entry rings too.
     await internal.focus()
@@ -732,6 +738,8 @@ async def test_how_my_calls_ring_internal_external_switched_off_and_then(desks: 
     await expect(not_now).not_to_contain_text("office-hours")
     await page.get_by_role("button", name="Show the plan for now", exact=True).click()
     await expect(at).to_have_value("")
+    await expect(office_leg).to_have_count(0, timeout=WAIT_MS)  # back to Wednesday evening
+    await expect(not_now).to_contain_text("(Wed 19:00)")
 
     # Changed elsewhere, for someone else: Emil sits down at Desk B, and Dora's page
     # shows his plan with the workplace's phone (told by the stream's directory event).

@@ -9,7 +9,7 @@ operation, a fixed seed) so it runs in seconds.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def with_web_client(api: FastAPI, service: LoginService, presence: PresenceServi
     personal = PersonalService(
         service.engine, lambda: service.snapshot, lambda: rules, on_change=service._on_change
     )
-    add_personal(api, personal, presence=presence.tracker, zone=lambda: UTC)
+    add_personal(api, personal, presence=presence.tracker, local_time=lambda: datetime.now(UTC))
     return api
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -24,7 +26,6 @@ from callrouter.directory.live import LiveDirectory
 from callrouter.directory.revisions import read_revisions
 from callrouter.directory.snapshot import load_personal
 from callrouter.logins.service import LoginService
-from callrouter.logins.sweeper import time_zone
 from callrouter.personal import store
 from callrouter.personal.service import PersonalRefused, PersonalService
 from callrouter.rules.model import RingRules
@@ -292,7 +293,7 @@ async def test_a_router_reloads_personal_settings_without_a_full_reload(
 async def client(live: Live, service: PersonalService) -> AsyncIterator[httpx.AsyncClient]:
     logins = LoginService(live.engine, lambda: live.snapshot, on_change=live.refresh)
     api = create_api(logins, TokenSigner(b"k" * 32), ADMIN_TOKEN)
-    add_personal(api, service, zone=lambda: time_zone("Europe/Berlin"))
+    add_personal(api, service, local_time=lambda: datetime.now(ZoneInfo("Europe/Berlin")))
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
         yield client
