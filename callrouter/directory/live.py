@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -65,6 +66,7 @@ class LiveDirectory:
         self._rules_mtime = self._mtime()
         self.snapshot = await load_snapshot(self.engine)
         self._reloaded("full", started)
+        _settle()
         self.loaded = True
         self.checked_at = time.monotonic()
         log.info(
@@ -157,6 +159,8 @@ class LiveDirectory:
             log.info("directory reloaded at revision %d", self.snapshot.revision)
             concerned = None
             changed = True
+        if changed and (rules_changed or concerned is None):
+            _settle()  # new rules or a whole new snapshot: the bulk of the heap
         if changed:
             if rules_changed:
                 concerned = None
@@ -176,6 +180,21 @@ class LiveDirectory:
             return self.rules_path.stat().st_mtime
         except OSError:
             return None
+
+
+def _settle() -> None:
+    """Move what is alive now, the snapshot and the rules above all, out of the cyclic
+    garbage collector's sight (``gc.freeze``).
+
+    They live until the next reload and are most of the heap. A full collection walks
+    every tracked object with the GIL held, whichever thread's allocations set it off
+    (a rules file parsed in a thread does), and the loop that sets up calls waits for
+    it: 70-80 ms for a directory of 100,000 users, more in a larger heap. Frozen, they
+    are still freed by reference counting once replaced (neither holds a reference
+    cycle); cyclic garbage not yet collected at this moment would stay, which is why
+    this runs on loads and admin changes only, not on every login.
+    """
+    gc.freeze()
 
 
 def _changed_keys(new: Mapping[str, object], old: Mapping[str, object]) -> set[str]:
