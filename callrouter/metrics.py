@@ -61,7 +61,16 @@ ROLES = ("active", "standby")
 # tests/unit/test_metrics.py holds them together).
 OVERLOAD_REASONS = ("pending", "loop_lag", "ari_latency")
 # "started" counts every leg asked for; the others how each started leg ended.
-LEG_OUTCOMES = ("started", "answered", "timeout", "busy", "failed", "cancelled", "unconfirmed")
+LEG_OUTCOMES = (
+    "started",
+    "answered",
+    "timeout",
+    "busy",
+    "unreachable",
+    "failed",
+    "cancelled",
+    "unconfirmed",
+)
 # A pickup (*8 + extension), by how it ended (calls/pickup.py's PickupResult, lower-case).
 PICKUP_OUTCOMES = ("picked_up", "nocall", "refused")
 # A login attempt, counted once by how it ended (logins.service maps the refusals).
@@ -136,7 +145,7 @@ class Metrics:
         self._forwards = _children(
             Counter(
                 "callrouter_calls_forwarded",
-                "Calls forwarded while their phones rang (busy, no answer), by kind.",
+                "Calls forwarded once their phones rang (busy, no answer, unreachable), by kind.",
                 ["kind"],
                 registry=r,
             ),

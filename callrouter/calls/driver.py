@@ -53,8 +53,8 @@ BRIDGE_PREFIX = "cr-br"
 # ANSWER is not here: an originated leg can be bridged only after its StasisStart.
 _DIAL_ENDS = {
     "BUSY": LegEnd.BUSY,
-    "CONGESTION": LegEnd.FAILED,
-    "CHANUNAVAIL": LegEnd.FAILED,
+    "CONGESTION": LegEnd.UNREACHABLE,
+    "CHANUNAVAIL": LegEnd.UNREACHABLE,
     "NOANSWER": LegEnd.FAILED,
     "CANCEL": LegEnd.FAILED,
     "INVALIDARGS": LegEnd.FAILED,
@@ -65,8 +65,13 @@ LEG_APP_ARG = "leg"
 # is out by then), at most this long: both at once compete for Asterisk's CPU.
 _RING_WAIT = 0.05
 GONE_EVENTS = frozenset({"StasisEnd", "ChannelDestroyed"})
-# A plan that ends so goes on by the forwarding of this kind, if it has one.
-_FORWARD_KIND = {CallResult.NOANSWER: "no_answer", CallResult.BUSY: "busy"}
+# A plan that ends so goes on by the first forwarding of these kinds it has.
+_FORWARD_KINDS: dict[tuple[CallResult, bool], tuple[str, ...]] = {
+    (CallResult.BUSY, False): ("busy",),
+    (CallResult.NOANSWER, False): ("no_answer",),
+    # No phone could be reached: nobody answered either.
+    (CallResult.NOANSWER, True): ("unreachable", "no_answer"),
+}
 # The only event types the call path needs; the app's event filter asks Asterisk for
 # these alone. A leg's end comes as ChannelDestroyed with its cause (17: busy), which
 # says what its Dial status (BUSY, CANCEL, ...) or ChannelHangupRequest would say too;
@@ -560,8 +565,8 @@ class CallDriver:
         await self._execute(self.flow.connected())
 
     async def _continue(self, command: ContinueInDialplan) -> None:
-        kind = _FORWARD_KIND.get(command.result)
-        hop = self.plan.forward_for(kind) if kind is not None else None
+        kinds = _FORWARD_KINDS.get((command.result, command.unreachable), ())
+        hop = next((h for k in kinds if (h := self.plan.forward_for(k)) is not None), None)
         if hop is not None and self._next_plan is not None:
             await self._forward(hop, self._next_plan(hop, self.plan))
             return

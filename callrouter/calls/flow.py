@@ -42,6 +42,11 @@ from callrouter.routing.plan import Leg, LegSource, PlanStatus, RingPlan
 log = logging.getLogger(__name__)
 
 CAUSE_USER_BUSY = 17  # Q.850 hang-up cause of a busy phone (AST_CAUSE_USER_BUSY)
+# Q.850 causes that say the phone could not be reached at all (not that it rang or
+# was declined): unallocated number, no route, subscriber absent (an unregistered
+# PJSIP contact), destination out of order, no circuit, network out of order,
+# temporary failure, congestion.
+CAUSES_UNREACHABLE = frozenset({1, 2, 3, 20, 27, 34, 38, 41, 42})
 # What a confirm leg's party presses to take the call, or to reject it (app_followme's).
 CONFIRM_DIGIT = "1"
 REJECT_DIGIT = "2"
@@ -66,7 +71,8 @@ class LegPhase(StrEnum):
 class LegEnd(StrEnum):
     TIMEOUT = "timeout"  # rang until its stop time
     BUSY = "busy"
-    FAILED = "failed"  # unreachable, rejected, congestion, a REST error, no bridge
+    UNREACHABLE = "unreachable"  # refused by Asterisk, or a cause of CAUSES_UNREACHABLE
+    FAILED = "failed"  # rejected, another cause, no answer to the request, no bridge
     CANCELLED = "cancelled"  # another leg won, the caller hung up, or a hand-back
     UNCONFIRMED = "unconfirmed"  # a confirm leg answered but did not press 1 in time
 
@@ -82,6 +88,8 @@ class LegChannel(StrEnum):
     GONE = "gone"  # destroyed, or refused: nothing left in Asterisk
 
 
+# Ends that leave a gap the timeline closes (the phone gave up before its time).
+_ENDED_EARLY = frozenset({LegEnd.BUSY, LegEnd.UNREACHABLE, LegEnd.FAILED, LegEnd.UNCONFIRMED})
 # A leg's channel that may be in Asterisk and that we have not hung up.
 _MAY_EXIST = frozenset({LegChannel.REQUESTED, LegChannel.CREATED, LegChannel.UNCERTAIN})
 
@@ -156,9 +164,14 @@ class Connect:
 
 @dataclass(frozen=True, slots=True)
 class ContinueInDialplan:
-    """Nobody answered: hand the caller to ``callrouter-result`` with this result."""
+    """Nobody answered: hand the caller to ``callrouter-result`` with this result.
+
+    ``unreachable``: no phone of the plan could be reached (every leg ended
+    UNREACHABLE), so the call forwards *when unreachable* before *when nobody answers*.
+    """
 
     result: CallResult
+    unreachable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +315,7 @@ class CallFlow:
         self._channel_to(run, channel, outcome.value)
         ends_here = run.live
         if ends_here:
-            self._end_leg(run, LegEnd.FAILED, stop=False)
+            self._end_leg(run, LegEnd.UNREACHABLE if refused else LegEnd.FAILED, stop=False)
         commands: list[Command] = []
         if not refused:
             commands.append(StopLeg(leg_id))  # by its id: no phone may be left ringing
@@ -361,7 +374,12 @@ class CallFlow:
         if run is None or run.channel in (LegChannel.NONE, LegChannel.GONE):
             return []
         self._channel_to(run, LegChannel.GONE, "gone")
-        end = LegEnd.BUSY if cause == CAUSE_USER_BUSY else LegEnd.FAILED
+        if cause == CAUSE_USER_BUSY:
+            end = LegEnd.BUSY
+        elif cause in CAUSES_UNREACHABLE:
+            end = LegEnd.UNREACHABLE
+        else:
+            end = LegEnd.FAILED
         return self.leg_ended(leg_id, end, now)
 
     def leg_ended(self, leg_id: str, end: LegEnd, now: float) -> list[Command]:
@@ -470,10 +488,10 @@ class CallFlow:
                 if LegEnd.BUSY in ends and not ends & answering
                 else CallResult.NOANSWER
             )
-            return self._finish(result, [ContinueInDialplan(result)])
+            unreachable = ends == {LegEnd.UNREACHABLE}
+            return self._finish(result, [ContinueInDialplan(result, unreachable)])
         ended_early = any(
-            r.phase is LegPhase.ENDED and r.end in (LegEnd.BUSY, LegEnd.FAILED, LegEnd.UNCONFIRMED)
-            for r in self.legs.values()
+            r.phase is LegPhase.ENDED and r.end in _ENDED_EARLY for r in self.legs.values()
         )
         next_start = min(r.start_at for r in pending)
         if ended_early and next_start > now:

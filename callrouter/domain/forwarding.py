@@ -16,8 +16,9 @@ from callrouter.domain.identifiers import is_extension
 
 ForwardKind = Literal["always", "busy", "no_answer", "unreachable", "dnd"]
 FORWARD_KINDS: tuple[ForwardKind, ...] = ("always", "busy", "no_answer", "unreachable", "dnd")
-# Known only once the phones rang: followed by the call's driver, not the resolver.
-RUN_TIME_KINDS: tuple[ForwardKind, ...] = ("busy", "no_answer")
+# Known only once the phones rang (unreachable also before: no phone can ring now):
+# followed by the call's driver.
+RUN_TIME_KINDS: tuple[ForwardKind, ...] = ("busy", "no_answer", "unreachable")
 # A chain A -> B -> C -> D is three hops; a fourth is not followed (nor a loop).
 MAX_FORWARD_HOPS = 3
 FORWARD_TARGET_LENGTH = 21  # "+" and 20 digits

@@ -72,14 +72,17 @@ def resolve_plan(
     skipped: list[str] = []
     forwards = _forwardings(snapshot, rules, extension, context, skipped, warnings)
 
-    def follow(kind: str) -> RingPlan | None:
-        hop = forwards.get(kind)
-        if hop is None or not _may_follow(hop, forwarded, warnings):
-            return None
+    def follow_hop(hop: ForwardHop) -> RingPlan:
         plan = resolve_forward(snapshot, rules, hop, forwarded, caller, presence, context, node)
         return replace(
             plan, warnings=(*warnings, *plan.warnings), skipped=(*skipped, *plan.skipped)
         )
+
+    def follow(kind: str) -> RingPlan | None:
+        hop = forwards.get(kind)
+        if hop is None or not _may_follow(hop, forwarded, warnings):
+            return None
+        return follow_hop(hop)
 
     workplace_id = snapshot.logins.get(extension)
 
@@ -102,7 +105,8 @@ def resolve_plan(
         return always
     if state is not None and state.phone.on_call and not call_waiting(rules, extension):
         return follow("busy") or nothing_rings(PlanStatus.BUSY)
-    # Busy and no answer are known only once the phones rang: the driver follows them.
+    # Busy and no answer are known only once the phones rang, unreachable also when
+    # every phone failed to be reached: the driver follows them.
     later = (
         tuple(
             hop
@@ -115,9 +119,11 @@ def resolve_plan(
     plan = _ring_plan(
         snapshot, rules, user, extension, caller, presence, context, node, warnings, skipped
     )
-    unreachable = plan.status in (PlanStatus.UNREACHABLE, PlanStatus.NO_PHONES)
-    if unreachable and (elsewhere := follow("unreachable")) is not None:
-        return elsewhere
+    if plan.status in (PlanStatus.UNREACHABLE, PlanStatus.NO_PHONES):
+        # Nothing can ring now: the unreachable forwarding, if any, is followed now.
+        elsewhere = next((hop for hop in later if hop.kind == "unreachable"), None)
+        if elsewhere is not None:
+            return follow_hop(elsewhere)
     if forwarded or later:
         return replace(plan, warnings=tuple(warnings), forwarded=forwarded, forward_on=later)
     return plan

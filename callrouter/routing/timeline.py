@@ -20,7 +20,11 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
-_WHEN = {"busy": "When busy", "no_answer": "When nobody answers"}
+_WHEN = {
+    "busy": "When busy",
+    "no_answer": "When nobody answers",
+    "unreachable": "When no phone can be reached",
+}
 
 
 def format_tree(tree: PlanTree, indent: str = "", hops_shown: int = 0) -> str:

@@ -1,7 +1,11 @@
 """Forwarding on the real Asterisk: always (the target rings by their own plan), on
-busy, and on no answer once the first plan's time is up."""
+busy, on no answer once the first plan's time is up, and when no phone can be
+reached."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 
@@ -14,6 +18,7 @@ from tests.e2e.test_routing import (  # noqa: F401 (fixtures)
     directory,
     start_router,
 )
+from tests.unit.test_metrics import samples
 
 DIRECTORY = """
         - {extension: "861", name: Fiona, phones: [PJSIP/fw-fiona]}
@@ -105,3 +110,39 @@ async def test_forward_on_no_answer_rings_the_target_once_the_plan_is_over(
     invite = desk.matching("INVITE")[0]
     assert cancel.time <= invite.time
     await call.hangup()
+
+
+async def test_forward_when_unreachable_follows_at_once_a_phone_asterisk_cannot_reach(
+    asterisk: AsteriskSandbox,
+    start_router: StartRouter,  # noqa: F811 (the fixture imported above)
+    make_phones: MakePhones,
+) -> None:
+    """A mobile behind a trunk Asterisk does not have looks reachable when the call is
+    resolved (no presence for external numbers); its leg is refused, and the call
+    forwards when unreachable at once, not after the plan's 20 s, and not by the
+    no-answer forwarding."""
+    caller, gero, hanna = await make_phones("fw-caller", "fw-gero-desk", "fw-hanna")
+    gero.ring()
+    hanna.answer(after=0.3)
+    running = await start_router(
+        directory(DIRECTORY),
+        'defaults: {external_endpoint: "PJSIP/{number}@fw-no-such-trunk"}\n'
+        'users:\n  "861":\n    followme: [{ring: ["+4917099999"], timeout: 20}]\n'
+        '    forward: {unreachable: "863", no_answer: "862"}\n',
+    )
+    started = time.monotonic()
+    call = await caller.call("861", asterisk.sip_port)
+    await call.wait_answered(timeout=10)
+    assert time.monotonic() - started < 10  # well before the mobile's 20 s were up
+    assert hanna.matching("INVITE") and gero.matching("INVITE") == []
+    figures = samples(running.router.metrics)
+    assert figures["callrouter_calls_forwarded_total", (("kind", "unreachable"),)] == 1
+    await call.hangup()
+    await hanna.wait_for("BYE", timeout=5)
+    # The legs are counted as the call ends: the mobile's as unreachable.
+    for _ in range(100):
+        figures = samples(running.router.metrics)
+        if figures["callrouter_legs_total", (("outcome", "answered"),)] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert figures["callrouter_legs_total", (("outcome", "unreachable"),)] == 1

@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from callrouter.ari import AriClient
 from callrouter.ari.events import Channel
 from callrouter.calls.driver import LEG_APP_ARG, CallDriver
+from callrouter.calls.flow import LegEnd
 from callrouter.calls.intake import CallIntake
 from callrouter.domain.directory import DirectorySnapshot, User
 from callrouter.logs import JsonFormatter
@@ -259,6 +261,38 @@ async def test_an_unanswered_plan_forwards_after_its_time_and_the_last_one_reach
         cont = fake.requests_to("POST", "/channels/caller-f2/continue")[0]
         assert cont.params["extension"] == "202"
         assert [f.result.value for f in driver.flows if f.result] == ["NOANSWER", "NOANSWER"]
+
+
+async def test_a_plan_no_phone_of_which_can_be_reached_forwards_on_unreachable_first(fake):
+    fake.model.channels["caller-f3"] = make_channel("caller-f3")
+    plan = replace(
+        forwarding_plan("no_answer"),
+        forward_on=(
+            ForwardHop("201", "no_answer", "203", "admin"),
+            ForwardHop("201", "unreachable", "202", "admin"),
+        ),
+    )
+    asked: list[ForwardHop] = []
+
+    def next_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
+        asked.append(hop)
+        return boris_plan(hop, previous)
+
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(ari, Channel(id="caller-f3"), plan, next_plan=next_plan)
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
+        anna = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        # Subscriber absent (an unregistered contact), long before the plan's 20 s.
+        await fake.send_event(make_event("ChannelDestroyed", cause=20, channel=make_channel(anna)))
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 2)
+        assert asked == [ForwardHop("201", "unreachable", "202", "admin")]
+        assert driver.flows[0].legs[anna].end is LegEnd.UNREACHABLE
+        assert not fake.requests_to("POST", "/channels/caller-f3/continue")
+        await asyncio.wait_for(task, 5)  # Boris does not answer: the dialplan, as his
+        cont = fake.requests_to("POST", "/channels/caller-f3/continue")[0]
+        assert cont.params["extension"] == "202"
 
 
 def confirm_plan() -> RingPlan:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from callrouter.calls.flow import (
     CallFlow,
     CallPhase,
@@ -178,12 +180,39 @@ def test_a_refused_leg_ends_at_once_and_is_not_hung_up() -> None:
     flow = flow_for(("PJSIP/a", 0, 10))
     flow.start(0)
     assert flow.legs["leg-1"].channel is LegChannel.REQUESTED
+    # Refused by Asterisk: no phone was reached (the call may forward on unreachable).
     assert flow.leg_created("leg-1", StartOutcome.REFUSED, 0.1) == [
-        ContinueInDialplan(CallResult.NOANSWER)
+        ContinueInDialplan(CallResult.NOANSWER, unreachable=True)
     ]
+    assert flow.legs["leg-1"].end is LegEnd.UNREACHABLE
     assert flow.legs["leg-1"].channel is LegChannel.GONE
     assert flow.legs_to_clean_up() == [] and flow.leg_channel_ids() == []
     assert not flow.leg_hangup_sent("leg-1")
+
+
+@pytest.mark.parametrize(
+    ("causes", "unreachable"),
+    [
+        ((20, 27), True),  # subscriber absent, out of order: no phone was reached
+        ((20, 19), False),  # one of them rang out
+        ((20, 21), False),  # one declined the call: a person, not a dead line
+        ((34, 17), None),  # one was busy: the call ends busy
+    ],
+)
+def test_a_plan_is_unreachable_only_when_no_phone_of_it_could_be_reached(
+    causes: tuple[int, int], unreachable: bool | None
+) -> None:
+    flow = flow_for(("PJSIP/a", 0, 10), ("PJSIP/b", 0, 10))
+    flow.start(0)
+    flow.leg_created("leg-1", StartOutcome.CREATED, 0.1)
+    flow.leg_created("leg-2", StartOutcome.CREATED, 0.1)
+    assert flow.leg_gone("leg-1", 0.5, causes[0]) == []
+    ended = flow.leg_gone("leg-2", 0.6, causes[1])
+    if unreachable is None:
+        assert ended == [ContinueInDialplan(CallResult.BUSY)]
+    else:
+        assert ended == [ContinueInDialplan(CallResult.NOANSWER, unreachable)]
+    assert flow.legs["leg-1"].end is LegEnd.UNREACHABLE
 
 
 def test_an_unanswered_request_is_hung_up_by_its_id() -> None:

@@ -124,7 +124,30 @@ def test_unreachable_forwards_when_no_phone_can_ring() -> None:
     r = rules({"201": forward(unreachable="202")})
     plan = resolve_plan(snapshot(), r, "201", presence=Presence(unreachable={"PJSIP/anna"}))
     assert plan.extension == "202" and hops(plan) == [("201", "unreachable", "202")]
-    assert resolve_plan(snapshot(), r, "201", presence=Presence()).extension == "201"
+    # A phone that looks reachable rings; if it cannot be reached after all (Asterisk
+    # refuses its channel), the driver follows the same forwarding.
+    rings = resolve_plan(snapshot(), r, "201", presence=Presence())
+    assert rings.extension == "201" and endpoints(rings) == ["PJSIP/anna"]
+    assert rings.forward_for("unreachable") == ForwardHop("201", "unreachable", "202", "admin")
+    tree = plan_tree(snapshot(), r, rings)
+    assert [(kind, then.plan.extension) for kind, then in tree.then] == [("unreachable", "202")]
+    assert "When no phone can be reached:" in format_tree(tree)
+
+
+def test_an_unreachable_forwarding_that_would_loop_warns_once() -> None:
+    r = rules({"201": forward(unreachable="202"), "202": forward(always="201")})
+    gone = Presence(unreachable={"PJSIP/anna"})
+    plan = resolve_plan(
+        snapshot(),
+        r,
+        "201",
+        presence=gone,
+        forwarded=(ForwardHop("202", "always", "201", "admin"),),
+    )
+    assert plan.status is PlanStatus.UNREACHABLE and plan.extension == "201"
+    assert plan.warnings == (
+        "forwarding stopped, it would loop: 201 forwards unreachable to 202 (rules)",
+    )
 
 
 # --- chains -------------------------------------------------------------------------
