@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -200,13 +200,20 @@ def boris_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
     return RingPlan("202", "Boris", None, PlanStatus.OK, legs, forwarded=(*previous.forwarded, hop))
 
 
-async def test_a_busy_plan_forwards_to_the_next_plan_which_is_bridged_when_it_answers(fake):
-    fake.model.channels["caller-f1"] = make_channel("caller-f1")
-    asked: list[ForwardHop] = []
+def boris_noting(asked: list[ForwardHop]) -> Callable[[ForwardHop, RingPlan], RingPlan]:
+    """``boris_plan``, noting in ``asked`` each hop the driver followed."""
 
     def next_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
         asked.append(hop)
         return boris_plan(hop, previous)
+
+    return next_plan
+
+
+async def test_a_busy_plan_forwards_to_the_next_plan_which_is_bridged_when_it_answers(fake):
+    fake.model.channels["caller-f1"] = make_channel("caller-f1")
+    asked: list[ForwardHop] = []
+    next_plan = boris_noting(asked)
 
     async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
         await ari.wait_connected(3)
@@ -273,10 +280,7 @@ async def test_a_plan_no_phone_of_which_can_be_reached_forwards_on_unreachable_f
         ),
     )
     asked: list[ForwardHop] = []
-
-    def next_plan(hop: ForwardHop, previous: RingPlan) -> RingPlan:
-        asked.append(hop)
-        return boris_plan(hop, previous)
+    next_plan = boris_noting(asked)
 
     async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
         await ari.wait_connected(3)
