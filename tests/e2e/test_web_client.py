@@ -620,9 +620,13 @@ async def test_forwarding_and_switches_set_by_keyboard_and_followed_live(desks: 
         await expect(page.locator("#forwarding-message")).to_contain_text(words, timeout=WAIT_MS)
     assert router.live.snapshot.forwards == {"401": {"busy": "402"}}
 
-    # Changed elsewhere (here the admin's CLI would do the same): the page follows.
+    # Changed elsewhere (here the admin's CLI would do the same): the page follows,
+    # and what is being typed meanwhile stays in its field.
+    always = page.get_by_label("Forward Always to", exact=True)
+    await always.fill("40")
     await router.personal.service.set_forward("401", "dnd", "402", actor="admin", source="test")
     await expect(forward_row(page, "dnd")).to_contain_text("to 402 (yours)", timeout=WAIT_MS)
+    await expect(always).to_have_value("40")
 
     await busy.get_by_role("button", name="Clear: When busy", exact=True).click()
     await expect(busy).to_contain_text("When busy, off", timeout=WAIT_MS)

@@ -381,6 +381,11 @@
     const allowed = view.user_forwarding !== "off";
     keepingFocus(() => {
       const list = $("forwards");
+      // A change from elsewhere re-renders the list: what is being typed stays.
+      const drafts = new Map();
+      for (const old of list.querySelectorAll("input[data-saved]")) {
+        if (old.value !== old.dataset.saved) drafts.set(old.dataset.focusKey, old.value);
+      }
       list.replaceChildren();
       for (const kind of view.kinds) {
         const name = t("kind_" + kind.kind);
@@ -399,9 +404,10 @@
         input.maxLength = 21;
         input.autocomplete = "off";
         input.inputMode = view.user_forwarding === "anywhere" ? "tel" : "numeric";
-        input.value = kind.own || "";
         input.disabled = !allowed;
         input.dataset.focusKey = "forward-input:" + kind.kind;
+        input.dataset.saved = kind.own || "";
+        input.value = drafts.get(input.dataset.focusKey) ?? input.dataset.saved;
         const label = document.createElement("label");
         label.htmlFor = input.id;
         label.className = "visually-hidden";
