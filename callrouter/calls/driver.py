@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,6 +73,11 @@ _FORWARD_KINDS: dict[tuple[CallResult, bool], tuple[str, ...]] = {
     # No phone could be reached: nobody answered either.
     (CallResult.NOANSWER, True): ("unreachable", "no_answer"),
 }
+# A forwarded call's next phones are rung once the phones before have gone, at most
+# this long after: Asterisk hangs a channel up after its DELETE returns, in that
+# channel's own thread, so the next plan's INVITE could beat the last one's CANCEL.
+# Bounded, so that an event lost while deaf cannot hold the call.
+_HANDOVER_WAIT = 0.5
 # The only event types the call path needs; the app's event filter asks Asterisk for
 # these alone. A leg's end comes as ChannelDestroyed with its cause (17: busy), which
 # says what its Dial status (BUSY, CANCEL, ...) or ChannelHangupRequest would say too;
@@ -108,6 +114,9 @@ class _Vanished:
     """After a reconnect, these channels were no longer in Asterisk's list."""
 
     channel_ids: frozenset[str]
+
+
+_Input = AriEvent | _HandBack | _Vanished | _PickUp
 
 
 class Caller(Protocol):
@@ -155,7 +164,8 @@ class CallDriver:
         self._next_plan = next_plan
         self.earlier_flows: list[CallFlow] = []
         self._routes: list[str] = []  # channel ids routed to this call's queue
-        self.queue: asyncio.Queue[AriEvent | _HandBack | _Vanished | _PickUp] = asyncio.Queue()
+        self.queue: asyncio.Queue[_Input] = asyncio.Queue()
+        self._held: deque[_Input] = deque()  # taken off the queue during a handover
         self.bridge_id: str | None = None
         # Transport only: leg id -> its originate request (the flow hears the outcome).
         self._originates: dict[str, asyncio.Task[StartOutcome]] = {}
@@ -214,7 +224,7 @@ class CallDriver:
         """Every flow of this call: one per plan, the plans forwarding led to last."""
         return [*self.earlier_flows, self.flow]
 
-    async def _next_input(self) -> AriEvent | _HandBack | _Vanished | _PickUp:
+    async def _next_input(self) -> _Input:
         """The next queued input, or TimeoutError once the flow's next deadline is due
         (a due deadline first). An input already queued is taken without a timer;
         ``asyncio.timeout`` rather than ``wait_for``, which costs a task per input on
@@ -223,6 +233,8 @@ class CallDriver:
         left = None if deadline is None else deadline - self.now()
         if left is not None and left <= 0:
             raise TimeoutError
+        if self._held:
+            return self._held.popleft()
         if not self.queue.empty():
             return self.queue.get_nowait()
         if left is None:
@@ -583,6 +595,9 @@ class CallDriver:
     async def _forward(self, hop: ForwardHop, plan: RingPlan) -> None:
         """The plan ended busy or unanswered and forwards: the call goes on with the
         plan ``hop`` leads to, as a new flow (the caller hears ringing throughout)."""
+        if not await self._until_stopped(self.flow):
+            self.log.debug("call %s: caller gone before %s", self.call_id, hop)
+            return
         self.log.debug("call %s: %s", self.call_id, hop)
         self.metrics.call_forwarded(hop.kind)
         self.earlier_flows.append(self.flow)
@@ -598,6 +613,34 @@ class CallDriver:
         for warning in plan.warnings:
             self.log.warning("call %s: %s", self.call_id, warning)
         await self._execute(c for c in self.flow.start(0.0) if not isinstance(c, IndicateRinging))
+
+    async def _until_stopped(self, flow: CallFlow) -> bool:
+        """Wait until the legs ``flow`` hung up are gone in Asterisk (at most
+        ``_HANDOVER_WAIT``). Events of its legs are taken here; any other input is
+        held for the next flow and ends the wait. False: the caller is gone."""
+        waiting = set(flow.legs_hung_up())
+        try:
+            async with asyncio.timeout(_HANDOVER_WAIT):
+                while waiting:
+                    item = await self.queue.get()
+                    if isinstance(item, AriEvent):
+                        channel = item.channel.id if item.channel else None
+                        if channel in flow.legs:
+                            if item.type in GONE_EVENTS:
+                                waiting.discard(channel)
+                                flow.leg_gone(channel, self.now(), item.cause)
+                            continue
+                    self._held.append(item)
+                    break
+        except TimeoutError:
+            self.log.debug("call %s: legs %s not gone in time", self.call_id, sorted(waiting))
+        return not any(
+            isinstance(i, AriEvent)
+            and i.type in GONE_EVENTS
+            and i.channel is not None
+            and i.channel.id == self.caller.id
+            for i in self._held
+        )
 
     async def _continue_in_fallback(self) -> None:
         self.log.info("call %s: handed back to the dialplan fallback", self.call_id)

@@ -449,6 +449,10 @@ class CallFlow:
         gone = (LegChannel.NONE, LegChannel.GONE)
         return [r.leg_id for r in self.legs.values() if r.channel not in gone]
 
+    def legs_hung_up(self) -> list[str]:
+        """Leg channels we hung up that Asterisk has not reported gone yet."""
+        return [r.leg_id for r in self.legs.values() if r.channel is LegChannel.HUNG_UP]
+
     def legs_to_clean_up(self) -> list[str]:
         """Leg channels that may be in Asterisk and were never hung up by us."""
         return [r.leg_id for r in self.legs.values() if r.channel in _MAY_EXIST]

@@ -13,7 +13,7 @@ import pytest
 from callrouter.ari import AriClient
 from callrouter.ari.events import Channel
 from callrouter.calls.driver import LEG_APP_ARG, CallDriver
-from callrouter.calls.flow import LegEnd
+from callrouter.calls.flow import LegChannel, LegEnd
 from callrouter.calls.intake import CallIntake
 from callrouter.domain.directory import DirectorySnapshot, User
 from callrouter.logs import JsonFormatter
@@ -268,6 +268,47 @@ async def test_an_unanswered_plan_forwards_after_its_time_and_the_last_one_reach
         cont = fake.requests_to("POST", "/channels/caller-f2/continue")[0]
         assert cont.params["extension"] == "202"
         assert [f.result.value for f in driver.flows if f.result] == ["NOANSWER", "NOANSWER"]
+
+
+async def test_the_next_plan_rings_once_the_phones_before_are_gone_or_after_a_bound(fake):
+    fake.model.channels["caller-f4"] = make_channel("caller-f4")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(
+            ari, Channel(id="caller-f4"), forwarding_plan("no_answer", 0.2), next_plan=boris_plan
+        )
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
+        anna = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        await wait_for(lambda: fake.requests_to("DELETE", f"/channels/{anna}"))
+        # Asterisk hangs Anna's channel up after the DELETE: Boris waits for it.
+        await asyncio.sleep(0.2)
+        assert len(fake.requests_to("POST", "/channels")) == 1
+        await fake.send_event(make_event("ChannelDestroyed", cause=16, channel=make_channel(anna)))
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 2)
+        assert driver.flows[0].legs[anna].channel is LegChannel.GONE
+        assert driver.flows[0].legs[anna].end is LegEnd.TIMEOUT  # stopped, not failed
+        # Boris's channel never reports gone: the dialplan gets the call all the same,
+        # the wait bounded.
+        await asyncio.wait_for(task, 3)
+        assert fake.requests_to("POST", "/channels/caller-f4/continue")
+
+
+async def test_a_caller_who_hangs_up_during_the_handover_rings_nobody_more(fake):
+    fake.model.channels["caller-f5"] = make_channel("caller-f5")
+    async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
+        await ari.wait_connected(3)
+        driver = CallDriver(
+            ari, Channel(id="caller-f5"), forwarding_plan("no_answer", 0.2), next_plan=boris_plan
+        )
+        task = asyncio.ensure_future(driver.run())
+        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
+        anna = fake.requests_to("POST", "/channels")[0].params["channelId"]
+        await wait_for(lambda: fake.requests_to("DELETE", f"/channels/{anna}"))
+        await fake.send_event(make_event("ChannelDestroyed", channel=make_channel("caller-f5")))
+        await asyncio.wait_for(task, 3)
+        assert len(fake.requests_to("POST", "/channels")) == 1  # Boris never rang
+        assert not fake.requests_to("POST", "/channels/caller-f5/continue")
 
 
 async def test_a_plan_no_phone_of_which_can_be_reached_forwards_on_unreachable_first(fake):
