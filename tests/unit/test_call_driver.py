@@ -270,17 +270,26 @@ async def test_an_unanswered_plan_forwards_after_its_time_and_the_last_one_reach
         assert [f.result.value for f in driver.flows if f.result] == ["NOANSWER", "NOANSWER"]
 
 
+async def anna_stopped(
+    fake: FakeAri, ari: AriClient, caller_id: str
+) -> tuple[CallDriver, asyncio.Future[None], str]:
+    """A call whose first plan (Anna) ran out and forwards to Boris: its driver, its
+    task, and Anna's leg, whose hang-up the driver just sent."""
+    fake.model.channels[caller_id] = make_channel(caller_id)
+    driver = CallDriver(
+        ari, Channel(id=caller_id), forwarding_plan("no_answer", 0.2), next_plan=boris_plan
+    )
+    task = asyncio.ensure_future(driver.run())
+    await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
+    anna = fake.requests_to("POST", "/channels")[0].params["channelId"]
+    await wait_for(lambda: fake.requests_to("DELETE", f"/channels/{anna}"))
+    return driver, task, anna
+
+
 async def test_the_next_plan_rings_once_the_phones_before_are_gone_or_after_a_bound(fake):
-    fake.model.channels["caller-f4"] = make_channel("caller-f4")
     async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
         await ari.wait_connected(3)
-        driver = CallDriver(
-            ari, Channel(id="caller-f4"), forwarding_plan("no_answer", 0.2), next_plan=boris_plan
-        )
-        task = asyncio.ensure_future(driver.run())
-        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
-        anna = fake.requests_to("POST", "/channels")[0].params["channelId"]
-        await wait_for(lambda: fake.requests_to("DELETE", f"/channels/{anna}"))
+        driver, task, anna = await anna_stopped(fake, ari, "caller-f4")
         # Asterisk hangs Anna's channel up after the DELETE: Boris waits for it.
         await asyncio.sleep(0.2)
         assert len(fake.requests_to("POST", "/channels")) == 1
@@ -295,16 +304,9 @@ async def test_the_next_plan_rings_once_the_phones_before_are_gone_or_after_a_bo
 
 
 async def test_a_caller_who_hangs_up_during_the_handover_rings_nobody_more(fake):
-    fake.model.channels["caller-f5"] = make_channel("caller-f5")
     async with AriClient(fake.base_url, fake.user, PW, fake.app) as ari:
         await ari.wait_connected(3)
-        driver = CallDriver(
-            ari, Channel(id="caller-f5"), forwarding_plan("no_answer", 0.2), next_plan=boris_plan
-        )
-        task = asyncio.ensure_future(driver.run())
-        await wait_for(lambda: len(fake.requests_to("POST", "/channels")) == 1)
-        anna = fake.requests_to("POST", "/channels")[0].params["channelId"]
-        await wait_for(lambda: fake.requests_to("DELETE", f"/channels/{anna}"))
+        _, task, _ = await anna_stopped(fake, ari, "caller-f5")
         await fake.send_event(make_event("ChannelDestroyed", channel=make_channel("caller-f5")))
         await asyncio.wait_for(task, 3)
         assert len(fake.requests_to("POST", "/channels")) == 1  # Boris never rang
