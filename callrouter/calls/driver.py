@@ -119,6 +119,12 @@ class _Vanished:
 _Input = AriEvent | _HandBack | _Vanished | _PickUp
 
 
+def _about_legs(event: AriEvent, flow: CallFlow) -> bool:
+    """Whether ``event`` is about one of ``flow``'s legs (its channel, or a Dial's peer)."""
+    channel = event.peer if event.type == "Dial" else event.channel
+    return channel is not None and channel.id in flow.legs
+
+
 class Caller(Protocol):
     @property
     def id(self) -> str: ...
@@ -404,10 +410,10 @@ class CallDriver:
             return self._on_dial_status(event.peer.id, event.dialstatus or "")
         if channel is None:
             return []
+        if self._caller_gone(event):
+            self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
+            return self.flow.caller_gone()
         if channel.id == self.caller.id:
-            if event.type in GONE_EVENTS:
-                self.log.debug("call %s: caller hung up (%s)", self.call_id, event.type)
-                return self.flow.caller_gone()
             return []
         if channel.id not in self.flow.legs:
             return []
@@ -623,23 +629,22 @@ class CallDriver:
             async with asyncio.timeout(_HANDOVER_WAIT):
                 while waiting:
                     item = await self.queue.get()
-                    if isinstance(item, AriEvent):
-                        channel = item.channel.id if item.channel else None
-                        if channel in flow.legs:
-                            if item.type in GONE_EVENTS:
-                                waiting.discard(channel)
-                                flow.leg_gone(channel, self.now(), item.cause)
-                            continue
-                    self._held.append(item)
-                    break
+                    if not isinstance(item, AriEvent) or not _about_legs(item, flow):
+                        self._held.append(item)
+                        return not self._caller_gone(item)
+                    if item.type in GONE_EVENTS and item.channel is not None:
+                        waiting.discard(item.channel.id)
+                        flow.leg_gone(item.channel.id, self.now(), item.cause)
         except TimeoutError:
             self.log.debug("call %s: legs %s not gone in time", self.call_id, sorted(waiting))
-        return not any(
-            isinstance(i, AriEvent)
-            and i.type in GONE_EVENTS
-            and i.channel is not None
-            and i.channel.id == self.caller.id
-            for i in self._held
+        return True
+
+    def _caller_gone(self, item: _Input) -> bool:
+        return (
+            isinstance(item, AriEvent)
+            and item.type in GONE_EVENTS
+            and item.channel is not None
+            and item.channel.id == self.caller.id
         )
 
     async def _continue_in_fallback(self) -> None:
